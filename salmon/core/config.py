@@ -1,0 +1,243 @@
+"""Typed stage configs: defaults, then a YAML preset or file, then ``key=value`` overrides.
+
+Every field is documented; unknown keys are errors. The defaults are the original method's
+values; the ``nano`` presets (``salmon/configs/nano/<stage>.yaml``) shrink them for CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from salmon.core.errors import SalmonInputError
+
+Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SampleConfig(_Config):
+    """``sample``: two responses per prompt from the policy (method §2.1)."""
+
+    prompts: str = Field(description="PromptRecord JSONL to answer.")
+    output: str = Field(description="ResponsePair JSONL to write.")
+    backend: Literal["hf", "nano"] = Field(
+        default="hf", description="hf: generate with a local HF model; nano: the nano response generator.")
+    model: str | None = Field(default=None, description="HF model folder (hf backend).")
+    seeds: tuple[int, int] = Field(default=(42, 43), description="One sampling seed per response.")
+    temperature: float = Field(default=0.7, gt=0, description="Sampling temperature.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(default=768, ge=1, description="Longest response in tokens.")
+    min_chars: int = Field(default=16, ge=0, description="Drop a prompt if either response is shorter.")
+    stop: str = Field(default="###", description="Responses are cut before this marker.")
+    batch_size: int = Field(default=8, ge=1, description="Prompts per generate call.")
+    device: Device = Field(default="auto", description="auto picks cuda when available.")
+    limit: int | None = Field(default=None, ge=1, description="Use only the first N prompts.")
+
+
+class LabelConfig(_Config):
+    """``label``: the judge compares each pair under each principle, in both orders (method §2.2)."""
+
+    pairs: str = Field(description="ResponsePair JSONL to judge.")
+    output: str = Field(description="Judgement JSONL to write.")
+    principles: str = Field(default="reward_model", description="Principle set name or YAML path.")
+    principle_ids: list[str] | None = Field(default=None, description="Judge only these principles.")
+    backend: Literal["hf", "rules"] = Field(
+        default="hf", description="hf: a local causal LM judges by logits; rules: nano checkers score.")
+    model: str | None = Field(default=None, description="HF model folder of the judge (hf backend).")
+    batch_size: int = Field(default=4, ge=1, description="Pairs per forward pass (hf backend).")
+    max_length: int = Field(default=1536, ge=16, description="Longest judge prompt in tokens.")
+    reuse_prefix: bool = Field(
+        default=True, description="Share the KV cache of the instruction and outputs across principles and orders.")
+    device: Device = Field(default="auto", description="auto picks cuda when available.")
+    dtype: DType = Field(default="float32", description="Judge weights dtype.")
+    flush_every: int = Field(default=8, ge=1, description="Batches between progress-file flushes.")
+    limit: int | None = Field(default=None, ge=1, description="Judge only the first N pairs.")
+    progress: bool = Field(default=True, description="Show a progress line on stderr.")
+
+
+class AggregateConfig(_Config):
+    """``aggregate``: principle-conditioned RM instances from judgements (method §2.3)."""
+
+    pairs: str = Field(description="ResponsePair JSONL that was judged.")
+    judgements: str = Field(description="Judgement JSONL from label.")
+    output: str = Field(description="RMInstance JSONL to write.")
+    principles: str = Field(default="reward_model", description="Principle set name or YAML path.")
+    dimensions: list[str] | None = Field(
+        default=None, description="Principle ids to use; default: those with rm_training true (8 of 11).")
+    splits: list[Literal["train", "heldout"]] = Field(
+        default=["train"], description="Use pairs whose prompt is in these splits.")
+    normalizer: Literal["variance", "std"] = Field(
+        default="variance", description="Divide each principle's scores by the variance (the method) or std.")
+    passes: int = Field(default=4, ge=1, description="Augmentation passes over the data.")
+    geometric_p: float = Field(default=0.2, gt=0, le=1, description="K ~ Geometric(p) principles per instance.")
+    max_principles: int = Field(default=8, ge=1, description="K is redrawn until K <= this.")
+    negation_p: float = Field(default=0.5, ge=0, le=1, description="Chance each shown principle is negated.")
+    ai_phrase: str = Field(default="As an AI language model", description="Phrase that marks a worse output.")
+    ai_phrase_p: float = Field(default=0.5, ge=0, le=1, description="Chance the AI-phrase rule sets the label.")
+    language_rule: bool = Field(default=True, description="Prefer the output in the instruction's script.")
+    label_noise: float = Field(default=0.10, ge=0, le=1, description="Label flip chance.")
+    rule_label_noise: float = Field(default=0.25, ge=0, le=1, description="Label flip chance when a rule fired.")
+    swap_p: float = Field(default=0.5, ge=0, le=1, description="Chance output_1 and output_2 are swapped.")
+    seed: int = Field(default=42, description="Seed of the one RNG used.")
+    export_preferences: bool = Field(
+        default=True, description="Also write <output>.preferences.jsonl in prompt/chosen/rejected form.")
+
+
+class TrainRMConfig(_Config):
+    """``train_rm``: the principle-following reward model, Bradley-Terry loss (method §3)."""
+
+    instances: str = Field(description="RMInstance JSONL from aggregate.")
+    output_dir: str = Field(description="Folder for the trained RM and checkpoints.")
+    base_model: str = Field(description="HF causal LM folder to start from.")
+    finetune: Literal["lora", "full"] = Field(default="lora", description="LoRA adapters or all weights.")
+    lora_r: int = Field(default=64, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="LoRA dropout.")
+    lora_target: str = Field(default="all-linear", description="peft target_modules ('all-linear' or comma list).")
+    learning_rate: float = Field(default=3e-5, gt=0, description="Peak learning rate.")
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field(default="cosine", description="Decay after warm-up.")
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1, description="Share of steps used for warm-up.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=0.3, gt=0, description="Gradient clipping norm.")
+    epochs: float = Field(default=1.0, gt=0, description="Passes over the instances (fractions allowed).")
+    batch_size: int = Field(default=64, ge=1, description="Pairs per optimizer step.")
+    micro_batch_size: int = Field(default=4, ge=1, description="Pairs per forward pass.")
+    model_max_length: int = Field(default=1280, ge=32, description="Longest RM input in tokens.")
+    query_len: int = Field(default=128, ge=1, description="Instruction kept (from the right end) in tokens.")
+    response_len: int = Field(default=768, ge=1, description="Response kept (from the start) in tokens.")
+    save_every: int = Field(default=40, ge=1, description="Checkpoint every N optimizer steps.")
+    log_every: int = Field(default=10, ge=1, description="Log every N optimizer steps.")
+    seed: int = Field(default=42, description="Seed for head init and data order.")
+    device: Device = Field(default="auto", description="auto picks cuda when available.")
+    dtype: DType = Field(default="float32", description="Base weights dtype; the head stays float32.")
+    pmp_data: str | None = Field(
+        default=None, description="Generic preference pairs (RMInstance JSONL, principles ignored) for a PMP stage first.")
+    pmp_learning_rate: float = Field(default=5e-5, gt=0, description="PMP peak learning rate.")
+    pmp_warmup_ratio: float = Field(default=0.01, ge=0, lt=1, description="PMP warm-up share.")
+    pmp_epochs: float = Field(default=1.0, gt=0, description="PMP passes.")
+    pmp_model_max_length: int = Field(default=1024, ge=32, description="PMP longest input.")
+    pmp_query_len: int = Field(default=256, ge=1, description="PMP instruction tokens kept.")
+    pmp_response_len: int = Field(default=640, ge=1, description="PMP response tokens kept.")
+
+
+class EvalRMConfig(_Config):
+    """``eval_rm``: accuracy, flip rate and principle sensitivity on held-out pairs (method §10)."""
+
+    model: str = Field(description="RM folder written by train_rm.")
+    pairs: str = Field(description="ResponsePair JSONL (held-out prompts are used).")
+    judgements: str = Field(description="Judgement JSONL for those pairs.")
+    output_dir: str = Field(description="Folder for metrics.json and report.md.")
+    principles: str = Field(default="reward_model", description="Principle set name or YAML path.")
+    dimensions: list[str] | None = Field(default=None, description="As in aggregate.")
+    splits: list[Literal["train", "heldout"]] = Field(default=["heldout"], description="Pairs to evaluate on.")
+    passes: int = Field(default=2, ge=1, description="Principle-subset draws per pair for the accuracy set.")
+    normalizer: Literal["variance", "std"] = Field(default="variance", description="As in aggregate.")
+    geometric_p: float = Field(default=0.2, gt=0, le=1, description="As in aggregate.")
+    max_principles: int = Field(default=8, ge=1, description="As in aggregate.")
+    sensitivity: tuple[str, str] = Field(
+        default=("concise", "comprehensive"), description="Two opposed principle ids for the sensitivity check.")
+    batch_size: int = Field(default=16, ge=1, description="Sequences per forward pass.")
+    seed: int = Field(default=1234, description="Seed for the evaluation draws.")
+    device: Device = Field(default="auto", description="auto picks cuda when available.")
+    min_accuracy: float | None = Field(default=None, ge=0, le=1, description="Fail (exit 1) below this accuracy.")
+    min_flip_rate: float | None = Field(default=None, ge=0, le=1, description="Fail (exit 1) below this flip rate.")
+
+
+C = TypeVar("C", bound=BaseModel)
+
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a=1", "b.c=x"]`` -> ``{"a": 1, "b": {"c": "x"}}``; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SalmonInputError(f"override '{item}'", "expected key=value",
+                                   "write overrides as key=value, e.g. learning_rate=1e-4")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def preset_path(preset: str, stage: str) -> Path:
+    """``salmon/configs/<preset>/<stage>.yaml``."""
+    return PRESETS_DIR / preset / f"{stage}.yaml"
+
+
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SalmonInputError(str(p), "config file not found", "check the path")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise SalmonInputError(str(p), f"not valid YAML ({e})".replace("\n", " ")) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SalmonInputError(str(p), "a config file must be a mapping of key: value")
+    return data
+
+
+def build_config(
+    cls: type[C],
+    *,
+    stage: str,
+    preset: str | None = None,
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> C:
+    """Resolve a stage config: defaults -> preset -> config file -> ``values`` -> overrides."""
+    data: dict[str, Any] = {}
+    if preset:
+        path = preset_path(preset, stage)
+        if not path.is_file():
+            raise SalmonInputError(f"preset '{preset}'", f"has no config for stage {stage}",
+                                   f"expected {path}")
+        data = _merge(data, load_yaml_mapping(path))
+    if config_file:
+        data = _merge(data, load_yaml_mapping(config_file))
+    if values:
+        data = _merge(data, values)
+    data = _merge(data, parse_overrides(overrides or []))
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            if err["type"] == "extra_forbidden":
+                parts.append(f"unknown key '{loc}'")
+            elif err["type"] == "missing":
+                parts.append(f"missing required key '{loc}'")
+            else:
+                parts.append(f"key '{loc}': {err['msg']}")
+        raise SalmonInputError(f"{stage} config", "; ".join(parts),
+                               f"see `salmon {stage} --help` for the keys") from None

@@ -1,0 +1,24 @@
+"""One exception type for bad input from outside the program."""
+
+from __future__ import annotations
+
+
+class SalmonInputError(Exception):
+    """Bad input: a file, a config value, a model or a command-line argument.
+
+    The CLI prints ``str(error)`` (no traceback) and exits with code 2.
+
+    Args:
+        source: what was wrong, e.g. a file path, ``file:line`` or ``config key lr``.
+        message: what is wrong with it.
+        fix: what the user should do about it.
+    """
+
+    def __init__(self, source: str, message: str, fix: str | None = None) -> None:
+        self.source = source
+        self.message = message
+        self.fix = fix
+        text = f"{source}: {message}"
+        if fix:
+            text += f" ({fix})"
+        super().__init__(text)

@@ -1,0 +1,147 @@
+"""Principle sets as validated data.
+
+A principle set is a YAML file under ``principles/`` (see ``principles/README.md``). Loading
+validates it against :class:`PrincipleSet`; a bad file raises one :class:`SalmonInputError`
+naming the file and the field. Each set has a stable content digest that ties every run,
+dataset and model to the exact principle texts it used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from salmon.core.digest import digest_value
+from salmon.core.errors import SalmonInputError
+
+PromptType = Literal["general", "reasoning", "red_teaming"]
+"""The three prompt types of the method: general, reasoning (math, logic), red-teaming."""
+
+SetKind = Literal["reward_model", "rl", "interventions", "self_align", "nano"]
+
+ID_PATTERN = r"^[a-z][a-z0-9_]*$"
+
+
+class Principle(BaseModel):
+    """One principle: what the judge and the reward model are told to value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=ID_PATTERN, description="Stable identifier, lower_snake_case.")
+    name: str = Field(min_length=1, description="Short name shown to the judge, e.g. 'Concise'.")
+    definition: str = Field(min_length=1, description="The text shown to the judge and the RM.")
+    negative_definition: str | None = Field(
+        default=None, description="The opposite text, shown to the RM when the principle is negated."
+    )
+    weight: float = Field(default=1.0, ge=0, description="Sampling weight at RL time.")
+    boosts: dict[PromptType, float] = Field(
+        default_factory=dict,
+        description="Extra sampling weight for prompts of a type (the method uses +128).",
+    )
+    rm_training: bool = Field(
+        default=True, description="Used as a dimension when aggregating RM training instances."
+    )
+
+
+class PrincipleSet(BaseModel):
+    """A named, versioned list of principles."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=ID_PATTERN, description="Set name, e.g. 'reward_model'.")
+    version: str = Field(min_length=1, description="Human version label; bump on any edit.")
+    kind: SetKind = Field(description="What the set is used for.")
+    description: str = Field(min_length=1, description="One paragraph on what the set is for.")
+    principles: list[Principle] = Field(min_length=1, description="The principles, in order.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PrincipleSet:
+        seen: set[str] = set()
+        for i, p in enumerate(self.principles):
+            if p.id in seen:
+                raise ValueError(f"principles.{i}.id: duplicate id '{p.id}'")
+            seen.add(p.id)
+            if self.kind in ("reward_model", "nano") and not p.negative_definition:
+                raise ValueError(
+                    f"principles.{i}.negative_definition: required in a {self.kind} set "
+                    f"(principle '{p.id}')"
+                )
+        return self
+
+    def digest(self) -> str:
+        """``sha256:`` digest of the set's validated content (formatting-independent)."""
+        return digest_value(self.model_dump(mode="json"))
+
+    def get(self, principle_id: str) -> Principle:
+        """The principle with this id."""
+        for p in self.principles:
+            if p.id == principle_id:
+                return p
+        raise SalmonInputError(
+            f"principle set {self.name}", f"no principle with id '{principle_id}'",
+            f"known ids: {', '.join(self.ids())}",
+        )
+
+    def ids(self) -> list[str]:
+        return [p.id for p in self.principles]
+
+
+def principles_dir() -> Path:
+    """Where the shipped principle sets live: ``$SALMON_PRINCIPLES_DIR`` or ``<repo>/principles``."""
+    env = os.environ.get("SALMON_PRINCIPLES_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "principles"
+
+
+def available_sets() -> list[str]:
+    """Names of the shipped sets."""
+    d = principles_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _format_error(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def parse_principle_set(data: Any, source: str) -> PrincipleSet:
+    """Validate already-parsed YAML/JSON data as a principle set."""
+    if not isinstance(data, dict):
+        raise SalmonInputError(source, "a principle set must be a mapping with name, version, "
+                               "kind, description and principles")
+    try:
+        return PrincipleSet.model_validate(data)
+    except ValidationError as e:
+        raise SalmonInputError(source, _format_error(e),
+                               "see principles/README.md for the schema") from None
+
+
+def load_principle_set(name_or_path: str | Path) -> PrincipleSet:
+    """Load a set by shipped name (``reward_model``) or by path to a YAML file."""
+    text = str(name_or_path)
+    path = Path(text)
+    if not (text.endswith((".yaml", ".yml")) or path.is_file()):
+        path = principles_dir() / f"{text}.yaml"
+        if not path.is_file():
+            raise SalmonInputError(
+                f"principle set '{text}'", "no such set",
+                f"use one of: {', '.join(available_sets())}, or a path to a YAML file",
+            )
+    if not path.is_file():
+        raise SalmonInputError(str(path), "file not found", "check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SalmonInputError(str(path), "not UTF-8 text", "save the file as UTF-8") from None
+    except yaml.YAMLError as e:
+        raise SalmonInputError(str(path), f"not valid YAML ({e})".replace("\n", " ")) from None
+    return parse_principle_set(data, str(path))

@@ -1,0 +1,130 @@
+"""Prompt layouts of the judge and the reward model, as segments of plain text.
+
+Segments are joined with no separator. Each segment boundary falls right after a newline, so
+that tokenizing the segments one by one gives the same tokens as tokenizing the whole prompt
+for byte-level BPE tokenizers; the judge relies on this to reuse the shared prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+JUDGE_HEADER = (
+    "# Dromedary\n\n"
+    "## System Overview\n\n"
+    "Dromedary compares two outputs written for the same instruction and picks the better one, "
+    "or, when both fall short, the one that falls less short. Each example has an instruction, "
+    "Output (a) and Output (b).\n\n"
+    "## User Conversation\n\n"
+    "### User\n"
+    "Read the instruction and the two outputs below, then say which output you prefer.\n\n"
+    "#### Instruction\n"
+)
+
+
+@dataclass(frozen=True)
+class JudgePrompt:
+    """The judge prompt for one (pair, order, principle), in three segments.
+
+    ``shared`` depends only on the pair's instruction, ``outputs`` on the presentation order,
+    ``principle`` on the principle. The prompt ends right after ``Output (``: the next token is
+    ``a`` or ``b``.
+    """
+
+    shared: str
+    outputs: str
+    principle: str
+
+    @property
+    def text(self) -> str:
+        return self.shared + self.outputs + self.principle
+
+
+def judge_shared(instruction: str) -> str:
+    """Segment 1: header and instruction."""
+    return f"{JUDGE_HEADER}{instruction.strip()}\n\n"
+
+
+def judge_outputs(output_a: str, output_b: str) -> str:
+    """Segment 2: the two outputs in presentation order."""
+    return f"#### Output (a)\n{output_a.strip()}\n\n#### Output (b)\n{output_b.strip()}\n\n"
+
+
+def judge_principle(name: str, definition: str) -> str:
+    """Segment 3: the one principle to judge by, then the pre-filled answer stem."""
+    return (
+        "#### Annotation Guide\n"
+        "Judge by one aspect only this time.\n"
+        f"{name}: {definition.strip()}\n"
+        "Pick the output that is better according to this definition alone.\n\n"
+        "### Dromedary\n"
+        f"I have read the instruction, both outputs and the definition of {name}. "
+        f"The more {name} output is Output ("
+    )
+
+
+def judge_prompt(instruction: str, output_a: str, output_b: str, name: str, definition: str) -> JudgePrompt:
+    """All three segments of a judge prompt."""
+    return JudgePrompt(judge_shared(instruction), judge_outputs(output_a, output_b),
+                       judge_principle(name, definition))
+
+
+RM_HEADER = (
+    "# System\n"
+    "You review the responses an AI system gives to instructions and judge how good they are.\n\n"
+    "## Annotation Example\n\n"
+    "### AI system's Response\n"
+)
+RM_BETWEEN = "\n\n### Instruction to the AI system\n"
+RM_GUIDE = "\n\n## Annotation Guideline\n\nRate the response along these dimensions:\n\n"
+RM_CLOSING = "\nA good response meets every one of these criteria.\n\n## Reviewer\nThe quality of the output is"
+
+PMP_GUIDE_LINES = (
+    "Is the response helpful to the person who wrote the instruction?",
+    "Is it written in natural language, without needless repetition?",
+    "Is what it says correct?",
+)
+
+
+@dataclass(frozen=True)
+class RMPrompt:
+    """The reward-model prompt as five segments; the response comes before the instruction.
+
+    The reward is read at the last token of ``closing`` ("... output is").
+    """
+
+    header: str
+    response: str
+    between: str
+    instruction: str
+    closing: str
+
+    @property
+    def text(self) -> str:
+        return self.header + self.response + self.between + self.instruction + self.closing
+
+
+def rm_prompt(
+    response: str,
+    instruction: str,
+    principles: Sequence[str],
+    interventions: Sequence[str] = (),
+) -> RMPrompt:
+    """Fill the RM template.
+
+    Args:
+        response: the response to score.
+        instruction: the instruction it answers (with input appended, if any).
+        principles: principle texts, one bullet line each, in display order. The principle
+            NAME is never shown, only the text.
+        interventions: fixed RL-time lines shown before the principles (empty in RM training).
+    """
+    lines = "".join(f"- {t.strip()}\n" for t in (*interventions, *principles))
+    closing = RM_GUIDE + lines + RM_CLOSING
+    return RMPrompt(RM_HEADER, response.strip(), RM_BETWEEN, instruction.strip(), closing)
+
+
+def pmp_prompt(response: str, instruction: str) -> RMPrompt:
+    """The preference-model pre-training template: fixed generic questions, no principles."""
+    return rm_prompt(response, instruction, PMP_GUIDE_LINES)
