@@ -50,7 +50,9 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     """Load a tokenizer from a local folder; it must have a pad token or an EOS to pad with."""
     from transformers import AutoTokenizer
 
-    check_model_dir(path)
+    if not Path(path).is_dir():
+        raise SalmonInputError(f"tokenizer {path}", "folder not found",
+                               "give the path of a folder written by save_pretrained")
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:

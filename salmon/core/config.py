@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from salmon.core.errors import SalmonInputError
+from salmon.core.templates import DROMEDARY_SYSTEM
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["float32", "bfloat16", "float16"]
@@ -36,6 +37,8 @@ class SampleConfig(_Config):
     max_new_tokens: int = Field(default=768, ge=1, description="Longest response in tokens.")
     min_chars: int = Field(default=16, ge=0, description="Drop a prompt if either response is shorter.")
     stop: str = Field(default="###", description="Responses are cut before this marker.")
+    system_prompt: str = Field(
+        default=DROMEDARY_SYSTEM, description="Text before the instruction; must end with '### User'.")
     batch_size: int = Field(default=8, ge=1, description="Prompts per generate call.")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
     limit: int | None = Field(default=None, ge=1, description="Use only the first N prompts.")

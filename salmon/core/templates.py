@@ -10,6 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+DROMEDARY_SYSTEM = (
+    "# Dromedary\n\n"
+    "## System Overview\n\n"
+    "Dromedary is an AI assistant that answers the user's questions helpfully, honestly and "
+    "harmlessly. Each user turn starts with '### User' and each answer with '### Dromedary'.\n\n"
+    "### User"
+)
+"""The concise system prompt of the policy; the instruction follows on the next line."""
+
 JUDGE_HEADER = (
     "# Dromedary\n\n"
     "## System Overview\n\n"

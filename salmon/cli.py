@@ -1,0 +1,210 @@
+"""The ``salmon`` command.
+
+Every stage runs alone (``salmon <stage> [--preset P] [--config FILE] [key=value ...]``), and
+``salmon demo`` runs them end to end in the nano world. Bad input prints one ``error:`` line
+and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from salmon.core.errors import SalmonInputError
+
+STAGES: dict[str, tuple[str, str]] = {
+    # stage: (config class name in salmon.core.config, one-line help)
+    "sample": ("SampleConfig", "two responses per prompt (hf model or nano generator)"),
+    "label": ("LabelConfig", "AI feedback: judge each pair under each principle, both orders"),
+    "aggregate": ("AggregateConfig", "principle-conditioned RM training instances"),
+    "train_rm": ("TrainRMConfig", "train the principle-following reward model"),
+    "eval_rm": ("EvalRMConfig", "accuracy, flip rate and principle sensitivity of an RM"),
+}
+
+
+def _add_stage_commands(sub: Any) -> None:
+    from salmon.core import config as config_mod
+    from salmon.stages.common import add_config_arguments, config_help
+
+    for stage, (cls_name, help_text) in STAGES.items():
+        cls = getattr(config_mod, cls_name)
+        p = sub.add_parser(stage, help=help_text, description=help_text, epilog=config_help(cls),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_config_arguments(p)
+        p.set_defaults(func=_run_stage, stage=stage, config_cls=cls)
+
+
+def _run_stage(args: argparse.Namespace) -> int:
+    import importlib
+
+    from salmon.stages.common import resolve
+
+    module = importlib.import_module(f"salmon.stages.{args.stage}")
+    cfg = resolve(args.config_cls, args.stage, args)
+    result = module.run(cfg)
+    print(json.dumps(result.as_dict(), indent=2))
+    return 0
+
+
+def _principles_validate(args: argparse.Namespace) -> int:
+    from salmon.core.principles import load_principle_set
+
+    failed = 0
+    for f in args.files:
+        try:
+            s = load_principle_set(f)
+            print(f"ok  {f}: {s.name} v{s.version}, {len(s.principles)} principles, {s.digest()}")
+        except SalmonInputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+    return 2 if failed else 0
+
+
+def _principles_show(args: argparse.Namespace) -> int:
+    from salmon.core.principles import load_principle_set
+
+    s = load_principle_set(args.set)
+    if args.json:
+        print(json.dumps({**s.model_dump(mode="json"), "digest": s.digest()}, indent=2))
+        return 0
+    print(f"{s.name} v{s.version} ({s.kind}), {len(s.principles)} principles, {s.digest()}")
+    print(s.description)
+    for p in s.principles:
+        extra = [f"weight {p.weight:g}"] + [f"+{v:g} for {k}" for k, v in p.boosts.items()]
+        if not p.rm_training:
+            extra.append("not an RM training dimension")
+        print(f"\n- {p.id} ({p.name}; {', '.join(extra)})\n    {p.definition}")
+        if p.negative_definition:
+            print(f"    negated: {p.negative_definition}")
+    return 0
+
+
+def _principles_list(args: argparse.Namespace) -> int:
+    from salmon.core.principles import available_sets, load_principle_set
+
+    for name in available_sets():
+        s = load_principle_set(name)
+        print(f"{name:<14} {s.kind:<14} {len(s.principles):>3} principles  {s.digest()[:19]}")
+    return 0
+
+
+def _rm_score(args: argparse.Namespace) -> int:
+    from salmon.core.io import read_jsonl, write_jsonl
+    from salmon.core.records import ScoredResponse, ScoreRequest
+    from salmon.modeling import resolve_device
+    from salmon.reward.model import RMEncoder, load_reward_model, score_sequences
+
+    requests = read_jsonl(args.input, ScoreRequest)
+    model, tok, meta = load_reward_model(args.model, device=resolve_device(args.device))
+    encoder = RMEncoder(tok, meta.limits())
+    rows = [encoder.encode_rm(r.response, r.prompt, r.principles) for r in requests]
+    rewards = score_sequences(model, rows, int(tok.pad_token_id), args.batch_size)
+    write_jsonl(args.output, (ScoredResponse(**r.model_dump(), reward=w)
+                              for r, w in zip(requests, rewards, strict=True)))
+    print(f"scored {len(requests)} responses -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _nano_build(args: argparse.Namespace) -> int:
+    from salmon.nano.model import NanoModelSpec, build_nano_model
+
+    summary = build_nano_model(args.out, NanoModelSpec(pretrain_steps=args.pretrain_steps, seed=args.seed))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _nano_prompts(args: argparse.Namespace) -> int:
+    from salmon.core.io import write_jsonl
+    from salmon.nano.world import make_prompts
+
+    n = write_jsonl(args.out, make_prompts(args.n, args.seed, heldout_fraction=args.heldout))
+    print(f"wrote {n} nano prompts to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from salmon.demo import DemoOptions, run_demo
+
+    summary = run_demo(DemoOptions(out=args.out, prompts=args.prompts, seed=args.seed,
+                                   quick=args.quick, hf_judge_pairs=args.hf_judge_pairs))
+    print(json.dumps(summary["headline"], indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="salmon", description="Align base language models with a handful of principles (SALMON).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run every stage end to end in the nano world (CPU, minutes)",
+                          description="Run the nano world end to end and write DIR/summary.json.")
+    demo.add_argument("--out", required=True, help="output folder")
+    demo.add_argument("--prompts", type=int, default=1200, help="nano prompts to generate (default 1200)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the nano world (default 0)")
+    demo.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
+    demo.add_argument("--hf-judge-pairs", type=int, default=32,
+                      help="pairs also judged by the nano model itself with the hf judge (default 32)")
+    demo.set_defaults(func=_demo)
+
+    pr = sub.add_parser("principles", help="validate, list and show principle sets")
+    prs = pr.add_subparsers(dest="action", required=True, metavar="ACTION")
+    v = prs.add_parser("validate", help="check principle YAML files", description="Check principle YAML files.")
+    v.add_argument("files", nargs="+", help="YAML files")
+    v.set_defaults(func=_principles_validate)
+    s = prs.add_parser("show", help="print a principle set", description="Print a principle set.")
+    s.add_argument("set", help="shipped set name (e.g. reward_model) or a YAML path")
+    s.add_argument("--json", action="store_true", help="print JSON with the digest")
+    s.set_defaults(func=_principles_show)
+    ls = prs.add_parser("list", help="list the shipped sets", description="List the shipped sets.")
+    ls.set_defaults(func=_principles_list)
+
+    _add_stage_commands(sub)
+
+    rm = sub.add_parser("rm", help="use a trained reward model")
+    rms = rm.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sc = rms.add_parser("score", help="score responses under arbitrary principles",
+                        description="Each input line has prompt, response and principles (texts); "
+                                    "each output line adds reward.")
+    sc.add_argument("--model", required=True, help="RM folder (train_rm's model/)")
+    sc.add_argument("--input", required=True, help="JSONL of {prompt, response, principles}")
+    sc.add_argument("--output", required=True, help="JSONL to write")
+    sc.add_argument("--batch-size", type=int, default=16, help="sequences per forward (default 16)")
+    sc.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device")
+    sc.set_defaults(func=_rm_score)
+
+    nano = sub.add_parser("nano", help="the nano world: tiny model and prompts")
+    nas = nano.add_subparsers(dest="action", required=True, metavar="ACTION")
+    nb = nas.add_parser("build", help="build and briefly pretrain the nano model + tokenizer",
+                        description="Build the nano tokenizer and tiny Llama model into --out.")
+    nb.add_argument("--out", required=True, help="output folder (an HF model folder)")
+    nb.add_argument("--pretrain-steps", type=int, default=200, help="pretraining steps (default 200)")
+    nb.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    nb.set_defaults(func=_nano_build)
+    npr = nas.add_parser("prompts", help="generate nano prompts", description="Generate nano prompts as JSONL.")
+    npr.add_argument("--out", required=True, help="JSONL to write")
+    npr.add_argument("--n", type=int, default=1000, help="number of prompts (default 1000)")
+    npr.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    npr.add_argument("--heldout", type=float, default=0.25, help="held-out share (default 0.25)")
+    npr.set_defaults(func=_nano_prompts)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except SalmonInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,5 @@
+"""AI-feedback judges: compare two responses under one principle, in both presentation orders.
+
+``hf`` scores with a local causal LM's logits (the method's self-judging); ``rules`` scores
+verifiable nano principles with code.
+"""

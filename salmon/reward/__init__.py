@@ -1,0 +1,1 @@
+"""The principle-following (instructable) reward model: encoding, model, loss, save/load."""

@@ -1,0 +1,186 @@
+"""Reward model: a causal-LM body (+ LoRA or fully trained) and a scalar head at the last token.
+
+Inputs are left-padded, so the last position is the last real token of every sequence: the
+end of "... The quality of the output is". The head reads the final-layer hidden state there
+(after the last norm) and returns one reward per sequence, shape ``(batch,)``.
+
+A saved RM is a folder: ``rm.json`` (how it was built), ``tokenizer*``, ``reward_head.safetensors``
+and either ``adapter/`` (LoRA on the base model named in rm.json) or ``backbone/`` (full weights).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from salmon.core import templates
+from salmon.core.errors import SalmonInputError
+from salmon.core.io import write_json
+from salmon.modeling import bos_ids, check_model_dir, encode, load_backbone, load_tokenizer
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+RM_FORMAT = "salmon-reward-model/1"
+
+
+@dataclass(frozen=True)
+class EncodeLimits:
+    """Token budgets of an RM input (method §3.1)."""
+
+    model_max_length: int = 1280
+    query_len: int = 128
+    response_len: int = 768
+
+
+class RMEncoder:
+    """Turns (response, instruction, principle texts) into token ids for the RM.
+
+    The instruction keeps its last ``query_len`` tokens, the response its first
+    ``response_len``. If the whole still exceeds ``model_max_length``, the response is cut
+    further: the closing stem where the reward is read is never truncated.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, limits: EncodeLimits) -> None:
+        self.tokenizer = tokenizer
+        self.limits = limits
+        self._fixed: dict[str, list[int]] = {}
+
+    def _enc_cached(self, text: str) -> list[int]:
+        if text not in self._fixed:
+            self._fixed[text] = encode(self.tokenizer, text)
+        return self._fixed[text]
+
+    def encode(self, prompt: templates.RMPrompt) -> list[int]:
+        lim = self.limits
+        head = bos_ids(self.tokenizer) + self._enc_cached(prompt.header)
+        between = self._enc_cached(prompt.between)
+        closing = self._enc_cached(prompt.closing)
+        response = encode(self.tokenizer, prompt.response)[: lim.response_len]
+        instruction = encode(self.tokenizer, prompt.instruction)
+        instruction = instruction[-lim.query_len:] if lim.query_len else []
+        fixed = len(head) + len(between) + len(instruction) + len(closing)
+        room = lim.model_max_length - fixed
+        if room < 1:
+            raise SalmonInputError(
+                "reward-model input", f"the principle lines and template take {fixed} tokens, "
+                f"more than model_max_length={lim.model_max_length}",
+                "use fewer or shorter principles, or raise model_max_length")
+        return head + response[:room] + between + instruction + closing
+
+    def encode_rm(self, response: str, instruction: str, principles: Sequence[str],
+                  interventions: Sequence[str] = ()) -> list[int]:
+        return self.encode(templates.rm_prompt(response, instruction, principles, interventions))
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[n, L]`` ids and attention mask with padding on the LEFT."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def build_reward_model(backbone: Any, seed: int = 0) -> Any:
+    """Wrap a transformer body with a fresh scalar head on the body's device."""
+    from salmon.reward.module import RewardModel, new_head
+
+    device = next(backbone.parameters()).device
+    return RewardModel(backbone, new_head(backbone.config.hidden_size, seed).to(device))
+
+
+@dataclass
+class RMMeta:
+    """What ``rm.json`` records about a saved reward model."""
+
+    format: str
+    base_model: str
+    finetune: str
+    model_max_length: int
+    query_len: int
+    response_len: int
+    template: str = "rm_v0"
+
+    def limits(self) -> EncodeLimits:
+        return EncodeLimits(self.model_max_length, self.query_len, self.response_len)
+
+
+def save_reward_model(model: Any, tokenizer: PreTrainedTokenizerBase, meta: RMMeta, out_dir: str | Path) -> None:
+    """Write the RM folder atomically (temp folder, then rename)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        sub = "adapter" if meta.finetune == "lora" else "backbone"
+        model.backbone.save_pretrained(tmp / sub)
+        tokenizer.save_pretrained(tmp)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()},
+                  str(tmp / "reward_head.safetensors"))
+        write_json(tmp / "rm.json", asdict(meta))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_reward_model(path: str, *, device: torch.device) -> tuple[Any, PreTrainedTokenizerBase, RMMeta]:
+    """Load a saved RM folder for scoring (eval mode)."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    meta_path = p / "rm.json"
+    if not meta_path.is_file():
+        raise SalmonInputError(f"reward model {path}", "no rm.json in the folder",
+                               "give a folder written by train_rm (its model/ subfolder)")
+    try:
+        meta = RMMeta(**json.loads(meta_path.read_text(encoding="utf-8")))
+    except (TypeError, json.JSONDecodeError) as e:
+        raise SalmonInputError(str(meta_path), f"unreadable ({e})") from None
+    if meta.format != RM_FORMAT:
+        raise SalmonInputError(str(meta_path), f"unknown format {meta.format!r}", f"expected {RM_FORMAT}")
+    tokenizer = load_tokenizer(str(p))
+    if meta.finetune == "lora":
+        from peft import PeftModel
+
+        check_model_dir(meta.base_model)
+        body = PeftModel.from_pretrained(load_backbone(meta.base_model, device=device),
+                                         str(p / "adapter"))
+    else:
+        body = load_backbone(str(p / "backbone"), device=device)
+    model = build_reward_model(body)
+    model.head.load_state_dict(load_file(str(p / "reward_head.safetensors")))
+    model.to(device)
+    model.eval()
+    return model, tokenizer, meta
+
+
+def score_sequences(model: Any, rows: Sequence[Sequence[int]], pad_id: int, batch_size: int = 16) -> list[float]:
+    """Rewards of already-encoded sequences, batched by similar length."""
+    import torch
+
+    device = next(model.parameters()).device
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    out = [0.0] * len(rows)
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            ids, mask = left_pad([rows[i] for i in idx], pad_id)
+            rewards = model(ids.to(device), mask.to(device)).tolist()
+            for i, r in zip(idx, rewards, strict=True):
+                out[i] = r
+    return out

@@ -1,0 +1,72 @@
+"""What every stage recipe shares: the result type, logging and the ``python -m`` entry point."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from salmon.core.config import build_config
+from salmon.core.errors import SalmonInputError
+
+C = TypeVar("C", bound=BaseModel)
+
+
+@dataclass
+class StageResult:
+    """What a stage produced: output paths by name, and metrics by name."""
+
+    stage: str
+    outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"outputs": self.outputs, "metrics": self.metrics}
+
+
+def log(stage: str, message: str) -> None:
+    """One progress message on stderr, prefixed with the stage name."""
+    print(f"[{stage}] {message}", file=sys.stderr, flush=True)
+
+
+def config_help(cls: type[BaseModel]) -> str:
+    """The config keys with type, default and description, for ``--help``."""
+    lines = ["config keys (set with key=value):"]
+    for name, f in cls.model_fields.items():
+        default = "required" if f.is_required() else f"default {f.get_default(call_default_factory=True)!r}"
+        lines.append(f"  {name:<22} {f.description or ''} [{default}]")
+    return "\n".join(lines)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", help="named preset, e.g. 'nano' (salmon/configs/<preset>/<stage>.yaml)")
+    parser.add_argument("--config", help="YAML file with config keys")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def resolve(cls: type[C], stage: str, args: argparse.Namespace) -> C:
+    return build_config(cls, stage=stage, preset=args.preset, config_file=args.config,
+                        overrides=args.overrides)
+
+
+def stage_main(stage: str, cls: type[C], run: Callable[[C], StageResult],
+               argv: Sequence[str] | None = None, description: str = "") -> int:
+    """Entry point of ``python -m salmon.stages.<stage>``: parse, run, print the result as JSON."""
+    import json
+
+    parser = argparse.ArgumentParser(
+        prog=f"python -m salmon.stages.{stage}", description=description,
+        epilog=config_help(cls), formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        result = run(resolve(cls, stage, args))
+    except SalmonInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.as_dict(), indent=2))
+    return 0

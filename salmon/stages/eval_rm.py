@@ -1,0 +1,175 @@
+"""``eval_rm``: does the reward model follow the principles it is given? (method §10, items 4-5)
+
+On held-out pairs and their judgements:
+
+- **accuracy**: instances built exactly as ``aggregate`` builds them, but without label noise
+  or rules (so the label is what the principles say); share where the RM prefers the labelled
+  output.
+- **flip rate**: for the accuracy instances whose deciding principle is shown positively,
+  replace that line by its negative definition; share where the RM's preference flips.
+- **principle sensitivity**: pairs where the judge says the two ``sensitivity`` principles
+  (e.g. concise vs comprehensive) disagree; share where the RM conditioned on each alone also
+  prefers opposite outputs.
+
+Writes ``metrics.json`` and ``report.md``; with ``min_accuracy`` / ``min_flip_rate`` set, a
+result below them fails the stage (exit 1) after writing both.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from salmon.core.aggregate import AggregateParams, aggregate, index_judgements, principle_score
+from salmon.core.config import EvalRMConfig
+from salmon.core.errors import SalmonInputError
+from salmon.core.io import read_jsonl, write_json, write_text
+from salmon.core.principles import load_principle_set
+from salmon.core.records import Judgement, ResponsePair, RMInstance, RMPrinciple
+from salmon.stages.aggregate import training_dimensions
+from salmon.stages.common import StageResult, log, stage_main
+
+STAGE = "eval_rm"
+
+
+class EvalGateFailed(RuntimeError):
+    """An evaluation result fell below a configured threshold."""
+
+
+def negate_dominant(inst: RMInstance, negative_text: str) -> RMInstance:
+    """The instance with its deciding principle shown negatively and the label flipped."""
+    lines = list(inst.principles)
+    d = lines[inst.dominant_index]
+    lines[inst.dominant_index] = RMPrinciple(principle_id=d.principle_id, negated=True,
+                                             text=negative_text, score=-d.score)
+    return inst.model_copy(update={"principles": lines,
+                                   "preference": 2 if inst.preference == 1 else 1})
+
+
+def run(cfg: EvalRMConfig) -> StageResult:
+    from salmon.modeling import resolve_device
+    from salmon.reward.model import RMEncoder, load_reward_model, score_sequences
+
+    pset = load_principle_set(cfg.principles)
+    dims = training_dimensions(pset, cfg.dimensions)
+    for pid in cfg.sensitivity:
+        pset.get(pid)
+    pairs = [p for p in read_jsonl(cfg.pairs, ResponsePair) if p.prompt.split in cfg.splits]
+    if not pairs:
+        raise SalmonInputError(cfg.pairs, f"no pairs in splits {cfg.splits}", "check the splits key")
+    judgements = index_judgements(read_jsonl(cfg.judgements, Judgement))
+    params = AggregateParams(dimensions=dims, normalizer=cfg.normalizer, passes=cfg.passes,
+                             geometric_p=cfg.geometric_p, max_principles=cfg.max_principles,
+                             ai_phrase_p=0.0, language_rule=False, label_noise=0.0,
+                             rule_label_noise=0.0, seed=cfg.seed)
+    instances, _ = aggregate(pairs, judgements, pset, params)
+    flip_base = [i for i in instances if not i.principles[i.dominant_index].negated]
+    flipped = [negate_dominant(i, pset.get(i.principles[i.dominant_index].principle_id)
+                               .negative_definition or "") for i in flip_base]
+
+    # sensitivity pairs: the judge says the two principles prefer opposite outputs
+    a_id, b_id = cfg.sensitivity
+    a_p, b_p = pset.get(a_id), pset.get(b_id)
+    sens_pairs = []
+    for pair in pairs:
+        per = judgements.get(pair.pair_id, {})
+        if a_id in per and b_id in per:
+            sa = principle_score(per[a_id].delta_12, per[a_id].delta_21, 1.0)
+            sb = principle_score(per[b_id].delta_12, per[b_id].delta_21, 1.0)
+            if sa * sb < 0:
+                sens_pairs.append(pair)
+
+    device = resolve_device(cfg.device)
+    model, tokenizer, meta = load_reward_model(cfg.model, device=device)
+    encoder = RMEncoder(tokenizer, meta.limits())
+    rows: list[list[int]] = []
+
+    def add(resp: str, instr: str, lines: list[str]) -> int:
+        rows.append(encoder.encode_rm(resp, instr, lines))
+        return len(rows) - 1
+
+    def inst_rows(i: RMInstance) -> tuple[int, int]:
+        lines = [p.text for p in i.principles]
+        return add(i.output_1, i.instruction, lines), add(i.output_2, i.instruction, lines)
+
+    acc_idx = [inst_rows(i) for i in instances]
+    flip_idx = [inst_rows(i) for i in flipped]
+    sens_idx = []
+    for pair in sens_pairs:
+        instr = pair.prompt.full_instruction()
+        sens_idx.append((add(pair.output_1, instr, [a_p.definition]), add(pair.output_2, instr, [a_p.definition]),
+                         add(pair.output_1, instr, [b_p.definition]), add(pair.output_2, instr, [b_p.definition])))
+    log(STAGE, f"scoring {len(rows)} sequences: {len(instances)} accuracy instances, "
+               f"{len(flipped)} flip instances, {len(sens_pairs)} sensitivity pairs")
+    r = score_sequences(model, rows, int(tokenizer.pad_token_id), cfg.batch_size)
+
+    def prefers_1(i1: int, i2: int) -> bool:
+        return r[i1] > r[i2]
+
+    correct = [prefers_1(*ix) == (inst.preference == 1) for ix, inst in zip(acc_idx, instances, strict=True)]
+    by_principle: dict[str, list[bool]] = defaultdict(list)
+    by_k: dict[int, list[bool]] = defaultdict(list)
+    for ok, inst in zip(correct, instances, strict=True):
+        by_principle[inst.principles[inst.dominant_index].principle_id].append(ok)
+        by_k[len(inst.principles)].append(ok)
+    base_of = {i.instance_id: k for k, i in enumerate(instances)}
+    flips = [prefers_1(*acc_idx[base_of[i.instance_id]]) != prefers_1(*fx)
+             for i, fx in zip(flip_base, flip_idx, strict=True)]
+    flip_by: dict[str, list[bool]] = defaultdict(list)
+    for ok, inst in zip(flips, flip_base, strict=True):
+        flip_by[inst.principles[inst.dominant_index].principle_id].append(ok)
+    sens = [prefers_1(a1, a2) != prefers_1(b1, b2) for a1, a2, b1, b2 in sens_idx]
+
+    def rate(xs: list[bool]) -> float:
+        return round(sum(xs) / len(xs), 4) if xs else float("nan")
+
+    metrics = {
+        "accuracy": rate(correct), "accuracy_n": len(correct),
+        "flip_rate": rate(flips), "flip_n": len(flips),
+        "sensitivity": rate(sens), "sensitivity_n": len(sens),
+        "accuracy_by_principle": {k: rate(v) for k, v in sorted(by_principle.items())},
+        "accuracy_by_k": {str(k): rate(v) for k, v in sorted(by_k.items())},
+        "flip_rate_by_principle": {k: rate(v) for k, v in sorted(flip_by.items())},
+        "pairs": len(pairs), "principles_digest": pset.digest(),
+    }
+    out = Path(cfg.output_dir)
+    write_json(out / "metrics.json", metrics)
+    write_text(out / "report.md", report(cfg, metrics))
+    log(STAGE, f"accuracy {metrics['accuracy']:.3f} (n={len(correct)}), flip rate "
+               f"{metrics['flip_rate']:.3f} (n={len(flips)}), sensitivity {metrics['sensitivity']:.3f} "
+               f"(n={len(sens)})")
+    result = StageResult(STAGE, outputs={"metrics": str(out / "metrics.json"),
+                                         "report": str(out / "report.md")}, metrics=metrics)
+    failures = []
+    if cfg.min_accuracy is not None and not metrics["accuracy"] >= cfg.min_accuracy:
+        failures.append(f"accuracy {metrics['accuracy']} < {cfg.min_accuracy}")
+    if cfg.min_flip_rate is not None and not metrics["flip_rate"] >= cfg.min_flip_rate:
+        failures.append(f"flip rate {metrics['flip_rate']} < {cfg.min_flip_rate}")
+    if failures:
+        raise EvalGateFailed("; ".join(failures))
+    return result
+
+
+def report(cfg: EvalRMConfig, m: dict) -> str:  # type: ignore[type-arg]
+    lines = [
+        "# Reward-model evaluation", "",
+        f"Model: `{cfg.model}`; pairs: `{cfg.pairs}` (splits {', '.join(cfg.splits)}); "
+        f"principles: `{cfg.principles}`.", "",
+        "| metric | value | n |", "|---|---|---|",
+        f"| pairwise accuracy | {m['accuracy']:.3f} | {m['accuracy_n']} |",
+        f"| flip rate (deciding principle negated) | {m['flip_rate']:.3f} | {m['flip_n']} |",
+        f"| principle sensitivity ({cfg.sensitivity[0]} vs {cfg.sensitivity[1]}) | "
+        f"{m['sensitivity']:.3f} | {m['sensitivity_n']} |", "",
+        "| deciding principle | accuracy | flip rate |", "|---|---|---|",
+    ]
+    for pid, acc in m["accuracy_by_principle"].items():
+        lines.append(f"| {pid} | {acc:.3f} | {m['flip_rate_by_principle'].get(pid, float('nan')):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(STAGE, EvalRMConfig, run, argv, __doc__ or "")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,232 @@
+"""``train_rm``: the principle-following reward model (method §3).
+
+A causal-LM body with LoRA (r=64, alpha=16 on all linear layers by default; ``finetune=full``
+for small models) and a float32 scalar head read at the last token of left-padded inputs.
+Each instance gives two sequences, (response, instruction, principle lines) for both outputs,
+run in one forward; the loss is Bradley-Terry, ``-log sigmoid(r_chosen - r_rejected)``.
+
+With ``pmp_data``, a preference-model pre-training phase on generic pairs (template without
+principles) runs first and the principle-conditioned phase continues its weights.
+
+Checkpoints (trainable weights, optimizer, scheduler, step) land in ``<output_dir>/checkpoints``
+every ``save_every`` steps; a rerun resumes from the newest one. The final RM is written to
+``<output_dir>/model`` atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from salmon.core import templates
+from salmon.core.config import TrainRMConfig
+from salmon.core.digest import digest_file
+from salmon.core.io import read_jsonl, write_json, write_text
+from salmon.core.records import RMInstance
+from salmon.reward.train import data_order, latest_checkpoint, lr_multiplier
+from salmon.stages.common import StageResult, log, stage_main
+
+STAGE = "train_rm"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase: PMP (generic template) or FT (principle-conditioned)."""
+
+    name: str
+    data: str
+    learning_rate: float
+    warmup_ratio: float
+    epochs: float
+    model_max_length: int
+    query_len: int
+    response_len: int
+
+
+def phases(cfg: TrainRMConfig) -> list[Phase]:
+    out = []
+    if cfg.pmp_data:
+        out.append(Phase("pmp", cfg.pmp_data, cfg.pmp_learning_rate, cfg.pmp_warmup_ratio,
+                         cfg.pmp_epochs, cfg.pmp_model_max_length, cfg.pmp_query_len,
+                         cfg.pmp_response_len))
+    out.append(Phase("ft", cfg.instances, cfg.learning_rate, cfg.warmup_ratio, cfg.epochs,
+                     cfg.model_max_length, cfg.query_len, cfg.response_len))
+    return out
+
+
+def encode_instance(encoder: Any, inst: RMInstance, pmp: bool) -> tuple[list[int], list[int]]:
+    """Token ids of (output_1, output_2) under the instance's principle lines (or the PMP guide)."""
+    lines = [p.text for p in inst.principles]
+    if pmp:
+        return (encoder.encode(templates.pmp_prompt(inst.output_1, inst.instruction)),
+                encoder.encode(templates.pmp_prompt(inst.output_2, inst.instruction)))
+    return (encoder.encode_rm(inst.output_1, inst.instruction, lines),
+            encoder.encode_rm(inst.output_2, inst.instruction, lines))
+
+
+def _trainable(model: Any) -> dict[str, Any]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(ckpt_dir: Path, phase_index: int, step: int, model: Any, opt: Any,
+                     sched: Any, keep: int = 2) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"step-{phase_index}{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=ckpt_dir))
+    save_file({n: p.detach().cpu().contiguous() for n, p in _trainable(model).items()},
+              str(tmp / "trainable.safetensors"))
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    torch.save(sched.state_dict(), tmp / "scheduler.pt")
+    write_json(tmp / "state.json", {"phase_index": phase_index, "step": step})
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    old = sorted((p for p in ckpt_dir.glob("step-*") if p != final),
+                 key=lambda p: int(p.name.split("-")[1]))
+    for p in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _load_checkpoint(path: Path, model: Any, opt: Any, sched: Any) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    missing = set(_trainable(model)) - set(load_file(str(path / "trainable.safetensors")))
+    if missing:
+        raise RuntimeError(f"checkpoint {path} lacks {len(missing)} trainable tensors")
+    model.load_state_dict(load_file(str(path / "trainable.safetensors")), strict=False)
+    opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+
+
+def build_model(cfg: TrainRMConfig) -> tuple[Any, Any]:
+    """The RM to train and its tokenizer: base body (+ LoRA) and a fresh head."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from salmon.modeling import load_backbone, load_tokenizer, resolve_device
+    from salmon.reward.model import build_reward_model
+
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.base_model)
+    body = load_backbone(cfg.base_model, device=device, dtype=cfg.dtype)
+    if cfg.finetune == "lora":
+        target: str | list[str] = (cfg.lora_target if cfg.lora_target == "all-linear"
+                                   else [t.strip() for t in cfg.lora_target.split(",")])
+        body = get_peft_model(body, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                               lora_dropout=cfg.lora_dropout, target_modules=target))
+    model = build_reward_model(body, seed=cfg.seed)
+    model.train()
+    return model, tokenizer
+
+
+def run(cfg: TrainRMConfig) -> StageResult:
+    import torch
+
+    from salmon.reward.loss import bradley_terry_loss
+    from salmon.reward.model import RM_FORMAT, EncodeLimits, RMEncoder, RMMeta, left_pad, save_reward_model
+
+    out_dir = Path(cfg.output_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    plan = phases(cfg)
+    datasets = [read_jsonl(ph.data, RMInstance) for ph in plan]
+    model, tokenizer = build_model(cfg)
+    device = next(model.parameters()).device
+    pad = int(tokenizer.pad_token_id)
+    n_trainable = sum(p.numel() for p in _trainable(model).values())
+    n_total = sum(p.numel() for p in model.parameters())
+    log(STAGE, f"{cfg.finetune} fine-tuning of {cfg.base_model}: {n_trainable:,} of {n_total:,} "
+               f"parameters trainable; phases: {', '.join(p.name for p in plan)}")
+
+    resume = latest_checkpoint(ckpt_dir)
+    start_phase, start_step = 0, 0
+    if resume is not None:
+        state = json.loads((resume / "state.json").read_text())
+        start_phase, start_step = state["phase_index"], state["step"]
+        log(STAGE, f"resuming from {resume} (phase {plan[start_phase].name}, step {start_step})")
+
+    history: list[dict[str, float | int | str]] = []
+    t0 = time.monotonic()
+    for pi, (ph, data) in enumerate(zip(plan, datasets, strict=True)):
+        if pi < start_phase:
+            continue
+        encoder = RMEncoder(tokenizer, EncodeLimits(ph.model_max_length, ph.query_len, ph.response_len))
+        examples = [encode_instance(encoder, inst, pmp=ph.name == "pmp") for inst in data]
+        labels = [inst.preference for inst in data]
+        batches = data_order(len(examples), ph.epochs, cfg.batch_size, cfg.seed)
+        total = len(batches)
+        warmup = int(round(ph.warmup_ratio * total))
+        params = list(_trainable(model).values())
+        opt = torch.optim.AdamW(params, lr=ph.learning_rate, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s, w=warmup, t=total: lr_multiplier(s, w, t, cfg.lr_schedule))
+        first = 0
+        if pi == start_phase and resume is not None:
+            _load_checkpoint(resume, model, opt, sched)
+            first = start_step
+        log(STAGE, f"phase {ph.name}: {len(examples)} instances, {total} steps of {cfg.batch_size} "
+                   f"pairs, lr {ph.learning_rate:g}, warm-up {warmup}")
+        window_loss, window_acc, window_n = 0.0, 0.0, 0
+        for step in range(first, total):
+            batch = batches[step]
+            for start in range(0, len(batch), cfg.micro_batch_size):
+                micro = batch[start:start + cfg.micro_batch_size]
+                rows = [ids for i in micro for ids in examples[i]]
+                ids, mask = left_pad(rows, pad)
+                rewards = model(ids.to(device), mask.to(device)).view(len(micro), 2)
+                pref = torch.tensor([labels[i] for i in micro], device=device) - 1
+                chosen = rewards.gather(1, pref[:, None]).squeeze(1)
+                rejected = rewards.gather(1, (1 - pref)[:, None]).squeeze(1)
+                loss = bradley_terry_loss(chosen, rejected)
+                (loss * len(micro) / len(batch)).backward()
+                window_loss += float(loss.detach()) * len(micro)
+                window_acc += float((chosen > rejected).float().sum())
+                window_n += len(micro)
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == total:
+                entry = {"phase": ph.name, "step": done, "loss": round(window_loss / window_n, 4),
+                         "accuracy": round(window_acc / window_n, 4),
+                         "lr": sched.get_last_lr()[0], "seconds": round(time.monotonic() - t0, 1)}
+                history.append(entry)
+                log(STAGE, f"{ph.name} step {done}/{total} loss {entry['loss']:.4f} "
+                           f"acc {entry['accuracy']:.3f} lr {entry['lr']:.2e}")
+                window_loss, window_acc, window_n = 0.0, 0.0, 0
+            if done % cfg.save_every == 0 or done == total:
+                _save_checkpoint(ckpt_dir, pi, done, model, opt, sched)
+
+    model.eval()
+    meta = RMMeta(format=RM_FORMAT, base_model=str(Path(cfg.base_model).resolve()),
+                  finetune=cfg.finetune, model_max_length=cfg.model_max_length,
+                  query_len=cfg.query_len, response_len=cfg.response_len)
+    save_reward_model(model, tokenizer, meta, out_dir / "model")
+    write_text(out_dir / "train_log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    last = {k: v for k, v in (history[-1] if history else {}).items() if k in ("loss", "accuracy")}
+    metrics = {"train_" + k: v for k, v in last.items()}
+    metrics.update(instances=len(datasets[-1]), trainable_parameters=n_trainable,
+                   seconds=round(time.monotonic() - t0, 1),
+                   instances_digest=digest_file(cfg.instances))
+    log(STAGE, f"reward model written to {out_dir / 'model'}")
+    return StageResult(STAGE, outputs={"model": str(out_dir / "model"),
+                                       "train_log": str(out_dir / "train_log.jsonl")},
+                       metrics=metrics)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(STAGE, TrainRMConfig, run, argv, __doc__ or "")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
