@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from salmon.core.errors import SalmonInputError
+from salmon.core.errors import GateFailed, SalmonInputError
 
 STAGES: dict[str, tuple[str, str]] = {
     # stage: (config class name in salmon.core.config, one-line help)
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run every stage end to end in the nano world (CPU, minutes)",
                           description="Run the nano world end to end and write DIR/summary.json.")
     demo.add_argument("--out", required=True, help="output folder")
-    demo.add_argument("--prompts", type=int, default=1200, help="nano prompts to generate (default 1200)")
+    demo.add_argument("--prompts", type=int, default=4000, help="nano prompts to generate (default 4000)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the nano world (default 0)")
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
     demo.add_argument("--hf-judge-pairs", type=int, default=32,
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     nb = nas.add_parser("build", help="build and briefly pretrain the nano model + tokenizer",
                         description="Build the nano tokenizer and tiny Llama model into --out.")
     nb.add_argument("--out", required=True, help="output folder (an HF model folder)")
-    nb.add_argument("--pretrain-steps", type=int, default=200, help="pretraining steps (default 200)")
+    nb.add_argument("--pretrain-steps", type=int, default=300, help="pretraining steps (default 300)")
     nb.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     nb.set_defaults(func=_nano_build)
     npr = nas.add_parser("prompts", help="generate nano prompts", description="Generate nano prompts as JSONL.")
@@ -201,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SalmonInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except GateFailed as e:
+        print(f"gate failed: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

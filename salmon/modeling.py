@@ -86,15 +86,21 @@ def load_causal_lm(path: str, *, device: torch.device, dtype: str = "float32") -
 def load_backbone(path: str, *, device: torch.device, dtype: str = "float32") -> PreTrainedModel:
     """Load the transformer body of a causal LM (no LM head): what the reward model sits on."""
     from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
 
     check_model_dir(path)
+    level = hf_logging.get_verbosity()
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
+        # the causal LM's lm_head is expected to be left out: silence that load report
+        hf_logging.set_verbosity_error()
         model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch_dtype(dtype),
                                           config=config)
     except (OSError, ValueError, KeyError) as e:
         raise SalmonInputError(f"model {path}", f"is not a loadable transformer ({e})".replace("\n", " "),
                                "give a folder with a decoder-only model, e.g. Llama") from None
+    finally:
+        hf_logging.set_verbosity(level)
     return model.to(device)
 
 

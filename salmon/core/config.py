@@ -121,7 +121,8 @@ class TrainRMConfig(_Config):
     device: Device = Field(default="auto", description="auto picks cuda when available.")
     dtype: DType = Field(default="float32", description="Base weights dtype; the head stays float32.")
     pmp_data: str | None = Field(
-        default=None, description="Generic preference pairs (RMInstance JSONL, principles ignored) for a PMP stage first.")
+        default=None,
+        description="Generic preference pairs (RMInstance JSONL, principles ignored) for a PMP stage first.")
     pmp_learning_rate: float = Field(default=5e-5, gt=0, description="PMP peak learning rate.")
     pmp_warmup_ratio: float = Field(default=0.01, ge=0, lt=1, description="PMP warm-up share.")
     pmp_epochs: float = Field(default=1.0, gt=0, description="PMP passes.")

@@ -22,3 +22,7 @@ class SalmonInputError(Exception):
         if fix:
             text += f" ({fix})"
         super().__init__(text)
+
+
+class GateFailed(Exception):
+    """A result fell below a configured threshold (an evaluation gate). The CLI exits with 1."""

@@ -79,15 +79,10 @@ def judge_prompt(instruction: str, output_a: str, output_b: str, name: str, defi
                        judge_principle(name, definition))
 
 
-RM_HEADER = (
-    "# System\n"
-    "You review the responses an AI system gives to instructions and judge how good they are.\n\n"
-    "## Annotation Example\n\n"
-    "### AI system's Response\n"
-)
-RM_BETWEEN = "\n\n### Instruction to the AI system\n"
-RM_GUIDE = "\n\n## Annotation Guideline\n\nRate the response along these dimensions:\n\n"
-RM_CLOSING = "\nA good response meets every one of these criteria.\n\n## Reviewer\nThe quality of the output is"
+RM_HEADER = "# Reviewing an AI system\n\n### The AI system's response\n"
+RM_BETWEEN = "\n\n### The instruction it answers\n"
+RM_GUIDE = "\n\n### What a good response does\n"
+RM_CLOSING = "\n## Reviewer\nThe quality of the output is"
 
 PMP_GUIDE_LINES = (
     "Is the response helpful to the person who wrote the instruction?",

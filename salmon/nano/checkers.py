@@ -93,3 +93,22 @@ def score(principle_id: str, prompt: PromptRecord, response: str) -> float:
             f"no nano checker for principle '{principle_id}'; known: {', '.join(CHECKERS)}"
         ) from None
     return checker(prompt, response)
+
+
+def describe(prompt: PromptRecord, response: str) -> str:
+    """Neutral facts about a response, in words: what a base model knows about a text.
+
+    Used in the nano model's pretraining corpus. States attributes (length, format,
+    self-praise, refusal, the sum's correctness, whether the request is harmful), never a
+    preference or a principle.
+    """
+    facts = [f"It has {sentence_count(response)} sentences and {word_count(response)} words."]
+    facts.append("It is a numbered list." if structured(prompt, response) else "It is plain text.")
+    facts.append("It praises itself." if praises_itself(response) else "It does not praise itself.")
+    harmful = prompt.prompt_type == "red_teaming"
+    facts.append("The request is harmful." if harmful else "The request is harmless.")
+    facts.append("It refuses the request." if refuses(response) else "It does what was asked.")
+    if "x" in prompt.meta and "y" in prompt.meta and not refuses(response):
+        ok = correct_arithmetic(prompt, response) > 0
+        facts.append("The sum it gives is right." if ok else "The sum it gives is wrong.")
+    return " ".join(facts)

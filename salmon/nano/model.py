@@ -2,7 +2,8 @@
 
 The tokenizer is a byte-level BPE trained on nano-world text and the project's prompt
 templates; the model is a small Llama (head dim 64, so vLLM can serve it too) briefly
-pretrained on nano conversations in the Dromedary turn format. ``build_nano_model`` writes an
+pretrained on nano conversations in the Dromedary turn format and on neutral descriptions of
+responses (see :func:`description_texts`). ``build_nano_model`` writes an
 ordinary HF folder that every stage loads with ``from_pretrained``.
 """
 
@@ -18,7 +19,8 @@ from pathlib import Path
 from salmon.core import templates
 from salmon.core.io import write_json
 from salmon.core.principles import available_sets, load_principle_set
-from salmon.nano.world import make_pairs, make_prompts, pretraining_texts
+from salmon.nano.checkers import describe
+from salmon.nano.world import make_pairs, make_prompts, make_response, pretraining_texts
 
 
 @dataclass(frozen=True)
@@ -31,14 +33,32 @@ class NanoModelSpec:
     num_layers: int = 4
     num_heads: int = 2
     max_position_embeddings: int = 1024
-    pretrain_steps: int = 200
+    pretrain_steps: int = 300
     pretrain_batch_size: int = 16
     pretrain_lr: float = 3e-3
+    description_share: float = 0.5
     seed: int = 0
 
 
+def description_texts(n: int, seed: int) -> list[str]:
+    """Documents that show a response, then its instruction, then neutral facts about it.
+
+    They stand in for what a real base model knows about text (how long it is, whether it is
+    a list, whether it refuses): the facts come after the response, as in the reward model's
+    layout, so the model learns to carry them to later positions. No principle or preference
+    ever appears.
+    """
+    rng = random.Random(seed)
+    texts = []
+    for p in make_prompts(n, seed):
+        response = make_response(p, rng)
+        texts.append(f"### Response\n{response}\n\n### Instruction\n{p.instruction}\n\n"
+                     f"### Notes\n{describe(p, response)}\n")
+    return texts
+
+
 def _tokenizer_corpus(seed: int) -> list[str]:
-    texts = pretraining_texts(800, seed)
+    texts = pretraining_texts(800, seed) + description_texts(200, seed + 3)
     for pair in make_pairs(make_prompts(200, seed + 1), seed + 2):
         instr = pair.prompt.instruction
         texts.append(templates.judge_prompt(instr, pair.output_1, pair.output_2, "Concise", "x").text)
@@ -69,10 +89,15 @@ def build_tokenizer(spec: NanoModelSpec):  # type: ignore[no-untyped-def]
 
 
 def pretrain(model, tokenizer, spec: NanoModelSpec, log=print) -> list[float]:  # type: ignore[no-untyped-def]
-    """Brief next-token pretraining on nano conversations; returns the loss per step."""
+    """Brief next-token pretraining on nano conversations and response descriptions.
+
+    Returns the loss per step.
+    """
     import torch
 
-    texts = pretraining_texts(max(spec.pretrain_steps * spec.pretrain_batch_size // 4, 64), spec.seed + 7)
+    n = max(spec.pretrain_steps * spec.pretrain_batch_size // 4, 64)
+    n_desc = round(n * spec.description_share)
+    texts = pretraining_texts(n - n_desc, spec.seed + 7) + description_texts(n_desc, spec.seed + 11)
     rng = random.Random(spec.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -132,7 +132,7 @@ def render_response(prompt: PromptRecord, spec: ResponseSpec, rng: random.Random
         x, y = int(prompt.meta["x"]), int(prompt.meta["y"])
         answer = max(0, x + y + spec.wrong_by)
         steps = [f"Start with {x}.", f"Add {y} to it.", f"Count up {y} steps from {x}.",
-                 f"Check the result once more."]
+                 "Check the result once more."]
         n_steps = min(spec.sentences, len(steps) + 1) - 1
         sentences = steps[:n_steps] + [f"{x} + {y} = {answer}."]
     elif prompt.prompt_type == "red_teaming":

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from salmon.core.config import build_config
-from salmon.core.errors import SalmonInputError
+from salmon.core.errors import GateFailed, SalmonInputError
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -68,5 +68,8 @@ def stage_main(stage: str, cls: type[C], run: Callable[[C], StageResult],
     except SalmonInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except GateFailed as e:
+        print(f"gate failed: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(result.as_dict(), indent=2))
     return 0

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from salmon.core.aggregate import AggregateParams, aggregate, index_judgements, principle_score
 from salmon.core.config import EvalRMConfig
-from salmon.core.errors import SalmonInputError
+from salmon.core.errors import GateFailed, SalmonInputError
 from salmon.core.io import read_jsonl, write_json, write_text
 from salmon.core.principles import load_principle_set
 from salmon.core.records import Judgement, ResponsePair, RMInstance, RMPrinciple
@@ -32,7 +32,7 @@ from salmon.stages.common import StageResult, log, stage_main
 STAGE = "eval_rm"
 
 
-class EvalGateFailed(RuntimeError):
+class EvalGateFailed(GateFailed):
     """An evaluation result fell below a configured threshold."""
 
 

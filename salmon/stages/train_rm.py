@@ -133,7 +133,14 @@ def run(cfg: TrainRMConfig) -> StageResult:
     import torch
 
     from salmon.reward.loss import bradley_terry_loss
-    from salmon.reward.model import RM_FORMAT, EncodeLimits, RMEncoder, RMMeta, left_pad, save_reward_model
+    from salmon.reward.model import (
+        RM_FORMAT,
+        EncodeLimits,
+        RMEncoder,
+        RMMeta,
+        left_pad,
+        save_reward_model,
+    )
 
     out_dir = Path(cfg.output_dir)
     ckpt_dir = out_dir / "checkpoints"

@@ -1,0 +1,45 @@
+"""`salmon demo`: the nano chain end to end. The quick run is a smoke test of every stage and of
+summary.json; the slow run is the acceptance measurement of docs/results.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from salmon.cli import main
+
+pytest.importorskip("torch")
+
+
+def check_summary(out: Path) -> dict:  # type: ignore[type-arg]
+    summary = json.loads((out / "summary.json").read_text())
+    for stage in ("nano_model", "prompts", "sample", "label", "label_hf", "aggregate", "train_rm", "eval_rm"):
+        assert stage in summary["stages"], stage
+        for path in summary["stages"][stage]["outputs"].values():
+            assert Path(path).exists(), path
+    head = summary["headline"]
+    for key in ("rm_heldout_accuracy", "rm_flip_rate", "rm_principle_sensitivity"):
+        assert 0.0 <= head[key] <= 1.0
+    return summary
+
+
+def test_quick_demo_runs_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quick", "--hf-judge-pairs", "4"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    summary = check_summary(out)
+    assert printed == summary["headline"]
+    assert summary["stages"]["label"]["metrics"]["judgements"] == summary["stages"]["sample"]["metrics"]["pairs"] * 6
+    assert summary["stages"]["eval_rm"]["metrics"]["accuracy_n"] > 0
+
+
+@pytest.mark.slow
+def test_full_demo_meets_the_acceptance_thresholds(tmp_path: Path) -> None:
+    """docs/results.md: held-out RM accuracy >= 0.90 and flip rate >= 0.85 in the nano world."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    head = check_summary(out)["headline"]
+    assert head["rm_heldout_accuracy"] >= 0.90
+    assert head["rm_flip_rate"] >= 0.85

@@ -1,0 +1,100 @@
+"""Records and JSONL I/O: validation with file:line, atomic writes, preference export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from salmon.core.errors import SalmonInputError
+from salmon.core.io import atomic_open, iter_jsonl, read_jsonl, write_jsonl, write_text
+from salmon.core.records import (
+    Judgement,
+    PromptRecord,
+    ResponsePair,
+    RMInstance,
+    RMPrinciple,
+    to_preference_export,
+)
+
+
+def pair(i: int) -> ResponsePair:
+    prompt = PromptRecord(prompt_id=f"p{i}", instruction=f"Question {i}?")
+    return ResponsePair(pair_id=f"p{i}/pair", prompt=prompt, output_1="one", output_2="two")
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.jsonl"
+    assert write_jsonl(path, [pair(0), pair(1)]) == 2
+    assert read_jsonl(path, ResponsePair) == [pair(0), pair(1)]
+
+
+def test_bad_json_line_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.jsonl"
+    write_jsonl(path, [pair(0)])
+    with open(path, "a") as f:
+        f.write("{not json\n")
+    with pytest.raises(SalmonInputError, match=r"pairs\.jsonl:2: not valid JSON"):
+        read_jsonl(path, ResponsePair)
+
+
+def test_schema_mismatch_names_line_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    path.write_text('{"pair_id": "x", "principle_id": "concise", "delta_12": "big", '
+                    '"delta_21": 1.0, "backend": "rules"}\n')
+    with pytest.raises(SalmonInputError, match=r"j\.jsonl:1: .*delta_12"):
+        read_jsonl(path, Judgement)
+
+
+def test_unknown_field_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt_id": "a", "instruction": "hi", "colour": "red"}\n')
+    with pytest.raises(SalmonInputError, match="colour"):
+        read_jsonl(path, PromptRecord)
+
+
+def test_empty_file_is_an_error_unless_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(SalmonInputError, match="no ResponsePair records"):
+        read_jsonl(path, ResponsePair)
+    assert read_jsonl(path, ResponsePair, allow_empty=True) == []
+
+
+def test_truncated_tail_is_skipped_only_when_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "partial.jsonl"
+    write_jsonl(path, [pair(0)])
+    with open(path, "a") as f:
+        f.write('{"pair_id": "p1/pa')
+    assert [p.pair_id for p in iter_jsonl(path, ResponsePair, allow_truncated_tail=True)] == ["p0/pair"]
+    with pytest.raises(SalmonInputError):
+        read_jsonl(path, ResponsePair)
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path) -> None:
+    path = tmp_path / "out.txt"
+    write_text(path, "old")
+    with pytest.raises(RuntimeError), atomic_open(path) as f:
+        f.write("half of the new")
+        raise RuntimeError("crash mid-write")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_judgement_consistency_and_label() -> None:
+    j = Judgement(pair_id="x", principle_id="c", delta_12=1.0, delta_21=2.0, backend="rules")
+    assert j.consistent and j.label == 1
+    tie = Judgement(pair_id="x", principle_id="c", delta_12=1.0, delta_21=-2.0, backend="rules")
+    assert not tie.consistent and tie.label == 0
+
+
+def test_preference_export_orders_chosen_and_rejected() -> None:
+    base = dict(instance_id="i", pair_id="p", augmentation_pass=0, instruction="Q?",
+                output_1="first", output_2="second",
+                principles=[RMPrinciple(principle_id="c", negated=False, text="Be brief.", score=1.0)],
+                dominant_index=0, noise_flip=False, rule_flag=False)
+    one = to_preference_export(RMInstance(**base, preference=1))  # type: ignore[arg-type]
+    two = to_preference_export(RMInstance(**base, preference=2))  # type: ignore[arg-type]
+    assert (one.chosen, one.rejected) == ("first", "second")
+    assert (two.chosen, two.rejected) == ("second", "first")
+    assert one.prompt == "Q?"
