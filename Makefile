@@ -12,7 +12,6 @@ PYTEST_ARGS ?=
 # The venv is rebuilt when the project's dependency files change.
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the CPU wheel, never a multi-GB CUDA build
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[train,dev]'

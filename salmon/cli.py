@@ -129,7 +129,8 @@ def _demo(args: argparse.Namespace) -> int:
     from salmon.demo import DemoOptions, run_demo
 
     summary = run_demo(DemoOptions(out=args.out, prompts=args.prompts, seed=args.seed,
-                                   quick=args.quick, hf_judge_pairs=args.hf_judge_pairs))
+                                   quick=args.quick, hf_judge_pairs=args.hf_judge_pairs,
+                                   rm_epochs=args.rm_epochs))
     print(json.dumps(summary["headline"], indent=2))
     return 0
 
@@ -147,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
     demo.add_argument("--hf-judge-pairs", type=int, default=32,
                       help="pairs also judged by the nano model itself with the hf judge (default 32)")
+    demo.add_argument("--rm-epochs", type=float, default=None,
+                      help="passes of train_rm over its instances (default: the nano preset's 1.5)")
     demo.set_defaults(func=_demo)
 
     pr = sub.add_parser("principles", help="validate, list and show principle sets")

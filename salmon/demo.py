@@ -42,6 +42,8 @@ class DemoOptions:
     seed: int = 0
     quick: bool = False
     hf_judge_pairs: int = 32
+    rm_epochs: float | None = None
+    """Passes of train_rm over the instances; None keeps the nano preset's value."""
 
 
 def _agreement(rules: list[Judgement], hf: list[Judgement]) -> dict[str, float | int]:
@@ -124,7 +126,9 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     rm_dir = out / "train_rm"
     rm_values: dict[str, Any] = {"instances": str(instances_path), "base_model": str(model_dir),
                                  "output_dir": str(rm_dir)}
-    if opts.quick:
+    if opts.rm_epochs is not None:
+        rm_values["epochs"] = opts.rm_epochs
+    elif opts.quick:
         rm_values["epochs"] = 0.5
     record("train_rm", lambda: train_rm.run(build_config(
         TrainRMConfig, stage="train_rm", preset="nano", values=rm_values)))
@@ -137,7 +141,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "world": "nano",
         "options": {"prompts": n_prompts, "seed": opts.seed, "quick": opts.quick,
-                    "hf_judge_pairs": opts.hf_judge_pairs},
+                    "hf_judge_pairs": opts.hf_judge_pairs, "rm_epochs": opts.rm_epochs},
         "headline": {
             "rm_heldout_accuracy": ev["accuracy"],
             "rm_flip_rate": ev["flip_rate"],

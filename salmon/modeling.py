@@ -17,6 +17,13 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
+def quiet_progress_bars() -> None:
+    """Turn off transformers' per-load and per-save progress bars (stages log their own progress)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> cuda if available, else cpu; ``cuda`` without a GPU is an input error."""
     import torch
@@ -70,6 +77,7 @@ def load_causal_lm(path: str, *, device: torch.device, dtype: str = "float32") -
     """Load an HF causal LM from a local folder onto ``device`` in eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    quiet_progress_bars()
     check_model_dir(path)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
@@ -88,6 +96,7 @@ def load_backbone(path: str, *, device: torch.device, dtype: str = "float32") ->
     from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
+    quiet_progress_bars()
     check_model_dir(path)
     level = hf_logging.get_verbosity()
     try:

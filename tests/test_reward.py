@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -137,25 +138,29 @@ def test_train_resume_matches_an_uninterrupted_run(tmp_path: Path, tiny_model: s
     from safetensors.torch import load_file
 
     full = _train(tmp_path, tiny_model, tmp_path / "full")
-    steps = json.loads(Path(full.outputs["train_log"]).read_text().splitlines()[-1])["step"]
-    assert steps >= 4
-    # a "killed" run: stop after 2 steps by training on the same data for fewer epochs is not the
-    # same schedule, so simulate the kill by deleting the later checkpoints of a finished run
-    part_dir = tmp_path / "resumed"
-    _train(tmp_path, tiny_model, part_dir)
-    ckpts = sorted((part_dir / "checkpoints").glob("step-*"))
-    for p in ckpts[1:]:
-        import shutil
-
-        shutil.rmtree(p)
-    import shutil
-
-    shutil.rmtree(part_dir / "model")
-    resumed = _train(tmp_path, tiny_model, part_dir)
+    log = [json.loads(line) for line in Path(full.outputs["train_log"]).read_text().splitlines()]
+    assert log[-1]["step"] >= 3
+    # a killed run: only its earliest kept checkpoint is on disk, no final model
+    killed = tmp_path / "killed"
+    _train(tmp_path, tiny_model, killed)
+    ckpts = sorted((killed / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert int(ckpts[0].name.split("-")[1]) < log[-1]["step"]  # steps remain to be trained
+    for path in ckpts[1:]:
+        shutil.rmtree(path)
+    shutil.rmtree(killed / "model")
+    resumed = _train(tmp_path, tiny_model, killed)
+    resumed_log = [json.loads(x) for x in Path(resumed.outputs["train_log"]).read_text().splitlines()]
+    start = int(ckpts[0].name.split("-")[1])
+    assert [e["step"] for e in resumed_log] == [e["step"] for e in log if e["step"] > start]
     a = load_file(str(Path(full.outputs["model"]) / "reward_head.safetensors"))
     b = load_file(str(Path(resumed.outputs["model"]) / "reward_head.safetensors"))
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
+    # and the resumed run did train: its head moved away from the initial head
+    from salmon.reward.module import new_head
+
+    init = new_head(a["weight"].shape[1], seed=42)
+    assert not torch.allclose(init.weight, b["weight"], atol=1e-4)
 
 
 def test_rm_score_cli_and_save_load(tmp_path: Path, tiny_model: str) -> None:

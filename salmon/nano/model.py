@@ -128,7 +128,9 @@ def build_nano_model(out_dir: str | Path, spec: NanoModelSpec | None = None, log
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     spec = spec or NanoModelSpec()
     t0 = time.time()
     torch.manual_seed(spec.seed)
