@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--hf-judge-pairs", type=int, default=32,
                       help="pairs also judged by the nano model itself with the hf judge (default 32)")
     demo.add_argument("--rm-epochs", type=float, default=None,
-                      help="passes of train_rm over its instances (default: the nano preset's 1.5)")
+                      help="passes of train_rm over its instances (default: the nano preset's 1)")
     demo.set_defaults(func=_demo)
 
     pr = sub.add_parser("principles", help="validate, list and show principle sets")
