@@ -1,0 +1,1 @@
+"""Reinforcement learning against the principle-following reward model (method §4)."""
