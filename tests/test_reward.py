@@ -106,7 +106,7 @@ def test_rm_prompt_layout() -> None:
     assert text.endswith("The quality of the output is")
 
 
-def _instances(tmp_path: Path, n: int) -> Path:
+def _instances(tmp_path: Path, n: int, name: str = "instances.jsonl") -> Path:
     from salmon.core.aggregate import AggregateParams, aggregate, index_judgements
     from salmon.core.io import write_jsonl
     from salmon.core.principles import load_principle_set
@@ -117,7 +117,7 @@ def _instances(tmp_path: Path, n: int) -> Path:
     pairs = make_pairs(make_prompts(n, seed=8), seed=9)
     judged = index_judgements(judge_pairs_rules(pairs, pset.ids()))
     inst, _ = aggregate(pairs, judged, pset, AggregateParams(dimensions=tuple(pset.ids()), passes=1))
-    path = tmp_path / "instances.jsonl"
+    path = tmp_path / name
     write_jsonl(path, inst)
     return path
 
@@ -189,3 +189,22 @@ def test_rm_score_cli_and_save_load(tmp_path: Path, tiny_model: str) -> None:
     assert main(["rm", "score", "--model", str(tmp_path), "--input", str(inp),
                  "--output", str(tmp_path / "x.jsonl")]) == 2
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_pmp_phase_runs_before_the_principle_phase(tmp_path: Path, tiny_model: str) -> None:
+    generic = _instances(tmp_path, 12, "generic.jsonl")
+    result = _train(tmp_path, tiny_model, tmp_path / "pmp", pmp_data=str(generic), pmp_epochs=0.5,
+                    pmp_learning_rate=1e-3, pmp_model_max_length=256, pmp_query_len=32, pmp_response_len=96)
+    log = [json.loads(x) for x in Path(result.outputs["train_log"]).read_text().splitlines()]
+    phases = [e["phase"] for e in log]
+    assert phases[0] == "pmp" and phases[-1] == "ft"
+    assert phases == sorted(phases, key=lambda p: p != "pmp")  # all PMP steps first
+
+
+def test_pmp_prompt_has_no_principles() -> None:
+    from salmon.core import templates
+
+    text = templates.pmp_prompt("RESP", "INSTR").text
+    for line in templates.PMP_GUIDE_LINES:
+        assert f"- {line}" in text
+    assert text.endswith("The quality of the output is")

@@ -154,6 +154,57 @@ class EvalRMConfig(_Config):
     min_flip_rate: float | None = Field(default=None, ge=0, le=1, description="Fail (exit 1) below this flip rate.")
 
 
+class PPOConfig(_Config):
+    """``ppo``: RL against the principle-following reward model (method §4). Defaults: the method."""
+
+    prompts: str = Field(description="PromptRecord JSONL to roll out on.")
+    policy_model: str = Field(description="HF causal LM (or the base of policy_adapter) to start the policy from.")
+    reward_model: str = Field(description="RM folder written by train_rm.")
+    output_dir: str = Field(description="Folder for the policy, checkpoints and rollout dumps.")
+    policy_adapter: str | None = Field(default=None, description="SFT LoRA adapter to start policy and reference from.")
+    algorithm: Literal["ppo", "grpo", "rloo"] = Field(
+        default="ppo", description="ppo (value model, GAE) or a critic-free variant on the same rewards.")
+    rl_principles: str = Field(default="rl", description="Principle set sampled at RL time (steers the policy).")
+    interventions: str | None = Field(
+        default="interventions", description="Principle set always shown first; null for none.")
+    principles_per_rollout: int = Field(default=3, ge=0, description="Principles drawn by weight per RM call.")
+    rollout_batch_size: int = Field(default=576, ge=1, description="Rollouts per PPO step.")
+    step_batch_size: int = Field(default=288, ge=1, description="Rollouts per optimizer step.")
+    ppo_epochs: int = Field(default=2, ge=1, description="Passes over each step's rollouts.")
+    group_size: int = Field(default=4, ge=2, description="Samples per prompt for grpo and rloo.")
+    total_epochs: float = Field(default=2.0, gt=0, description="Passes over the prompt set.")
+    learning_rate: float = Field(default=2e-5, gt=0, description="Peak LR (policy, value and value head together).")
+    warmup_steps: int = Field(default=5, ge=0, description="Warm-up PPO steps; the schedule steps once per PPO step.")
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field(default="cosine", description="Decay after warm-up.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    temperature: float = Field(default=0.7, gt=0, description="Sampling temperature; log-probs use it too.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    query_len: int = Field(default=256, ge=1, description="Longest templated query; longer prompts are dropped.")
+    response_len: int = Field(default=1024, ge=1, description="Most new tokens per rollout.")
+    rm_max_length: int = Field(default=1664, ge=32, description="Longest RM input.")
+    stop: str = Field(default="\n\n### User", description="End-of-turn string.")
+    no_stop_penalty: float = Field(default=-6.0, description="Added to the score when the stop string is missing.")
+    length_bonus: float = Field(default=5.0, description="Length bonus scale.")
+    length_cap: float = Field(default=0.8, description="Upper bound of the length term before scaling.")
+    length_multipliers: dict[str, float] = Field(
+        default={"general": 1.0, "reasoning": -0.4, "red_teaming": 0.0},
+        description="Length multiplier per prompt type.")
+    kl_coef: float = Field(default=0.01, ge=0, description="Per-token KL penalty (k1, clamped at 0).")
+    reward_scale: float = Field(default=10.0, gt=0, description="All shaped rewards are multiplied by this.")
+    gamma: float = Field(default=1.0, ge=0, le=1, description="GAE discount.")
+    lam: float = Field(default=1.0, ge=0, le=1, description="GAE lambda.")
+    whiten_advantages: bool = Field(default=True, description="Whiten advantages over the whole batch.")
+    clip_range: float = Field(default=0.2, gt=0, description="Policy ratio clip.")
+    clip_range_value: float = Field(default=0.2, gt=0, description="Value clip around the old values.")
+    vf_coef: float = Field(default=0.1, ge=0, description="Value loss coefficient.")
+    lora_r: int = Field(default=64, ge=1, description="LoRA rank of new policy/value adapters.")
+    lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha of new adapters.")
+    init_value_with_reward: bool = Field(default=True, description="Value body starts from the RM; value head at 0.")
+    save_every: int = Field(default=10, ge=1, description="Checkpoint every N PPO steps.")
+    seed: int = Field(default=42, description="Seed of sampling, principle draws and data order.")
+    device: Device = Field(default="auto", description="auto picks cuda when available.")
+
+
 C = TypeVar("C", bound=BaseModel)
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"

@@ -14,7 +14,7 @@ from salmon.nano.world import REFUSALS, SELF_PRAISE
 
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
 _NUMBER = re.compile(r"-?\d+")
-_LIST_ITEM = re.compile(r"^\s*\d+\.\s", re.MULTILINE)
+_LIST_ITEM = re.compile(r"^\s*(?:\d+\.|[-*\u2022])\s", re.MULTILINE)
 
 
 def word_count(text: str) -> int:
@@ -50,7 +50,7 @@ def detailed(prompt: PromptRecord, response: str) -> float:
 
 
 def structured(prompt: PromptRecord, response: str) -> float:
-    """1 for a numbered list, 0 otherwise."""
+    """1 for a numbered or bulleted list, 0 otherwise."""
     return 1.0 if _LIST_ITEM.search(response) else 0.0
 
 
