@@ -22,6 +22,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "aggregate": ("AggregateConfig", "principle-conditioned RM training instances"),
     "train_rm": ("TrainRMConfig", "train the principle-following reward model"),
     "eval_rm": ("EvalRMConfig", "accuracy, flip rate and principle sensitivity of an RM"),
+    "ppo": ("PPOConfig", "RL against the reward model under RL-time principles (ppo, grpo or rloo)"),
+    "eval_policy": ("EvalPolicyConfig", "a policy against its baseline: rewards, adherence, KL, length, win rate"),
 }
 
 

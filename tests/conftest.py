@@ -28,3 +28,37 @@ def nano_pairs_file(tmp_path: Path) -> Path:
     path = tmp_path / "pairs.jsonl"
     write_jsonl(path, make_pairs(make_prompts(24, seed=3), seed=4))
     return path
+
+
+def _save_tiny_rm(tiny_model: str, out: Path, lora: bool) -> str:
+    import torch
+
+    from salmon.modeling import load_backbone, load_tokenizer
+    from salmon.reward.model import RM_FORMAT, RMMeta, build_reward_model, save_reward_model
+
+    body = load_backbone(tiny_model, device=torch.device("cpu"))
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        body = get_peft_model(body, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+        with torch.no_grad():  # a non-trivial adapter, so that copying it is observable
+            for name, p in body.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
+    model = build_reward_model(body, seed=5)
+    meta = RMMeta(format=RM_FORMAT, base_model=tiny_model, finetune="lora" if lora else "full",
+                  model_max_length=384, query_len=48, response_len=64)
+    save_reward_model(model, load_tokenizer(tiny_model), meta, out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_rm(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An untrained RM folder (full backbone + seeded head) on the tiny model."""
+    return _save_tiny_rm(tiny_model, tmp_path_factory.mktemp("rms") / "full", lora=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_rm_lora(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An RM folder whose body is a (randomly non-zero) LoRA adapter on the tiny model."""
+    return _save_tiny_rm(tiny_model, tmp_path_factory.mktemp("rms") / "lora", lora=True)

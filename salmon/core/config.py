@@ -167,10 +167,19 @@ class PPOConfig(_Config):
     rl_principles: str = Field(default="rl", description="Principle set sampled at RL time (steers the policy).")
     interventions: str | None = Field(
         default="interventions", description="Principle set always shown first; null for none.")
+    rl_principle_ids: list[str] | None = Field(
+        default=None, description="Use only these principles of rl_principles; null for all.")
+    intervention_ids: list[str] | None = Field(
+        default=None, description="Use only these principles of interventions; null for all.")
     principles_per_rollout: int = Field(default=3, ge=0, description="Principles drawn by weight per RM call.")
+    system_prompt: str = Field(
+        default=DROMEDARY_SYSTEM, description="Text before the instruction; must end with '### User'.")
+    prompt_splits: list[Literal["train", "heldout"]] | None = Field(
+        default=None, description="Roll out only on prompts of these splits; null for all.")
     rollout_batch_size: int = Field(default=576, ge=1, description="Rollouts per PPO step.")
     step_batch_size: int = Field(default=288, ge=1, description="Rollouts per optimizer step.")
     ppo_epochs: int = Field(default=2, ge=1, description="Passes over each step's rollouts.")
+    forward_batch_size: int = Field(default=6, ge=1, description="Rollouts per generate / scoring forward.")
     group_size: int = Field(default=4, ge=2, description="Samples per prompt for grpo and rloo.")
     total_epochs: float = Field(default=2.0, gt=0, description="Passes over the prompt set.")
     learning_rate: float = Field(default=2e-5, gt=0, description="Peak LR (policy, value and value head together).")
@@ -201,7 +210,41 @@ class PPOConfig(_Config):
     lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha of new adapters.")
     init_value_with_reward: bool = Field(default=True, description="Value body starts from the RM; value head at 0.")
     save_every: int = Field(default=10, ge=1, description="Checkpoint every N PPO steps.")
+    max_steps: int | None = Field(
+        default=None, ge=1,
+        description="Stop this invocation after N PPO steps (checkpointed); a rerun continues. The LR "
+                    "schedule still spans the whole run.")
     seed: int = Field(default=42, description="Seed of sampling, principle draws and data order.")
+    device: Device = Field(default="auto", description="auto picks cuda when available.")
+
+
+class EvalPolicyConfig(_Config):
+    """``eval_policy``: a policy against a baseline (the SFT model) on held-out prompts."""
+
+    prompts: str = Field(description="PromptRecord JSONL to evaluate on.")
+    base_model: str = Field(description="HF causal LM that both adapters sit on (or the baseline itself).")
+    output_dir: str = Field(description="Folder for metrics.json, report.md, responses.jsonl and plots/.")
+    policy_adapter: str | None = Field(default=None, description="The policy's LoRA adapter (ppo's policy/).")
+    baseline_adapter: str | None = Field(default=None, description="The baseline's LoRA adapter; null: the base.")
+    policy_label: str = Field(default="policy", description="Name of the policy in tables and plots.")
+    baseline_label: str = Field(default="sft", description="Name of the baseline in tables and plots.")
+    reward_model: str | None = Field(default=None, description="RM folder for rewards and win rates; null: none.")
+    principle_sets: list[str] = Field(
+        default=["harmless", "honest", "non_evasive"],
+        description="Held-out principle sets the RM scores under, each 'set' or 'set:id1,id2' (all shown).")
+    adherence: list[str] = Field(
+        default=[], description="Nano principle ids whose checker adherence rates are reported.")
+    splits: list[Literal["train", "heldout"]] = Field(default=["heldout"], description="Prompts to use.")
+    limit: int | None = Field(default=None, ge=1, description="Use only the first N prompts.")
+    system_prompt: str = Field(
+        default=DROMEDARY_SYSTEM, description="Text before the instruction; must end with '### User'.")
+    stop: str = Field(default="\n\n### User", description="End-of-turn string.")
+    temperature: float = Field(default=0.7, ge=0, description="Sampling temperature (0: greedy); KL uses it.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(default=512, ge=1, description="Longest response in tokens.")
+    rm_max_length: int = Field(default=1664, ge=32, description="Longest RM input.")
+    batch_size: int = Field(default=8, ge=1, description="Prompts per generate / forward call.")
+    seed: int = Field(default=7, description="Sampling seed (the same for both models).")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
 
 

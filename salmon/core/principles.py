@@ -9,6 +9,7 @@ dataset and model to the exact principle texts it used.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,6 +89,20 @@ class PrincipleSet(BaseModel):
 
     def ids(self) -> list[str]:
         return [p.id for p in self.principles]
+
+    def subset(self, ids: Sequence[str] | None) -> PrincipleSet:
+        """The set restricted to ``ids`` (in the set's order); ``None`` keeps every principle.
+
+        The subset keeps the set's name and version and gets its own digest.
+        """
+        if ids is None:
+            return self
+        for i in ids:
+            self.get(i)
+        if not ids:
+            raise SalmonInputError(f"principle set {self.name}", "an empty subset of principle ids",
+                                   "give at least one id, or null for the whole set")
+        return self.model_copy(update={"principles": [p for p in self.principles if p.id in set(ids)]})
 
 
 def principles_dir() -> Path:

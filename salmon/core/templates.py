@@ -19,6 +19,11 @@ DROMEDARY_SYSTEM = (
 )
 """The concise system prompt of the policy; the instruction follows on the next line."""
 
+def policy_query(instruction: str, system_prompt: str = DROMEDARY_SYSTEM) -> str:
+    """The policy's input: system prompt (ending in ``### User``), the instruction, the answer header."""
+    return f"{system_prompt}\n{instruction.strip()}\n\n### Dromedary"
+
+
 JUDGE_HEADER = (
     "# Dromedary\n\n"
     "## System Overview\n\n"

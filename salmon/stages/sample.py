@@ -8,6 +8,7 @@ generator, which stands in for a policy in the nano world. Responses are cut bef
 
 from __future__ import annotations
 
+from salmon.core import templates
 from salmon.core.config import SampleConfig
 from salmon.core.errors import SalmonInputError
 from salmon.core.io import read_jsonl, write_jsonl
@@ -34,7 +35,7 @@ def generate_hf(cfg: SampleConfig, prompts: list[PromptRecord]) -> list[tuple[st
     device = resolve_device(cfg.device)
     model = load_causal_lm(cfg.model, device=device)
     tok = load_tokenizer(cfg.model)
-    texts = [f"{cfg.system_prompt}\n{p.full_instruction()}\n\n### Dromedary" for p in prompts]
+    texts = [templates.policy_query(p.full_instruction(), cfg.system_prompt) for p in prompts]
     outputs: list[list[str]] = []
     bar = Progress(STAGE, len(prompts) * len(cfg.seeds), "responses")
     for seed in cfg.seeds:

@@ -1,0 +1,403 @@
+"""``ppo``: RL against the principle-following reward model (method §4).
+
+One PPO step:
+
+1. draw ``rollout_batch_size`` prompts (``/ group_size`` for grpo and rloo, each sampled
+   ``group_size`` times) and sample responses from the policy at ``temperature``;
+2. cut them at the stop string (method §4.3) and score each with the reward model, whose
+   prompt carries the fixed interventions and ``principles_per_rollout`` principles drawn by
+   weight from the RL-time set (boosted by prompt type);
+3. shape rewards: per-token KL to the reference, no-stop penalty, length bonus, times
+   ``reward_scale`` (:mod:`salmon.ppo.math`);
+4. advantages by GAE on the value model (or group baselines for grpo / rloo), whitened over
+   the whole batch;
+5. ``ppo_epochs`` passes of clipped policy and value updates over minibatches of
+   ``step_batch_size``; the LR schedule steps once per PPO step.
+
+Roles: the policy is a LoRA adapter (new, or the SFT adapter continued) on the policy model;
+the reference is the frozen starting policy; the value model is a copy of the RM body (only its
+LoRA weights train when the RM is a LoRA adapter) with a zero-initialised value head; the RM is
+frozen. The roles are separate modules, which also serves fully fine-tuned reward models.
+
+Outputs in ``output_dir``: ``policy/`` (the adapter and tokenizer), ``rollouts/step_<k>.jsonl``
+(every rollout with its principles, score, per-token log-probs, shaped rewards, values and
+advantages before whitening), ``train_log.jsonl`` (one line per PPO step) and
+``checkpoints/step-<k>/`` every ``save_every`` steps (trainable weights, optimizer, scheduler,
+torch and principle-sampler RNG). A rerun resumes from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from salmon.core import templates
+from salmon.core.config import PPOConfig
+from salmon.core.errors import SalmonInputError
+from salmon.core.io import write_json, write_text
+from salmon.core.principles import PrincipleSet, load_principle_set
+from salmon.core.records import PromptRecord
+from salmon.core.rl_principles import rl_principle_lines
+from salmon.core.rollout_text import has_stop, postprocess_response, rm_response_text
+from salmon.reward.train import data_order, latest_checkpoint, lr_multiplier
+from salmon.stages.common import StageResult, log, stage_main
+
+STAGE = "ppo"
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def load_rl_prompts(cfg: PPOConfig) -> list[PromptRecord]:
+    """The prompts to roll out on, filtered by split, with a length multiplier for every type."""
+    from salmon.core.io import read_jsonl
+
+    prompts = read_jsonl(cfg.prompts, PromptRecord)
+    if cfg.prompt_splits is not None:
+        prompts = [p for p in prompts if p.split in cfg.prompt_splits]
+    if not prompts:
+        raise SalmonInputError(cfg.prompts, f"no prompts in splits {cfg.prompt_splits}",
+                               "check prompt_splits or the file")
+    for p in prompts:
+        if p.prompt_type not in cfg.length_multipliers:
+            raise SalmonInputError(cfg.prompts, f"prompt {p.prompt_id} has type {p.prompt_type}, which has "
+                                   "no length multiplier", "add it to length_multipliers")
+    return prompts
+
+
+def load_rl_principles(cfg: PPOConfig) -> tuple[PrincipleSet, PrincipleSet | None]:
+    """(RL-time principle set, intervention set or None), restricted to the configured ids."""
+    rl_set = load_principle_set(cfg.rl_principles).subset(cfg.rl_principle_ids)
+    interventions = (load_principle_set(cfg.interventions).subset(cfg.intervention_ids)
+                     if cfg.interventions else None)
+    return rl_set, interventions
+
+
+# ---------------------------------------------------------------------------- roles
+
+
+@dataclass
+class Roles:
+    """The four models of a run and the tokenizers of policy and RM."""
+
+    policy: Any
+    reference: Any
+    reward: Any
+    value_body: Any | None
+    value_head: Any | None
+    tokenizer: Any
+    rm_tokenizer: Any
+    rm_limits: Any
+
+    def trainable_modules(self) -> dict[str, Any]:
+        mods = {"policy": self.policy}
+        if self.value_body is not None:
+            mods.update(value_body=self.value_body, value_head=self.value_head)
+        return mods
+
+
+def build_roles(cfg: PPOConfig, device: Any) -> Roles:
+    """Policy (trainable LoRA), frozen reference and RM, and (for ppo) the value model."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from salmon.modeling import load_causal_lm, load_tokenizer
+    from salmon.ppo.rollout import zero_value_head
+    from salmon.reward.model import load_reward_model
+
+    torch.manual_seed(cfg.seed)
+    tok = load_tokenizer(cfg.policy_model)
+    base = load_causal_lm(cfg.policy_model, device=device)
+    ref = load_causal_lm(cfg.policy_model, device=device)
+    if cfg.policy_adapter:
+        policy = PeftModel.from_pretrained(base, cfg.policy_adapter, is_trainable=True)
+        ref = PeftModel.from_pretrained(ref, cfg.policy_adapter).merge_and_unload()
+    else:
+        policy = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                 target_modules="all-linear"))
+    ref.requires_grad_(False)
+    ref.eval()
+    rm, rm_tok, meta = load_reward_model(cfg.reward_model, device=device)
+    rm.requires_grad_(False)
+
+    value_body = value_head = None
+    if cfg.algorithm == "ppo":
+        if cfg.init_value_with_reward:
+            value_body = copy.deepcopy(rm.backbone)
+            lora = isinstance(value_body, PeftModel)
+            for name, p in value_body.named_parameters():
+                p.requires_grad_(not lora or "lora_" in name)
+            hidden = rm.head.in_features
+        else:
+            value_body = copy.deepcopy(getattr(ref, ref.base_model_prefix))
+            value_body.requires_grad_(True)
+            hidden = value_body.config.hidden_size
+        value_body.train()
+        value_head = zero_value_head(hidden).to(device)
+    return Roles(policy, ref, rm, value_body, value_head, tok, rm_tok, meta.limits())
+
+
+def _trainable(modules: dict[str, Any]) -> dict[str, Any]:
+    return {f"{name}.{n}": p for name, m in modules.items() for n, p in m.named_parameters() if p.requires_grad}
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(ckpt_dir: Path, step: int, modules: dict[str, Any], opt: Any, sched: Any,
+                     rng: random.Random) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=ckpt_dir))
+    save_file({k: v.detach().cpu().contiguous() for k, v in _trainable(modules).items()},
+              str(tmp / "trainable.safetensors"))
+    save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    torch.save(sched.state_dict(), tmp / "scheduler.pt")
+    version, state, gauss = rng.getstate()
+    write_json(tmp / "state.json", {"step": step, "sampler_rng": [version, list(state), gauss]})
+    final = ckpt_dir / f"step-{step:08d}"
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in sorted(ckpt_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(path: Path, modules: dict[str, Any], opt: Any, sched: Any, rng: random.Random) -> int:
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "trainable.safetensors"))
+    missing = set(_trainable(modules)) - set(weights)
+    if missing:
+        raise SalmonInputError(str(path), f"checkpoint lacks {len(missing)} trainable tensors (another "
+                               "config wrote it?)", "delete the checkpoints folder to start over")
+    params = _trainable(modules)
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
+    state = json.loads((path / "state.json").read_text())
+    version, inner, gauss = state["sampler_rng"]
+    rng.setstate((version, tuple(inner), gauss))
+    return int(state["step"])
+
+
+# ---------------------------------------------------------------------------- rollouts
+
+
+def encode_queries(tok: Any, prompts: list[PromptRecord], cfg: PPOConfig) -> tuple[list[list[int]], list[PromptRecord]]:
+    """Token ids of each prompt's policy query; prompts longer than ``query_len`` are dropped."""
+    from salmon.modeling import bos_ids, encode
+
+    queries, kept = [], []
+    for p in prompts:
+        ids = bos_ids(tok) + encode(tok, templates.policy_query(p.full_instruction(), cfg.system_prompt))
+        if len(ids) <= cfg.query_len:
+            queries.append(ids)
+            kept.append(p)
+    if not kept:
+        raise SalmonInputError(cfg.prompts, f"every prompt is longer than query_len={cfg.query_len} tokens",
+                               "raise query_len")
+    return queries, kept
+
+
+def _round(values: Any) -> list[float]:
+    return [float(v) for v in values]
+
+
+# ---------------------------------------------------------------------------- the recipe
+
+
+def run(cfg: PPOConfig) -> StageResult:
+    import torch
+
+    from salmon.modeling import encode, resolve_device
+    from salmon.ppo import math as ppo_math
+    from salmon.ppo.rollout import make_batch, response_logprobs, response_values, sample_continuations
+    from salmon.reward.model import RMEncoder, score_sequences
+
+    prompts = load_rl_prompts(cfg)
+    rl_set, interventions = load_rl_principles(cfg)
+    device = resolve_device(cfg.device)
+    roles = build_roles(cfg, device)
+    tok = roles.tokenizer
+    pad_id = int(tok.pad_token_id)
+    encoder = RMEncoder(roles.rm_tokenizer, roles.rm_limits)
+    queries, kept = encode_queries(tok, prompts, cfg)
+    log(STAGE, f"{len(kept)} of {len(prompts)} prompts fit query_len {cfg.query_len}; algorithm "
+               f"{cfg.algorithm}; RL principles {rl_set.name} {rl_set.ids()}"
+               + (f", interventions {interventions.ids()}" if interventions else ", no interventions"))
+
+    critic = cfg.algorithm == "ppo"
+    group = 1 if critic else cfg.group_size
+    per_step = max(1, cfg.rollout_batch_size // group)
+    batches = data_order(len(kept), cfg.total_epochs, per_step, cfg.seed)
+    total = len(batches)
+    modules = roles.trainable_modules()
+    params = list(_trainable(modules).values())
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_multiplier(s, cfg.warmup_steps, total, cfg.lr_schedule))
+    rng = random.Random(cfg.seed)
+    shaping = ppo_math.ShapingParams(kl_coef=cfg.kl_coef, no_stop_penalty=cfg.no_stop_penalty,
+                                     length_bonus=cfg.length_bonus, length_cap=cfg.length_cap,
+                                     length_norm=cfg.response_len, reward_scale=cfg.reward_scale)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "checkpoints"
+    log_path = out_dir / "train_log.jsonl"
+    first = 0
+    history: list[dict[str, Any]] = []
+    resume = latest_checkpoint(ckpt_dir)
+    if resume is not None:
+        first = _load_checkpoint(resume, modules, opt, sched, rng)
+        if log_path.is_file():
+            history = [h for h in map(json.loads, log_path.read_text().splitlines()) if h["step"] <= first]
+        log(STAGE, f"resuming from {resume} (step {first})")
+    last = total if cfg.max_steps is None else min(total, first + cfg.max_steps)
+    log(STAGE, f"{total} PPO steps of {per_step * group} rollouts (this run: {first + 1}..{last}); "
+               f"{sum(p.numel() for p in params):,} trainable parameters")
+
+    t0 = time.monotonic()
+    for step in range(first, last):
+        # 1-2. sample, cut at the stop string, score under freshly drawn principles
+        items = [kept[i] for i in batches[step] for _ in range(group)]
+        q_ids = [queries[i] for i in batches[step] for _ in range(group)]
+        sampled = sample_continuations(roles.policy, tok, q_ids, temperature=cfg.temperature, top_p=cfg.top_p,
+                                       max_new_tokens=cfg.response_len, batch_size=cfg.forward_batch_size)
+        texts = [postprocess_response(t, stop=cfg.stop, pad_token=tok.pad_token) for t in sampled]
+        stops = torch.tensor([has_stop(t, cfg.stop) for t in texts], device=device)
+        r_ids = [encode(tok, t)[: cfg.response_len] for t in texts]
+        lines = [rl_principle_lines(rng, rl_set, interventions, p.prompt_type, cfg.principles_per_rollout)
+                 for p in items]
+        rm_rows = [encoder.encode_rm(rm_response_text(t), p.full_instruction(), sampled, fixed)
+                   for t, p, (fixed, sampled) in zip(texts, items, lines, strict=True)]
+        scores = torch.tensor(score_sequences(roles.reward, rm_rows, int(roles.rm_tokenizer.pad_token_id),
+                                              cfg.forward_batch_size), device=device)
+
+        # 3-4. shaped rewards and advantages
+        batch = make_batch(q_ids, r_ids, pad_id).to(device)
+        mask = batch.response_mask
+        with torch.no_grad():
+            logp_old = response_logprobs(roles.policy, batch, cfg.temperature)
+            logp_ref = response_logprobs(roles.reference, batch, cfg.temperature)
+            values_old = (response_values(roles.value_body, roles.value_head, batch)
+                          if critic else torch.zeros_like(logp_old))
+        lengths = mask.sum(-1)
+        multipliers = torch.tensor([cfg.length_multipliers[p.prompt_type] for p in items], device=device)
+        rewards, terminal = ppo_math.shaped_rewards(scores, stops, lengths, multipliers, logp_old, logp_ref,
+                                                    mask, shaping)
+        kl = ppo_math.per_token_kl(logp_old, logp_ref, mask)
+        if critic:
+            advantages, returns = ppo_math.gae(rewards, values_old, mask, cfg.gamma, cfg.lam)
+        else:
+            seq = rewards.sum(-1).view(-1, group)
+            base = ppo_math.rloo_advantages(seq) if cfg.algorithm == "rloo" else ppo_math.grpo_advantages(seq)
+            advantages = base.reshape(-1, 1) * mask
+            returns = torch.zeros_like(advantages)
+        raw_advantages = advantages
+        if cfg.whiten_advantages:
+            advantages = ppo_math.whiten(advantages, mask)
+
+        # 5. clipped updates over minibatches
+        roles.policy.train()
+        losses: list[float] = []
+        clipfracs: list[float] = []
+        vlosses: list[float] = []
+        gen = torch.Generator().manual_seed(cfg.seed + step)
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(len(items), generator=gen).tolist()
+            for s in range(0, len(items), cfg.step_batch_size):
+                mb = order[s:s + cfg.step_batch_size]
+                sub = make_batch([q_ids[i] for i in mb], [r_ids[i] for i in mb], pad_id).to(device)
+                width = sub.response_mask.shape[1]
+                logp = response_logprobs(roles.policy, sub, cfg.temperature)
+                pl, cf = ppo_math.policy_loss(logp, logp_old[mb, :width], advantages[mb, :width],
+                                              sub.response_mask, cfg.clip_range)
+                loss = pl
+                if critic:
+                    v = response_values(roles.value_body, roles.value_head, sub)
+                    vl = ppo_math.value_loss(v, values_old[mb, :width], returns[mb, :width], sub.response_mask,
+                                             cfg.clip_range_value, cfg.vf_coef)
+                    loss = loss + vl
+                    vlosses.append(float(vl.detach()))
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(float(pl.detach()))
+                clipfracs.append(float(cf))
+        sched.step()
+
+        done = step + 1
+        entry: dict[str, Any] = {
+            "step": done, "rm_score": round(float(scores.mean()), 4),
+            "shaped_terminal": round(float(terminal.mean()), 4),
+            "kl": round(float(kl.sum(-1).mean()), 5), "response_tokens": round(float(lengths.mean()), 2),
+            "stop_rate": round(float(stops.float().mean()), 4),
+            "policy_loss": round(sum(losses) / len(losses), 5),
+            "clipfrac": round(sum(clipfracs) / len(clipfracs), 4), "lr": sched.get_last_lr()[0],
+        }
+        if vlosses:
+            entry["value_loss"] = round(sum(vlosses) / len(vlosses), 5)
+        history.append(entry)
+        log(STAGE, f"step {done}/{total} rm {entry['rm_score']:+.3f} kl {entry['kl']:.4f} "
+                   f"len {entry['response_tokens']:.0f} stop {entry['stop_rate']:.2f} "
+                   f"({time.monotonic() - t0:.0f}s)")
+        dump = []
+        for i, (p, t) in enumerate(zip(items, texts, strict=True)):
+            n = int(lengths[i])
+            dump.append({
+                "prompt_id": p.prompt_id, "prompt_type": p.prompt_type, "response": t,
+                "has_stop": bool(stops[i]), "rm_score": float(scores[i]), "interventions": lines[i][0],
+                "principles": lines[i][1], "length": n, "length_multiplier": float(multipliers[i]),
+                "logp": _round(logp_old[i, :n]), "logp_ref": _round(logp_ref[i, :n]),
+                "shaped_rewards": _round(rewards[i, :n]), "values": _round(values_old[i, :n]),
+                "advantages": _round(raw_advantages[i, :n]),
+            })
+        write_text(out_dir / "rollouts" / f"step_{done:05d}.jsonl", "".join(json.dumps(d) + "\n" for d in dump))
+        write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
+        if done % cfg.save_every == 0 or done == last:
+            _save_checkpoint(ckpt_dir, done, modules, opt, sched, rng)
+
+    finished = (history[-1]["step"] if history else first) >= total
+    policy_dir = out_dir / "policy"
+    if finished:
+        tmp = Path(tempfile.mkdtemp(prefix=".policy.", dir=out_dir))
+        roles.policy.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "salmon_policy.json", {"base_model": cfg.policy_model, "rl_principles": rl_set.name,
+                                                "rl_principles_digest": rl_set.digest(), "steps": total})
+        if policy_dir.exists():
+            shutil.rmtree(policy_dir)
+        tmp.rename(policy_dir)
+    else:
+        log(STAGE, f"stopped after step {last} of {total} (max_steps); rerun to continue")
+    metrics: dict[str, Any] = {k: v for k, v in (history[-1] if history else {}).items() if k != "lr"}
+    metrics.update(steps=total, steps_done=last, finished=finished, prompts=len(kept),
+                   rl_principles=rl_set.ids(), rl_principles_digest=rl_set.digest())
+    outputs = {"rollouts": str(out_dir / "rollouts"), "train_log": str(log_path)}
+    if finished:
+        outputs["policy"] = str(policy_dir)
+    return StageResult(STAGE, outputs=outputs, metrics=metrics)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(STAGE, PPOConfig, run, argv, __doc__ or "")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
