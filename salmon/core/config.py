@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from salmon.core.errors import SalmonInputError
-from salmon.core.templates import DROMEDARY_SYSTEM
+from salmon.core.templates import DROMEDARY_SYSTEM, DROMEDARY_SYSTEM_STANDARD
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["float32", "bfloat16", "float16"]
@@ -216,6 +216,40 @@ class PPOConfig(_Config):
                     "schedule still spans the whole run.")
     seed: int = Field(default=42, description="Seed of sampling, principle draws and data order.")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
+
+
+class SFTConfig(_Config):
+    """``sft``: principle engraving, LoRA (or QLoRA) SFT on instruction -> answer (method §1.4)."""
+
+    data: str = Field(description="SFTExample JSONL (selfalign's output).")
+    base_model: str = Field(description="HF causal LM folder to train an adapter on.")
+    output_dir: str = Field(description="Folder for the adapter (adapter/), checkpoints and the train log.")
+    system_prompts: list[str] = Field(
+        default=[DROMEDARY_SYSTEM, DROMEDARY_SYSTEM_STANDARD], min_length=1,
+        description="Distilled system prompts, alternated by example index; each ends with '### User'.")
+    quantize: Literal["none", "4bit"] = Field(
+        default="none", description="4bit: QLoRA (NF4, double quantization); needs bitsandbytes and a GPU.")
+    lora_r: int = Field(default=64, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="LoRA dropout.")
+    lora_target: str = Field(default="all-linear", description="peft target_modules (all linear but lm_head).")
+    learning_rate: float = Field(default=1e-4, gt=0, description="Peak learning rate.")
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field(default="cosine", description="Decay after warm-up.")
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1, description="Share of steps used for warm-up.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=0.3, gt=0, description="Gradient clipping norm.")
+    epochs: float = Field(default=1.0, gt=0, description="Passes over the data (fractions allowed).")
+    batch_size: int = Field(default=128, ge=1, description="Examples per optimizer step.")
+    micro_batch_size: int = Field(default=4, ge=1, description="Examples per forward pass.")
+    source_max_len: int = Field(default=512, ge=1, description="Prompt tokens kept, from the right end.")
+    target_max_len: int = Field(default=512, ge=1, description="Answer tokens kept, from the start.")
+    save_every: int = Field(default=50, ge=1, description="Checkpoint every N optimizer steps.")
+    log_every: int = Field(default=10, ge=1, description="Log every N optimizer steps.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop this invocation after N steps; a rerun continues.")
+    seed: int = Field(default=42, description="Seed of the data order and adapter init.")
+    device: Device = Field(default="auto", description="auto picks cuda when available.")
+    dtype: DType = Field(default="float32", description="Base weights dtype.")
 
 
 class EvalPolicyConfig(_Config):

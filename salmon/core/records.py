@@ -34,6 +34,20 @@ class PromptRecord(_Record):
         return f"{self.instruction}\n\n{self.input}" if self.input else self.instruction
 
 
+class SFTExample(_Record):
+    """One principle-engraving example: an instruction and the answer to train on (method §1.4)."""
+
+    example_id: str = Field(min_length=1, description="Unique id; also picks the system prompt (index parity).")
+    instruction: str = Field(min_length=1, description="The user's request.")
+    input: str = Field(default="", description="Optional extra input appended to the instruction.")
+    response: str = Field(min_length=1, description="The answer, usually ending with the end-of-turn marker.")
+    prompt_type: PromptType = Field(default="general", description="general, reasoning or red_teaming.")
+    source: str = Field(default="selfalign", description="What produced the response (selfalign, nano, ...).")
+
+    def full_instruction(self) -> str:
+        return f"{self.instruction}\n\n{self.input}" if self.input else self.instruction
+
+
 class ResponsePair(_Record):
     """Two responses to one prompt, to be judged against each other."""
 

@@ -1,0 +1,237 @@
+"""``sft``: principle engraving (method §1.4): LoRA SFT on (distilled system prompt + instruction
+-> answer), with the loss on the answer only.
+
+Each example is laid out as at inference: the source is ``{system}\\n{instruction}\\n\\n### Dromedary``
+(kept from the right end, ``source_max_len`` tokens) and the target is ``\\n{response}`` (kept
+from the start, ``target_max_len`` tokens); no EOS is added, the answer ends with the textual
+end-of-turn marker. The system prompt alternates over ``system_prompts`` by example index. The
+loss is the mean cross-entropy over all target tokens of an optimizer batch.
+
+``quantize: 4bit`` loads the base in NF4 with double quantization and bf16 compute (QLoRA); it
+needs bitsandbytes and a CUDA GPU. Checkpoints every ``save_every`` steps hold the adapter,
+optimizer and scheduler; a rerun resumes from the newest. The adapter lands in
+``<output_dir>/adapter`` and loads with ``PeftModel.from_pretrained`` on the base model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from salmon.core import templates
+from salmon.core.config import SFTConfig
+from salmon.core.errors import SalmonInputError
+from salmon.core.io import read_jsonl, write_json, write_text
+from salmon.core.records import SFTExample
+from salmon.reward.train import data_order, latest_checkpoint, lr_multiplier
+from salmon.stages.common import StageResult, log, stage_main
+
+STAGE = "sft"
+IGNORE = -100
+"""Label of tokens that carry no loss (the source and the padding)."""
+
+
+def sft_tokens(source: list[int], target: list[int], source_max_len: int,
+               target_max_len: int) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` of one example: the source's last ``source_max_len`` tokens, then the
+    target's first ``target_max_len``; labels are :data:`IGNORE` on the source.
+
+    >>> sft_tokens([1, 2, 3], [7, 8, 9], 2, 2)
+    ([2, 3, 7, 8], [-100, -100, 7, 8])
+    """
+    src = source[-source_max_len:]
+    tgt = target[:target_max_len]
+    return src + tgt, [IGNORE] * len(src) + tgt
+
+
+def pad_right(rows: list[list[int]], value: int) -> list[list[int]]:
+    width = max(len(r) for r in rows)
+    return [r + [value] * (width - len(r)) for r in rows]
+
+
+def encode_examples(tok: Any, examples: list[SFTExample], cfg: SFTConfig) -> list[tuple[list[int], list[int]]]:
+    from salmon.modeling import bos_ids, encode
+
+    out = []
+    for i, ex in enumerate(examples):
+        system = cfg.system_prompts[i % len(cfg.system_prompts)]
+        source = bos_ids(tok) + encode(tok, templates.policy_query(ex.full_instruction(), system))
+        out.append(sft_tokens(source, encode(tok, "\n" + ex.response), cfg.source_max_len, cfg.target_max_len))
+    return out
+
+
+def build_model(cfg: SFTConfig, device: Any) -> tuple[Any, Any]:
+    """(base + a fresh trainable LoRA adapter, tokenizer)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from salmon.modeling import load_causal_lm, load_tokenizer
+
+    torch.manual_seed(cfg.seed)
+    tok = load_tokenizer(cfg.base_model)
+    if cfg.quantize == "4bit":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            bitsandbytes = None
+        if bitsandbytes is None or device.type != "cuda":
+            raise SalmonInputError("quantize", "4bit (QLoRA) needs bitsandbytes and a CUDA GPU",
+                                   "install bitsandbytes on a GPU machine, or set quantize: none")
+        from peft import prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16)
+        base = AutoModelForCausalLM.from_pretrained(cfg.base_model, quantization_config=quant,
+                                                    device_map={"": device.index or 0})
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    else:
+        base = load_causal_lm(cfg.base_model, device=device, dtype=cfg.dtype)
+    target: str | list[str] = (cfg.lora_target if cfg.lora_target == "all-linear"
+                               else [t.strip() for t in cfg.lora_target.split(",")])
+    model = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                            target_modules=target, task_type="CAUSAL_LM"))
+    model.train()
+    return model, tok
+
+
+def _trainable(model: Any) -> dict[str, Any]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(ckpt_dir: Path, step: int, model: Any, opt: Any, sched: Any) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=ckpt_dir))
+    save_file({n: p.detach().cpu().contiguous() for n, p in _trainable(model).items()},
+              str(tmp / "trainable.safetensors"))
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    torch.save(sched.state_dict(), tmp / "scheduler.pt")
+    write_json(tmp / "state.json", {"step": step})
+    final = ckpt_dir / f"step-{step:08d}"
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in sorted(ckpt_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(path: Path, model: Any, opt: Any, sched: Any) -> int:
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = _trainable(model)
+    if set(params) - set(weights):
+        raise SalmonInputError(str(path), "checkpoint lacks trainable tensors (another config wrote it?)",
+                               "delete the checkpoints folder to start over")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    return int(json.loads((path / "state.json").read_text())["step"])
+
+
+def run(cfg: SFTConfig) -> StageResult:
+    import torch
+
+    from salmon.modeling import resolve_device
+
+    examples = read_jsonl(cfg.data, SFTExample)
+    if not examples:
+        raise SalmonInputError(cfg.data, "no examples", "give selfalign's output")
+    for i, s in enumerate(cfg.system_prompts):
+        if not s.rstrip().endswith("### User"):
+            raise SalmonInputError(f"system_prompts[{i}]", "does not end with '### User'",
+                                   "end each system prompt with the user-turn header")
+    device = resolve_device(cfg.device)
+    model, tok = build_model(cfg, device)
+    rows = encode_examples(tok, examples, cfg)
+    batches = data_order(len(rows), cfg.epochs, cfg.batch_size, cfg.seed)
+    total = len(batches)
+    params = list(_trainable(model).values())
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = int(cfg.warmup_ratio * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, warmup, total, cfg.lr_schedule))
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "checkpoints"
+    log_path = out_dir / "train_log.jsonl"
+    first = 0
+    history: list[dict[str, Any]] = []
+    resume = latest_checkpoint(ckpt_dir)
+    if resume is not None:
+        first = _load_checkpoint(resume, model, opt, sched)
+        if log_path.is_file():
+            history = [h for h in map(json.loads, log_path.read_text().splitlines()) if h["step"] <= first]
+        log(STAGE, f"resuming from {resume} (step {first})")
+    last = total if cfg.max_steps is None else min(total, first + cfg.max_steps)
+    log(STAGE, f"{len(rows)} examples, {total} steps of {cfg.batch_size}; "
+               f"{sum(p.numel() for p in params):,} trainable parameters")
+    pad = int(tok.pad_token_id)
+    t0 = time.monotonic()
+    window: list[float] = []
+    for step in range(first, last):
+        batch = batches[step]
+        n_tokens = sum(sum(1 for x in rows[i][1] if x != IGNORE) for i in batch)
+        step_loss = 0.0
+        for start in range(0, len(batch), cfg.micro_batch_size):
+            micro = batch[start:start + cfg.micro_batch_size]
+            ids = torch.tensor(pad_right([rows[i][0] for i in micro], pad), device=device)
+            labels = torch.tensor(pad_right([rows[i][1] for i in micro], IGNORE), device=device)
+            mask = torch.tensor(pad_right([[1] * len(rows[i][0]) for i in micro], 0), device=device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = labels[:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                     ignore_index=IGNORE, reduction="sum") / max(1, n_tokens)
+            loss.backward()
+            step_loss += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        done = step + 1
+        window.append(step_loss)
+        history.append({"step": done, "loss": round(step_loss, 5), "lr": sched.get_last_lr()[0]})
+        if done % cfg.log_every == 0 or done == last:
+            log(STAGE, f"step {done}/{total} loss {sum(window) / len(window):.4f} "
+                       f"lr {sched.get_last_lr()[0]:.2e} ({time.monotonic() - t0:.0f}s)")
+            window = []
+        if done % cfg.save_every == 0 or done == last:
+            write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
+            _save_checkpoint(ckpt_dir, done, model, opt, sched)
+
+    finished = last >= total
+    adapter_dir = out_dir / "adapter"
+    if finished:
+        tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=out_dir))
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "salmon_sft.json", {"base_model": cfg.base_model, "examples": len(rows), "steps": total})
+        if adapter_dir.exists():
+            shutil.rmtree(adapter_dir)
+        tmp.rename(adapter_dir)
+    else:
+        log(STAGE, f"stopped after step {last} of {total} (max_steps); rerun to continue")
+    metrics: dict[str, Any] = {"examples": len(rows), "steps": total, "steps_done": last, "finished": finished,
+                               "loss_first": history[0]["loss"] if history else None,
+                               "loss_last": history[-1]["loss"] if history else None}
+    outputs = {"train_log": str(log_path)}
+    if finished:
+        outputs["adapter"] = str(adapter_dir)
+    return StageResult(STAGE, outputs=outputs, metrics=metrics)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(STAGE, SFTConfig, run, argv, __doc__ or "")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
