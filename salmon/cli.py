@@ -133,7 +133,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     summary = run_demo(DemoOptions(out=args.out, prompts=args.prompts, seed=args.seed,
                                    quick=args.quick, hf_judge_pairs=args.hf_judge_pairs,
-                                   rm_epochs=args.rm_epochs))
+                                   rm_epochs=args.rm_epochs, rl_principle=args.rl_principle))
     print(json.dumps(summary["headline"], indent=2))
     return 0
 
@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="pairs also judged by the nano model itself with the hf judge (default 32)")
     demo.add_argument("--rm-epochs", type=float, default=None,
                       help="passes of train_rm over its instances (default: the nano preset's 1)")
+    demo.add_argument("--rl-principle", default="concise",
+                      help="nano principle that steers PPO at RL time (default concise; try detailed)")
     demo.set_defaults(func=_demo)
 
     pr = sub.add_parser("principles", help="validate, list and show principle sets")

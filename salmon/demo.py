@@ -1,13 +1,17 @@
 """``salmon demo``: every stage that exists, end to end in the nano world, on CPU.
 
-The run builds the nano model, generates prompts, samples response pairs, labels them with
-the exact ``rules`` judge (and a few with the nano model itself through the ``hf`` judge, to
-exercise that path), aggregates RM instances, trains the principle-following reward model and
-evaluates it on held-out prompts. ``<out>/summary.json`` lists, per stage, its outputs (paths)
-and metrics; ``headline`` holds the numbers a person looks at first.
+The run builds the nano model, generates prompts, engraves the nano answer format into an SFT
+adapter (``sft``; its data come from the nano response generator, which stands in for
+``selfalign``: a 0.9 M model cannot follow in-context rules), samples response pairs, labels
+them with the exact ``rules`` judge (and a few with the nano model itself through the ``hf``
+judge, to exercise that path), aggregates RM instances, trains the principle-following reward
+model, evaluates it on held-out prompts, runs PPO from the SFT adapter under one RL-time
+principle (``--rl-principle``, default ``concise``) and compares the PPO policy with the SFT
+policy on held-out prompts (``eval_policy``). ``<out>/summary.json`` lists, per stage, its
+outputs (paths) and metrics; ``headline`` holds the numbers a person looks at first.
 
 Stages reuse finished outputs: the nano model is rebuilt only when its folder is missing, and
-``train_rm`` resumes from its checkpoints. Delete ``<out>`` for a clean run.
+``sft``, ``train_rm`` and ``ppo`` resume from their checkpoints. Delete ``<out>`` for a clean run.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ from typing import Any
 
 from salmon.core.config import (
     AggregateConfig,
+    EvalPolicyConfig,
     EvalRMConfig,
     LabelConfig,
+    PPOConfig,
     SampleConfig,
+    SFTConfig,
     TrainRMConfig,
     build_config,
 )
@@ -44,6 +51,35 @@ class DemoOptions:
     hf_judge_pairs: int = 32
     rm_epochs: float | None = None
     """Passes of train_rm over the instances; None keeps the nano preset's value."""
+    rl_principle: str = "concise"
+    """The nano principle PPO is steered by at RL time."""
+
+
+def sft_examples(prompts: list[Any], seed: int) -> list[Any]:
+    """SFT data of the nano world: one generated answer per training prompt, ending the turn."""
+    import random
+
+    from salmon.core.records import SFTExample
+    from salmon.nano.world import make_response
+
+    rng = random.Random(seed)
+    return [SFTExample(example_id=p.prompt_id, instruction=p.instruction, input=p.input,
+                       prompt_type=p.prompt_type, response=make_response(p, rng) + "\n\n### User\n",
+                       source="nano")
+            for p in prompts if p.split == "train"]
+
+
+def before_after_table(metrics: dict[str, Any], before: str, after: str) -> str:
+    """A plain-text table of eval_policy's per-model metrics."""
+    rows = [(k, metrics[before][k], metrics[after][k]) for k in metrics[after]]
+    width = max(len(k) for k, _, _ in rows)
+    lines = [f"{'metric':<{width}}  {before:>10}  {after:>12}"]
+    for k, b, a in rows:
+        fb = "n/a" if b is None else f"{b:.3f}"
+        fa = "n/a" if a is None else f"{a:.3f}"
+        lines.append(f"{k:<{width}}  {fb:>10}  {fa:>12}")
+    lines.append(f"{'kl_to_baseline':<{width}}  {'':>10}  {metrics['kl_to_baseline']:>12.3f}")
+    return "\n".join(lines)
 
 
 def _agreement(rules: list[Judgement], hf: list[Judgement]) -> dict[str, float | int]:
@@ -60,10 +96,12 @@ def _agreement(rules: list[Judgement], hf: list[Judgement]) -> dict[str, float |
 
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
     """Run the nano chain into ``opts.out``; returns (and writes) the summary."""
+    from salmon.core.principles import load_principle_set
     from salmon.nano.model import NanoModelSpec, build_nano_model
     from salmon.nano.world import make_prompts
-    from salmon.stages import aggregate, eval_rm, label, sample, train_rm
+    from salmon.stages import aggregate, eval_policy, eval_rm, label, ppo, sample, sft, train_rm
 
+    load_principle_set("nano").get(opts.rl_principle)  # a bad --rl-principle fails before any work
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     n_prompts = min(opts.prompts, 160) if opts.quick else opts.prompts
@@ -100,6 +138,20 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         return StageResult("prompts", outputs={"prompts": str(prompts_path)}, metrics={"prompts": n})
 
     record("prompts", prompts)
+    sft_data = out / "sft_data.jsonl"
+
+    def make_sft_data() -> StageResult:
+        from salmon.core.records import PromptRecord
+
+        n = write_jsonl(sft_data, sft_examples(read_jsonl(prompts_path, PromptRecord), opts.seed + 5))
+        log("sft_data", f"wrote {n} nano SFT examples (nano generator, standing in for selfalign)")
+        return StageResult("sft_data", outputs={"data": str(sft_data)}, metrics={"examples": n, "source": "nano"})
+
+    record("sft_data", make_sft_data)
+    sft_dir = out / "sft"
+    record("sft", lambda: sft.run(build_config(
+        SFTConfig, stage="sft", preset="nano",
+        values={"data": str(sft_data), "base_model": str(model_dir), "output_dir": str(sft_dir)})))
     pairs_path = out / "pairs.jsonl"
     record("sample", lambda: sample.run(build_config(
         SampleConfig, stage="sample", preset="nano",
@@ -137,16 +189,43 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         values={"model": str(rm_dir / "model"), "pairs": str(pairs_path),
                 "judgements": str(judgements_path), "output_dir": str(out / "eval_rm")})))
 
+    ppo_dir = out / f"ppo_{opts.rl_principle}"  # one run per RL-time principle, side by side
+    ppo_values: dict[str, Any] = {"prompts": str(prompts_path), "policy_model": str(model_dir),
+                                  "policy_adapter": str(sft_dir / "adapter"), "reward_model": str(rm_dir / "model"),
+                                  "output_dir": str(ppo_dir), "rl_principle_ids": [opts.rl_principle]}
+    if opts.quick:
+        ppo_values.update(rollout_batch_size=8, step_batch_size=8, total_epochs=16 / n_prompts)
+    record("ppo", lambda: ppo.run(build_config(PPOConfig, stage="ppo", preset="nano", values=ppo_values)))
+    eval_values: dict[str, Any] = {"prompts": str(prompts_path), "base_model": str(model_dir),
+                                   "baseline_adapter": str(sft_dir / "adapter"),
+                                   "policy_adapter": str(ppo_dir / "policy"), "reward_model": str(rm_dir / "model"),
+                                   "output_dir": str(out / f"eval_policy_{opts.rl_principle}"),
+                                   "policy_label": "ppo"}
+    if opts.quick:
+        eval_values["limit"] = 16
+    record("eval_policy", lambda: eval_policy.run(build_config(
+        EvalPolicyConfig, stage="eval_policy", preset="nano", values=eval_values)))
+    policy_metrics = json.loads((out / f"eval_policy_{opts.rl_principle}" / "metrics.json").read_text())
+    print(f"[demo] PPO under '{opts.rl_principle}' against the SFT policy, held-out prompts:\n"
+          + before_after_table(policy_metrics, "sft", "ppo"), file=sys.stderr)
+
     ev = stages["eval_rm"]["metrics"]
     summary: dict[str, Any] = {
         "world": "nano",
         "options": {"prompts": n_prompts, "seed": opts.seed, "quick": opts.quick,
-                    "hf_judge_pairs": opts.hf_judge_pairs, "rm_epochs": opts.rm_epochs},
+                    "hf_judge_pairs": opts.hf_judge_pairs, "rm_epochs": opts.rm_epochs,
+                    "rl_principle": opts.rl_principle},
         "headline": {
             "rm_heldout_accuracy": ev["accuracy"],
             "rm_flip_rate": ev["flip_rate"],
             "rm_principle_sensitivity": ev["sensitivity"],
             "rm_instances": stages["aggregate"]["metrics"]["instances"],
+            "rl_principle": opts.rl_principle,
+            "sft_words": policy_metrics["sft"]["response_words"],
+            "ppo_words": policy_metrics["ppo"]["response_words"],
+            "sft_correct_arithmetic": policy_metrics["sft"]["adherence/correct_arithmetic"],
+            "ppo_correct_arithmetic": policy_metrics["ppo"]["adherence/correct_arithmetic"],
+            "ppo_kl_to_sft": policy_metrics["kl_to_baseline"],
             "seconds": round(time.monotonic() - started, 1),
         },
         "stages": stages,

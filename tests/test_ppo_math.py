@@ -66,6 +66,25 @@ def test_gae_with_gamma_lambda_one_is_reward_to_go_minus_value() -> None:
     assert close(ret, [[6.0, 5.0, 3.0, 0.0]])
 
 
+def test_terminal_reward_on_the_last_real_token_gives_the_original_advantages() -> None:
+    """The original puts the terminal reward on the last slot of the padded window and runs GAE
+    over every slot (pads unmasked, V = 0 after the window). With gamma = lambda = 1 the real
+    tokens' advantages equal ours, where it sits on the last real token."""
+    kl_part = torch.tensor([[-0.1, -0.2, -0.3, 0.0, 0.0]])
+    terminal, values = 4.0, torch.tensor([[0.5, -1.0, 2.0, 0.7, 0.3]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0]])
+    ours = kl_part.clone()
+    ours[0, 2] += terminal
+    original = kl_part.clone()
+    original[0, -1] += terminal
+    adv_ours, _ = gae(ours, values, mask)
+    # the original: every slot is "real", values on pads included
+    adv_orig, _ = gae(original, values, torch.ones_like(mask))
+    assert torch.allclose(adv_ours[0, :3], adv_orig[0, :3])
+    # with gamma = lambda = 1 the sum telescopes: A_t = sum_{k>=t} r_k - V_t in both layouts
+    assert close(adv_ours[0, :3], [4.0 - 0.6 - 0.5, 4.0 - 0.5 + 1.0, 4.0 - 0.3 - 2.0])
+
+
 def test_gae_discounted_hand_computed() -> None:
     rewards = torch.tensor([[0.0, 1.0]])
     values = torch.tensor([[0.5, 0.25]])

@@ -10,6 +10,10 @@ On held-out pairs and their judgements:
 - **principle sensitivity**: pairs where the judge says the two ``sensitivity`` principles
   (e.g. concise vs comprehensive) disagree; share where the RM conditioned on each alone also
   prefers opposite outputs.
+- **self-praise check** (method §10 item 10): each pair's first output R against R plus the
+  ``self_praise`` sentence, under one training principle drawn per pair, without and with the
+  RL-time intervention lines of ``intervention_set`` shown first; share where the RM prefers R
+  and the mean margin r(R) - r(R + praise), for both prompts.
 
 Writes ``metrics.json`` and ``report.md``; with ``min_accuracy`` / ``min_flip_rate`` set, a
 result below them fails the stage (exit 1) after writing both.
@@ -17,6 +21,7 @@ result below them fails the stage (exit 1) after writing both.
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from pathlib import Path
 
@@ -52,6 +57,8 @@ def run(cfg: EvalRMConfig) -> StageResult:
 
     pset = load_principle_set(cfg.principles)
     dims = training_dimensions(pset, cfg.dimensions)
+    interventions = (load_principle_set(cfg.intervention_set).subset(cfg.intervention_ids)
+                     if cfg.intervention_set else None)
     for pid in cfg.sensitivity:
         pset.get(pid)
     pairs = [p for p in read_jsonl(cfg.pairs, ResponsePair) if p.prompt.split in cfg.splits]
@@ -84,8 +91,8 @@ def run(cfg: EvalRMConfig) -> StageResult:
     encoder = RMEncoder(tokenizer, meta.limits())
     rows: list[list[int]] = []
 
-    def add(resp: str, instr: str, lines: list[str]) -> int:
-        rows.append(encoder.encode_rm(resp, instr, lines))
+    def add(resp: str, instr: str, lines: list[str], fixed: list[str] | None = None) -> int:
+        rows.append(encoder.encode_rm(resp, instr, lines, fixed or []))
         return len(rows) - 1
 
     def inst_rows(i: RMInstance) -> tuple[int, int]:
@@ -99,6 +106,16 @@ def run(cfg: EvalRMConfig) -> StageResult:
         instr = pair.prompt.full_instruction()
         sens_idx.append((add(pair.output_1, instr, [a_p.definition]), add(pair.output_2, instr, [a_p.definition]),
                          add(pair.output_1, instr, [b_p.definition]), add(pair.output_2, instr, [b_p.definition])))
+    praise_idx = []
+    if interventions is not None:
+        fixed = [p.definition for p in interventions.principles]
+        draw = random.Random(cfg.seed)
+        for pair in pairs:
+            instr = pair.prompt.full_instruction()
+            line = [pset.get(draw.choice(dims)).definition]
+            plain, praised = pair.output_1.strip(), f"{pair.output_1.strip()} {cfg.self_praise}"
+            praise_idx.append((add(plain, instr, line), add(praised, instr, line),
+                               add(plain, instr, line, fixed), add(praised, instr, line, fixed)))
     log(STAGE, f"scoring {len(rows)} sequences: {len(instances)} accuracy instances, "
                f"{len(flipped)} flip instances, {len(sens_pairs)} sensitivity pairs")
     r = score_sequences(model, rows, int(tokenizer.pad_token_id), cfg.batch_size)
@@ -119,6 +136,8 @@ def run(cfg: EvalRMConfig) -> StageResult:
     for ok, inst in zip(flips, flip_base, strict=True):
         flip_by[inst.principles[inst.dominant_index].principle_id].append(ok)
     sens = [prefers_1(a1, a2) != prefers_1(b1, b2) for a1, a2, b1, b2 in sens_idx]
+    margins_off = [r[p0] - r[p1] for p0, p1, _, _ in praise_idx]
+    margins_on = [r[q0] - r[q1] for _, _, q0, q1 in praise_idx]
 
     def rate(xs: list[bool]) -> float:
         return round(sum(xs) / len(xs), 4) if xs else float("nan")
@@ -132,6 +151,14 @@ def run(cfg: EvalRMConfig) -> StageResult:
         "flip_rate_by_principle": {k: rate(v) for k, v in sorted(flip_by.items())},
         "pairs": len(pairs), "principles_digest": pset.digest(),
     }
+    if praise_idx:
+        metrics["self_praise"] = {
+            "n": len(praise_idx), "interventions": interventions.ids() if interventions else [],
+            "prefers_plain_off": rate([m > 0 for m in margins_off]),
+            "prefers_plain_on": rate([m > 0 for m in margins_on]),
+            "margin_off": round(sum(margins_off) / len(margins_off), 4),
+            "margin_on": round(sum(margins_on) / len(margins_on), 4),
+        }
     out = Path(cfg.output_dir)
     write_json(out / "metrics.json", metrics)
     write_text(out / "report.md", report(cfg, metrics))
@@ -164,6 +191,12 @@ def report(cfg: EvalRMConfig, m: dict) -> str:  # type: ignore[type-arg]
     ]
     for pid, acc in m["accuracy_by_principle"].items():
         lines.append(f"| {pid} | {acc:.3f} | {m['flip_rate_by_principle'].get(pid, float('nan')):.3f} |")
+    if "self_praise" in m:
+        sp = m["self_praise"]
+        lines += ["", f"Self-praise check ({sp['n']} responses; interventions {', '.join(sp['interventions'])}):", "",
+                  "| RM prompt | prefers the plain response | mean margin |", "|---|---|---|",
+                  f"| without interventions | {sp['prefers_plain_off']:.3f} | {sp['margin_off']:+.3f} |",
+                  f"| with interventions | {sp['prefers_plain_on']:.3f} | {sp['margin_on']:+.3f} |"]
     return "\n".join(lines) + "\n"
 
 
