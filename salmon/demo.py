@@ -1,8 +1,8 @@
 """``salmon demo``: every stage that exists, end to end in the nano world, on CPU.
 
-The run builds the nano model, generates prompts, engraves the nano answer format into an SFT
-adapter (``sft``; its data come from the nano response generator, which stands in for
-``selfalign``: a 0.9 M model cannot follow in-context rules), samples response pairs, labels
+The run builds the nano model, generates prompts, writes SFT data with ``selfalign`` (its nano
+fallback: the answers come from the nano response generator, since a 0.9 M model cannot follow
+in-context rules), engraves them into an SFT adapter (``sft``), samples response pairs, labels
 them with the exact ``rules`` judge (and a few with the nano model itself through the ``hf``
 judge, to exercise that path), aggregates RM instances, trains the principle-following reward
 model, evaluates it on held-out prompts, runs PPO from the SFT adapter under one RL-time
@@ -31,6 +31,7 @@ from salmon.core.config import (
     LabelConfig,
     PPOConfig,
     SampleConfig,
+    SelfAlignConfig,
     SFTConfig,
     TrainRMConfig,
     build_config,
@@ -53,20 +54,6 @@ class DemoOptions:
     """Passes of train_rm over the instances; None keeps the nano preset's value."""
     rl_principle: str = "concise"
     """The nano principle PPO is steered by at RL time."""
-
-
-def sft_examples(prompts: list[Any], seed: int) -> list[Any]:
-    """SFT data of the nano world: one generated answer per training prompt, ending the turn."""
-    import random
-
-    from salmon.core.records import SFTExample
-    from salmon.nano.world import make_response
-
-    rng = random.Random(seed)
-    return [SFTExample(example_id=p.prompt_id, instruction=p.instruction, input=p.input,
-                       prompt_type=p.prompt_type, response=make_response(p, rng) + "\n\n### User\n",
-                       source="nano")
-            for p in prompts if p.split == "train"]
 
 
 def before_after_table(metrics: dict[str, Any], before: str, after: str) -> str:
@@ -99,7 +86,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     from salmon.core.principles import load_principle_set
     from salmon.nano.model import NanoModelSpec, build_nano_model
     from salmon.nano.world import make_prompts
-    from salmon.stages import aggregate, eval_policy, eval_rm, label, ppo, sample, sft, train_rm
+    from salmon.stages import aggregate, eval_policy, eval_rm, label, ppo, sample, selfalign, sft, train_rm
 
     load_principle_set("nano").get(opts.rl_principle)  # a bad --rl-principle fails before any work
     out = Path(opts.out)
@@ -139,15 +126,9 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
 
     record("prompts", prompts)
     sft_data = out / "sft_data.jsonl"
-
-    def make_sft_data() -> StageResult:
-        from salmon.core.records import PromptRecord
-
-        n = write_jsonl(sft_data, sft_examples(read_jsonl(prompts_path, PromptRecord), opts.seed + 5))
-        log("sft_data", f"wrote {n} nano SFT examples (nano generator, standing in for selfalign)")
-        return StageResult("sft_data", outputs={"data": str(sft_data)}, metrics={"examples": n, "source": "nano"})
-
-    record("sft_data", make_sft_data)
+    record("selfalign", lambda: selfalign.run(build_config(
+        SelfAlignConfig, stage="selfalign", preset="nano",
+        values={"prompts": str(prompts_path), "output": str(sft_data), "seed": opts.seed + 5})))
     sft_dir = out / "sft"
     record("sft", lambda: sft.run(build_config(
         SFTConfig, stage="sft", preset="nano",

@@ -15,7 +15,7 @@ pytest.importorskip("torch")
 
 def check_summary(out: Path) -> dict:  # type: ignore[type-arg]
     summary = json.loads((out / "summary.json").read_text())
-    for stage in ("nano_model", "prompts", "sft_data", "sft", "sample", "label", "label_hf", "aggregate",
+    for stage in ("nano_model", "prompts", "selfalign", "sft", "sample", "label", "label_hf", "aggregate",
                   "train_rm", "eval_rm", "ppo", "eval_policy"):
         assert stage in summary["stages"], stage
         for path in summary["stages"][stage]["outputs"].values():

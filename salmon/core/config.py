@@ -226,6 +226,30 @@ class PPOConfig(_Config):
     device: Device = Field(default="auto", description="auto picks cuda when available.")
 
 
+class SelfAlignConfig(_Config):
+    """``selfalign``: principle-driven answers from a base model, filtered (method §1.3-1.4)."""
+
+    prompts: str = Field(description="PromptRecord JSONL to answer.")
+    output: str = Field(description="SFTExample JSONL to write.")
+    backend: Literal["hf", "nano"] = Field(
+        default="hf", description="hf: in-context generation by a base model; nano: the nano generator (fallback).")
+    model: str | None = Field(default=None, description="Base model folder (hf backend).")
+    rules: str = Field(default="self_align", description="Principle set of the rules shown in the prompt.")
+    exemplars: str = Field(default="exemplars/self_align.yaml",
+                           description="Exemplar YAML; a relative path is looked up in the principles folder.")
+    temperature: float = Field(default=0.7, ge=0, description="Sampling temperature.")
+    top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(default=512, ge=1, description="Longest generation (thought + answer).")
+    min_chars: int = Field(default=160, ge=0, description="Shortest finished answer kept.")
+    copy_min_chars: int = Field(default=16, ge=0, description="Instruction/input longer than this must not be copied.")
+    final_name: str = Field(default="Dromedary", description="The assistant's name in kept answers.")
+    splits: list[Literal["train", "heldout"]] = Field(default=["train"], description="Prompts to answer.")
+    limit: int | None = Field(default=None, ge=1, description="Answer only the first N prompts.")
+    batch_size: int = Field(default=4, ge=1, description="Prompts per generate call.")
+    seed: int = Field(default=42, description="Sampling seed.")
+    device: Device = Field(default="auto", description="auto picks cuda when available.")
+
+
 class SFTConfig(_Config):
     """``sft``: principle engraving, LoRA (or QLoRA) SFT on instruction -> answer (method §1.4)."""
 

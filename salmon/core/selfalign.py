@@ -1,0 +1,163 @@
+"""Principle-driven self-alignment (SELF-ALIGN, method §1.3-1.4): the in-context prompt and the
+post-filters of generated answers, as pure functions.
+
+The base model sees the rules, the exemplars and the user's request, then writes an internal
+thought (always opening with ``thought_prefix``) that names the rules that apply, then
+``\\n\\n{assistant}:`` and the answer. :func:`filter_generation` turns such a generation into a
+training answer or gives the reason it was dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from salmon.core.errors import SalmonInputError
+from salmon.core.principles import PrincipleSet
+
+END_OF_TURN = "\n\n### User\n"
+"""Appended to an answer whose turn ended; the SFT target ends with it, the policy stops on it."""
+
+_SEGMENT_END = re.compile(r"(?<=[\n.?!;:,`])")
+
+
+class ExemplarTurn(BaseModel):
+    """One user turn of an exemplar, with the assistant's internal thought and answer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user: str = Field(min_length=1, description="What the user writes.")
+    thoughts: str = Field(min_length=1, description="The internal thought after the fixed prefix.")
+    answer: str = Field(min_length=1, description="The assistant's answer.")
+
+
+class Exemplar(BaseModel):
+    """A worked conversation shown in the self-alignment prompt."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, description="Short name.")
+    turns: list[ExemplarTurn] = Field(min_length=1, description="User turns in order.")
+    leak_terms: list[str] = Field(default=[], description="Words that betray a copied exemplar.")
+
+
+class ExemplarSet(BaseModel):
+    """The exemplars of the self-alignment prompt, with the closing exchange of each."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str = Field(min_length=1, description="Human version label.")
+    assistant: str = Field(min_length=1, description="The assistant's name in the prompt, e.g. Watson.")
+    thought_prefix: str = Field(min_length=1, description="Sentence every internal thought opens with.")
+    closing_user: str = Field(min_length=1, description="User turn after each exemplar (ends the conversation).")
+    closing_reply: str = Field(min_length=1, description="The assistant's automatic reply to it.")
+    exemplars: list[Exemplar] = Field(min_length=1, description="The exemplars in prompt order.")
+
+
+def load_exemplars(path: str | Path) -> ExemplarSet:
+    """Load and validate an exemplar file (YAML)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SalmonInputError(str(p), "file not found", "give the path of an exemplar YAML file")
+    try:
+        return ExemplarSet.model_validate(yaml.safe_load(p.read_text(encoding="utf-8")))
+    except (yaml.YAMLError, ValidationError) as e:
+        raise SalmonInputError(str(p), f"not a valid exemplar file ({str(e).splitlines()[0]})",
+                               "see principles/exemplars/self_align.yaml for the layout") from None
+
+
+def self_align_prompt(rules: PrincipleSet, ex: ExemplarSet, instruction: str) -> str:
+    """The in-context prompt: overview, numbered rules, exemplars, the request, the thought header."""
+    a = ex.assistant
+    lines = [f"# {a}", "", "## General rules", "",
+             f"{a} is an AI assistant. It thinks about which of the following rules apply before "
+             "it answers, and then answers by them.", ""]
+    lines += [f"{i}. {p.name}: {p.definition}" for i, p in enumerate(rules.principles, start=1)]
+    lines += ["", "## Examples", ""]
+    for exemplar in ex.exemplars:
+        for turn in exemplar.turns:
+            lines += [f"User: {turn.user}", "", f"{a} (internal thoughts): {ex.thought_prefix} {turn.thoughts}", "",
+                      f"{a}: {turn.answer}", ""]
+        lines += [f"User: {ex.closing_user}", "", f"{a} (auto reply): {ex.closing_reply}", ""]
+    lines += [f"User: {instruction.strip()}", "", f"{a} (internal thoughts):"]
+    return "\n".join(lines)
+
+
+def dedup_segments(text: str) -> str:
+    """Cut ``text`` before the first segment that repeats an earlier one.
+
+    Segments end after a newline or one of ``. ? ! ; : ,`` and a backtick; empty and
+    whitespace-only segments never count as repeats.
+
+    >>> dedup_segments("A dog. A cat. A dog. More.")
+    'A dog. A cat.'
+    """
+    seen: set[str] = set()
+    kept: list[str] = []
+    for seg in _SEGMENT_END.split(text):
+        key = seg.strip()
+        if key and key in seen:
+            break
+        if key:
+            seen.add(key)
+        kept.append(seg)
+    return "".join(kept).rstrip()
+
+
+def blacklist(ex: ExemplarSet) -> list[str]:
+    """Terms whose presence means an exemplar leaked, plus conversation artefacts."""
+    terms = [t for e in ex.exemplars for t in e.leak_terms]
+    return terms + ["User:", ex.closing_user, f"{ex.assistant} (auto reply):"]
+
+
+def filter_generation(generation: str, instruction: str, input_text: str, ex: ExemplarSet, *,
+                      final_name: str = "Dromedary", min_chars: int = 160,
+                      copy_min_chars: int = 16) -> tuple[str | None, str]:
+    """(answer or None, reason) for one generation that followed ``(internal thoughts):``.
+
+    1. It must open with the thought prefix and contain ``\\n\\n{assistant}:``; the answer is
+       what follows.
+    2. Repeated segments are cut (:func:`dedup_segments`).
+    3. A finished turn (``\\n\\nUser:`` follows) is cut there and gets :data:`END_OF_TURN`; it
+       must then be at least ``min_chars`` long. An unfinished one loses its last, partial word.
+    4. Copying the instruction or the input (longer than ``copy_min_chars``) verbatim drops it.
+    5. Any :func:`blacklist` term drops it.
+    6. The assistant's name becomes ``final_name``.
+
+    Reasons: ``kept``, ``no_thought``, ``no_answer``, ``too_short``, ``copied``, ``leak``, ``empty``.
+    """
+    a = ex.assistant
+    text = generation.lstrip()
+    if not text.startswith(ex.thought_prefix):
+        return None, "no_thought"
+    marker = f"\n\n{a}:"
+    if marker not in text:
+        return None, "no_answer"
+    answer = dedup_segments(text.split(marker, 1)[1].strip())
+    end = answer.find("\n\nUser:")
+    if end >= 0:
+        answer = answer[:end].rstrip()
+        if len(answer) < min_chars:
+            return None, "too_short"
+        answer += END_OF_TURN
+    else:
+        answer = answer.rsplit(" ", 1)[0] if " " in answer else ""
+    if not answer.strip():
+        return None, "empty"
+    for source in (instruction.strip(), input_text.strip()):
+        if len(source) > copy_min_chars and source in answer:
+            return None, "copied"
+    if any(term in answer for term in blacklist(ex)):
+        return None, "leak"
+    return answer.replace(a, final_name), "kept"
+
+
+def count_reasons(reasons: Sequence[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in reasons:
+        out[r] = out.get(r, 0) + 1
+    return dict(sorted(out.items()))

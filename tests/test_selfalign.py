@@ -1,0 +1,98 @@
+"""SELF-ALIGN: the in-context prompt and the post-filters (method §1.3), and the selfalign stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from salmon.core.principles import load_principle_set, principles_dir
+from salmon.core.selfalign import END_OF_TURN, dedup_segments, filter_generation, load_exemplars, self_align_prompt
+
+EX = load_exemplars(principles_dir() / "exemplars" / "self_align.yaml")
+PREFIX = EX.thought_prefix
+LONG = ("Bees collect nectar from flowers, carry it home in a special stomach, and pass it to other "
+        "bees, who fan it with their wings until most of the water evaporates and it turns to honey.")
+
+
+def test_prompt_lists_the_17_rules_and_6_exemplars_and_ends_with_the_thought_header() -> None:
+    rules = load_principle_set("self_align")
+    prompt = self_align_prompt(rules, EX, "How do bees make honey?")
+    assert len(rules.principles) == 17 and len(EX.exemplars) == 6
+    assert all(f"{i}. {p.name}: " in prompt for i, p in enumerate(rules.principles, start=1))
+    assert prompt.count(f"Watson (internal thoughts): {PREFIX}") == 7  # the code exemplar has two turns
+    assert prompt.count(f"User: {EX.closing_user}") == 6
+    assert prompt.endswith("User: How do bees make honey?\n\nWatson (internal thoughts):")
+
+
+def test_dedup_cuts_at_the_first_repeated_segment() -> None:
+    assert dedup_segments("One, two, three. One, four.") == "One, two, three."
+    assert dedup_segments("A.\nB.\nA.\n") == "A.\nB."
+    assert dedup_segments("No repeats here.") == "No repeats here."
+
+
+def _gen(answer: str, thought: str = "Rule 2 applies.") -> str:
+    return f" {PREFIX} {thought}\n\nWatson: {answer}"
+
+
+def test_a_finished_answer_is_kept_with_the_end_of_turn_marker_and_renamed() -> None:
+    answer, why = filter_generation(_gen(LONG + " Watson hopes this helps.\n\nUser: thanks"),
+                                    "How do bees make honey?", "", EX)
+    assert why == "kept"
+    assert answer == LONG + " Dromedary hopes this helps." + END_OF_TURN
+
+
+@pytest.mark.parametrize(("generation", "reason"), [
+    ("Bees make honey.", "no_thought"),
+    (f"{PREFIX} Rule 2 applies. Bees make honey.", "no_answer"),
+    (_gen("Bees make honey.\n\nUser: ok"), "too_short"),
+    (_gen(LONG + " Tell me how bees make honey from flowers, please.\n\nUser: ok"), "copied"),
+    (_gen(LONG + " The red panda does not.\n\nUser: ok"), "leak"),
+    (_gen(LONG + "\n\nWatson (auto reply): Glad it helped.\n\nUser: ok"), "leak"),
+])
+def test_filters_drop_with_a_reason(generation: str, reason: str) -> None:
+    answer, why = filter_generation(generation, "Tell me how bees make honey from flowers, please.", "", EX)
+    assert (answer, why) == (None, reason)
+
+
+def test_an_unfinished_answer_loses_its_partial_last_word_and_has_no_marker() -> None:
+    answer, why = filter_generation(_gen("Bees collect nectar and turn it into hon"), "Bees?", "", EX)
+    assert why == "kept" and answer == "Bees collect nectar and turn it into"
+
+
+def test_stage_hf_backend_fails_when_nothing_passes_and_nano_backend_says_so(tmp_path: Path, tiny_model: str) -> None:
+    from salmon.core.config import SelfAlignConfig, build_config
+    from salmon.core.io import read_jsonl, write_jsonl
+    from salmon.core.records import SFTExample
+    from salmon.nano.world import make_prompts
+    from salmon.stages.selfalign import run
+
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, make_prompts(12, seed=1))
+    from salmon.stages.selfalign import NothingKept
+
+    # the tiny model never writes the thought prefix: every generation is dropped, with its reason
+    with pytest.raises(NothingKept, match="'no_thought': 3"):
+        run(build_config(SelfAlignConfig, stage="selfalign", values=dict(
+            prompts=str(prompts), output=str(tmp_path / "hf.jsonl"), model=tiny_model, max_new_tokens=8, limit=3)))
+    assert not (tmp_path / "hf.jsonl").exists()
+    nano = run(build_config(SelfAlignConfig, stage="selfalign", preset="nano", values=dict(
+        prompts=str(prompts), output=str(tmp_path / "nano.jsonl"))))
+    rows = read_jsonl(tmp_path / "nano.jsonl", SFTExample)
+    n_train = sum(p.split == "train" for p in make_prompts(12, seed=1))
+    assert nano.metrics["backend"] == "nano" and len(rows) == nano.metrics["kept"] == n_train > 0
+    assert all(r.source == "nano" and r.response.endswith(END_OF_TURN) for r in rows)
+
+
+def test_bad_exemplar_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from salmon.cli import main
+    from salmon.core.io import write_jsonl
+    from salmon.nano.world import make_prompts
+
+    bad = tmp_path / "ex.yaml"
+    bad.write_text("version: '1'\nassistant: W\n")
+    write_jsonl(tmp_path / "p.jsonl", make_prompts(4, seed=1))
+    code = main(["selfalign", f"prompts={tmp_path / 'p.jsonl'}", f"output={tmp_path / 'out.jsonl'}",
+                 f"exemplars={bad}", "model=/nonexistent"])
+    assert code == 2 and "ex.yaml" in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()
