@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the CPU wheel, never a multi-GB CUDA build
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[train,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[train,s3,dev]'
 	touch $@
 
 env: $(BIN)/.installed

@@ -17,6 +17,7 @@ from salmon.core.errors import GateFailed, SalmonInputError
 
 STAGES: dict[str, tuple[str, str]] = {
     # stage: (config class name in salmon.core.config, one-line help)
+    "prompts": ("PromptsConfig", "load, clean, dedupe and tag prompt sets (local or S3); red-teaming synthesis"),
     "selfalign": ("SelfAlignConfig", "principle-driven answers in context (17 rules, 6 exemplars), filtered"),
     "sft": ("SFTConfig", "principle engraving: LoRA/QLoRA SFT on instruction -> answer, loss on the answer"),
     "sample": ("SampleConfig", "two responses per prompt (hf model or nano generator)"),

@@ -12,7 +12,7 @@ from salmon.core.io import read_jsonl, write_jsonl
 from salmon.core.records import Judgement, PreferenceExport, ResponsePair, RMInstance
 from salmon.nano.world import make_pairs, make_prompts
 
-STAGES = ["selfalign", "sft", "sample", "label", "aggregate", "train_rm", "eval_rm", "ppo", "eval_policy"]
+STAGES = ["prompts", "selfalign", "sft", "sample", "label", "aggregate", "train_rm", "eval_rm", "ppo", "eval_policy"]
 
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["principles", "validate"], ["rm", "score"],

@@ -226,6 +226,53 @@ class PPOConfig(_Config):
     device: Device = Field(default="auto", description="auto picks cuda when available.")
 
 
+class PromptSource(_Config):
+    """One JSONL file of prompts to load."""
+
+    uri: str = Field(description="Local path or s3://bucket/key of a JSONL file, one object per line.")
+    prompt_type: Literal["general", "reasoning", "red_teaming"] = Field(
+        default="general", description="Type tag of every prompt of this source (picks the RL length multiplier).")
+    instruction_field: str = Field(default="instruction", description="JSON key of the instruction.")
+    input_field: str | None = Field(default=None, description="JSON key of an optional extra input.")
+    clean_chat: bool = Field(
+        default=False, description="Strip chat-export artefacts (n / m counters, 'Share Prompt', 'Language: X').")
+    drop_phrases: list[str] = Field(
+        default=[], description="Drop prompts containing any of these (case-insensitive), e.g. NLI items.")
+    limit: int | None = Field(default=None, ge=1, description="Keep at most N prompts of this source.")
+
+
+class RedTeamConfig(_Config):
+    """Topic-guided red-teaming synthesis (TGRT, method §1.3) by a base model."""
+
+    model: str = Field(description="Base model folder that brainstorms topics and writes questions.")
+    seeds: str = Field(description="JSONL seeds, one per question type: {type, topic, question}.")
+    topic_rounds: int = Field(default=5, ge=1, description="Brainstorm rounds (each asks for new topics per type).")
+    topics_shown: int = Field(default=5, ge=1, description="Known topics shown per brainstorm prompt.")
+    examples_shown: int = Field(default=5, ge=1, description="Seed examples shown per question prompt.")
+    hints_per_prompt: int = Field(default=5, ge=1, description="(type, topic) hints per question prompt.")
+    max_topic_words: int = Field(default=3, ge=1, description="Longest topic kept, in words.")
+    topic_tokens: int = Field(default=128, ge=1, description="New tokens per brainstorm.")
+    question_tokens: int = Field(default=384, ge=1, description="New tokens per question prompt.")
+    temperature: float = Field(default=1.0, ge=0, description="Sampling temperature.")
+    top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    device: Device = Field(default="auto", description="auto picks cuda when available.")
+
+
+class PromptsConfig(_Config):
+    """``prompts``: load, clean, dedupe and tag prompt sets; optionally synthesise red-teaming prompts."""
+
+    sources: list[PromptSource] = Field(min_length=1, description="Prompt files to load, in order.")
+    output: str = Field(description="PromptRecord JSONL to write.")
+    min_words: int = Field(default=2, ge=0, description="Drop prompts shorter than this (whitespace words).")
+    max_words: int = Field(default=256, ge=1, description="Drop prompts longer than this (whitespace words).")
+    dedupe: Literal["exact", "normalized"] = Field(
+        default="exact", description="exact text, or lower-cased with punctuation and spacing removed.")
+    heldout_fraction: float = Field(
+        default=0.0, ge=0, lt=1, description="Share of prompts marked heldout, chosen by a hash of the text.")
+    red_team: RedTeamConfig | None = Field(default=None, description="TGRT synthesis; null to skip.")
+    seed: int = Field(default=42, description="Seed of the synthesis draws.")
+
+
 class SelfAlignConfig(_Config):
     """``selfalign``: principle-driven answers from a base model, filtered (method §1.3-1.4)."""
 

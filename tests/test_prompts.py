@@ -1,0 +1,167 @@
+"""``prompts``: cleaning, dedupe, tags, S3 sources (moto server on 127.0.0.1) and TGRT parsing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from salmon.core.prompt_sets import (
+    balance_topics,
+    clean_chat_artifacts,
+    dedupe_key,
+    hint_prefix,
+    parse_hinted_questions,
+    parse_topics,
+    valid_topic,
+)
+
+
+def test_chat_artifacts_are_stripped() -> None:
+    assert clean_chat_artifacts("1 / 3 Explain tides. Share Prompt") == "Explain tides."
+    assert clean_chat_artifacts("Explain tides.Translate now Language: English") == "Explain tides."
+    assert clean_chat_artifacts("Explain tides.") == "Explain tides."
+
+
+def test_dedupe_keys() -> None:
+    assert dedupe_key("Hi, there!", "exact") != dedupe_key("hi there", "exact")
+    assert dedupe_key("Hi, there!", "normalized") == dedupe_key("hi  there", "normalized") == "hi there"
+
+
+def test_topic_filters_and_balance() -> None:
+    assert valid_topic("Stock prices") and valid_topic("Weather")
+    assert not valid_topic("stock prices")          # no capital
+    assert not valid_topic("Prices of many stocks")  # four words
+    assert not valid_topic("Stock prices.")          # trailing punctuation
+    assert parse_topics("1. Elections\n- Lottery numbers\n\n* Traffic") == ["Elections", "Lottery numbers", "Traffic"]
+    balanced = balance_topics({"a": ["X", "x", "Y", "Z"], "b": ["P", "Q"]})
+    assert balanced == {"a": ["X", "Y"], "b": ["P", "Q"]}
+
+
+def test_hinted_questions_are_parsed_by_prefix() -> None:
+    hints = [("future events", "Elections"), ("real-time info", "Traffic")]
+    text = (f"{hint_prefix(*hints[0])} Who wins the next election?\n"
+            f"{hint_prefix('other', 'Cats')} Ignored?\n"
+            f"{hint_prefix(*hints[1])}\n")
+    assert parse_hinted_questions(text, hints) == [("future events", "Elections", "Who wins the next election?")]
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _run(tmp_path: Path, sources: list[dict[str, Any]], **extra: Any):  # type: ignore[no-untyped-def]
+    from salmon.core.config import PromptsConfig, build_config
+    from salmon.stages.prompts import run
+
+    values: dict[str, Any] = {"sources": sources, "output": str(tmp_path / "out.jsonl")}
+    values.update(extra)
+    return run(build_config(PromptsConfig, stage="prompts", values=values))
+
+
+def test_local_sources_are_cleaned_deduped_and_tagged(tmp_path: Path) -> None:
+    from salmon.core.io import read_jsonl
+    from salmon.core.records import PromptRecord
+
+    chat = _write(tmp_path / "chat.jsonl", [
+        {"text": "2 / 2 Explain how tides work. Share Prompt"},
+        {"text": "Explain how tides work."},             # duplicate after cleaning
+        {"text": "Hi"},                                 # too short
+        {"other": "no instruction"},                     # missing field
+    ])
+    orca = _write(tmp_path / "orca.jsonl", [
+        {"q": "Premise: a dog runs. Hypothesis: an animal moves.", "ctx": ""},
+        {"q": "Add 17 and 25, then explain.", "ctx": "Show the carry."},
+    ])
+    result = _run(tmp_path, [
+        {"uri": chat, "instruction_field": "text", "clean_chat": True},
+        {"uri": orca, "instruction_field": "q", "input_field": "ctx", "prompt_type": "reasoning",
+         "drop_phrases": ["premise", "hypothesis"]},
+    ], heldout_fraction=0.5)
+    rows = read_jsonl(tmp_path / "out.jsonl", PromptRecord)
+    assert [(r.instruction, r.input, r.prompt_type) for r in rows] == [
+        ("Explain how tides work.", "", "general"), ("Add 17 and 25, then explain.", "Show the carry.", "reasoning")]
+    m = result.metrics
+    assert (m["dropped_duplicate"], m["dropped_length"], m["dropped_missing"], m["dropped_phrase"]) == (1, 1, 1, 1)
+    assert m["by_type"] == {"general": 1, "reasoning": 1}
+    again = _run(tmp_path, [{"uri": chat, "instruction_field": "text", "clean_chat": True}], heldout_fraction=0.5)
+    assert again.metrics["prompts"] == 1
+    assert read_jsonl(tmp_path / "out.jsonl", PromptRecord)[0].prompt_id == rows[0].prompt_id  # stable ids
+
+
+def test_bad_line_names_file_and_line_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from salmon.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "fine prompt here"}\n{not json\n')
+    code = main(["prompts", f"sources=[{{uri: {bad}}}]", f"output={tmp_path / 'o.jsonl'}"])
+    assert code == 2 and f"{bad}:2" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture()
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1, stopped by PID."""
+    pytest.importorskip("moto")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+def test_s3_source(tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    for k, v in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="prompts")
+    body = b'{"instruction": "Name three rivers in Europe."}\n{"instruction": "Why is the sky blue?"}\n'
+    client.put_object(Bucket="prompts", Key="sets/dolly.jsonl", Body=body)
+    result = _run(tmp_path, [{"uri": "s3://prompts/sets/dolly.jsonl"}])
+    assert result.metrics["prompts"] == 2
+    from salmon.core.errors import SalmonInputError
+
+    with pytest.raises(SalmonInputError, match="cannot read the object"):
+        _run(tmp_path, [{"uri": "s3://prompts/sets/missing.jsonl"}])
+
+
+def test_red_team_synthesis_runs_and_reports(tmp_path: Path, tiny_model: str) -> None:
+    seeds = _write(tmp_path / "seeds.jsonl", [
+        {"type": "future events", "topic": "Elections", "question": "Who will win the 2040 election?"},
+        {"type": "real-time info", "topic": "Traffic", "question": "Is the bridge busy right now?"},
+    ])
+    plain = _write(tmp_path / "plain.jsonl", [{"instruction": "Tell me about owls."}])
+    result = _run(tmp_path, [{"uri": plain}], red_team={"model": tiny_model, "seeds": seeds, "topic_rounds": 1,
+                                                         "topic_tokens": 16, "question_tokens": 24})
+    red = result.metrics["red_team"]
+    assert set(red) == {"topics", "hints", "questions"} and red["topics"] >= 2
+    assert result.metrics["by_type"].get("red_teaming", 0) == red["questions"]
