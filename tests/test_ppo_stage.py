@@ -29,7 +29,7 @@ def _cfg(setup: dict[str, str], out: Path, **extra: Any):  # type: ignore[no-unt
 
     values: dict[str, Any] = dict(
         prompts=setup["prompts"], policy_model=setup["model"], reward_model=setup["rm_full"],
-        output_dir=str(out), rl_principles="nano", interventions="interventions",
+        output_dir=str(out), role_layout="separate", rl_principles="nano", interventions="interventions",
         principles_per_rollout=2, system_prompt="### User", rollout_batch_size=4, step_batch_size=2,
         forward_batch_size=4, total_epochs=0.75, query_len=48, response_len=12, rm_max_length=384,
         learning_rate=5e-3, warmup_steps=1, lora_r=4, save_every=1, seed=3)
@@ -107,17 +107,19 @@ def test_reward_assembly_recomputed_from_the_logged_rollout(setup: dict[str, str
     assert any(r["length_multiplier"] != 1.0 for r in rows) or len({r["prompt_type"] for r in rows}) == 1
 
 
-def test_interrupted_run_resumes_to_the_same_result(setup: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["separate", "shared"])
+def test_interrupted_run_resumes_to_the_same_result(setup: dict[str, str], tmp_path: Path, layout: str) -> None:
     from safetensors.torch import load_file
 
     from salmon.stages import ppo
 
-    full = ppo.run(_cfg(setup, tmp_path / "full"))
+    extra: dict[str, Any] = {"role_layout": layout, "reward_model": setup["rm_lora"]}
+    full = ppo.run(_cfg(setup, tmp_path / "full", **extra))
     assert full.metrics["steps"] == 3 and full.metrics["finished"]
-    part = ppo.run(_cfg(setup, tmp_path / "killed", max_steps=1))
+    part = ppo.run(_cfg(setup, tmp_path / "killed", max_steps=1, **extra))
     assert not part.metrics["finished"] and "policy" not in part.outputs
     assert not (tmp_path / "killed" / "policy").exists()
-    resumed = ppo.run(_cfg(setup, tmp_path / "killed"))
+    resumed = ppo.run(_cfg(setup, tmp_path / "killed", **extra))
     assert _log(resumed) == _log(full)
     assert resumed.metrics == full.metrics
     a = load_file(str(Path(full.outputs["policy"]) / "adapter_model.safetensors"))
@@ -158,3 +160,68 @@ def test_rl_principle_ids_pick_a_subset_and_unknown_ids_exit_2(setup: dict[str, 
     err = capsys.readouterr().err
     assert code == 2 and "consise" in err and "known ids" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_shared_roles_match_the_separate_modules(setup: dict[str, str]) -> None:
+    """One base with four adapters computes what the four separate modules compute."""
+    from salmon.core.io import read_jsonl
+    from salmon.core.records import PromptRecord
+    from salmon.modeling import encode
+    from salmon.ppo.rollout import make_batch
+    from salmon.ppo.shared import SharedRoles
+    from salmon.reward.model import RMEncoder, load_reward_model, score_sequences
+
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    shared = SharedRoles(setup["model"], None, setup["rm_lora"], lora_r=4, lora_alpha=8, device=cpu)
+    rm, rm_tok, meta = load_reward_model(setup["rm_lora"], device=cpu)
+    encoder = RMEncoder(rm_tok, meta.limits())
+    prompts = read_jsonl(setup["prompts"], PromptRecord)[:3]
+    rows = [encoder.encode_rm(f"Answer number {i}.", p.instruction, ["Be brief."]) for i, p in enumerate(prompts)]
+    assert shared.score(rows, int(rm_tok.pad_token_id), 2) == pytest.approx(
+        score_sequences(rm, rows, int(rm_tok.pad_token_id), 2), abs=1e-5)
+    tok = shared.tokenizer
+    batch = make_batch([encode(tok, p.instruction) for p in prompts], [encode(tok, "Bees.")] * 3, int(tok.pad_token_id))
+    with torch.no_grad():
+        assert torch.equal(shared.policy_logprobs(batch, 0.7), shared.reference_logprobs(batch, 0.7))
+        assert torch.count_nonzero(shared.values(batch)) == 0
+    names = set(shared.trainable())
+    assert names and all(".policy." in n or ".value." in n or n.startswith("value_head.") for n in names)
+    assert any(".value." in n for n in names) and any(".policy." in n for n in names)
+
+
+def test_shared_layout_needs_a_lora_rm_on_the_policy_base(setup: dict[str, str], tmp_path: Path) -> None:
+    from salmon.core.errors import SalmonInputError
+    from salmon.stages import ppo
+
+    with pytest.raises(SalmonInputError, match="role_layout"):
+        ppo.run(_cfg(setup, tmp_path / "x", role_layout="shared"))  # rm_full is fully fine-tuned
+
+
+def test_shared_run_trains_policy_and_value_only_and_saves_a_loadable_policy(
+        setup: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from peft import PeftModel
+
+    from salmon.modeling import load_causal_lm
+    from salmon.stages import ppo
+
+    captured: dict[str, Any] = {}
+    real_build = ppo.build_roles
+
+    def build_and_snapshot(cfg, device):  # type: ignore[no-untyped-def]
+        roles = real_build(cfg, device)
+        captured["roles"] = roles
+        captured["before"] = {n: p.detach().clone() for n, p in roles.model.named_parameters()}
+        return roles
+
+    monkeypatch.setattr(ppo, "build_roles", build_and_snapshot)
+    result = ppo.run(_cfg(setup, tmp_path / "run", role_layout="shared", reward_model=setup["rm_lora"]))
+    after = dict(captured["roles"].model.named_parameters())
+    changed = {n for n, p in after.items() if not torch.equal(p, captured["before"][n])}
+    assert any(".policy." in n for n in changed) and any(".value." in n for n in changed)
+    assert all(".policy." in n or ".value." in n for n in changed)  # base, reward adapter: untouched
+    policy = PeftModel.from_pretrained(load_causal_lm(setup["model"], device=torch.device("cpu")),
+                                       result.outputs["policy"])
+    saved = {n: p for n, p in policy.named_parameters() if "lora_" in n}
+    trained = {n.replace(".policy.", ".default."): p for n, p in after.items() if ".policy." in n}
+    assert saved.keys() == trained.keys() and all(torch.equal(saved[k], trained[k]) for k in saved)

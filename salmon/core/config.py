@@ -170,6 +170,10 @@ class PPOConfig(_Config):
     reward_model: str = Field(description="RM folder written by train_rm.")
     output_dir: str = Field(description="Folder for the policy, checkpoints and rollout dumps.")
     policy_adapter: str | None = Field(default=None, description="SFT LoRA adapter to start policy and reference from.")
+    role_layout: Literal["shared", "separate"] = Field(
+        default="shared",
+        description="shared: the four roles as LoRA adapters on one base (needs a LoRA RM on policy_model); "
+                    "separate: four modules (any RM).")
     algorithm: Literal["ppo", "grpo", "rloo"] = Field(
         default="ppo", description="ppo (value model, GAE) or a critic-free variant on the same rewards.")
     rl_principles: str = Field(default="rl", description="Principle set sampled at RL time (steers the policy).")

@@ -14,10 +14,12 @@ One PPO step:
 5. ``ppo_epochs`` passes of clipped policy and value updates over minibatches of
    ``step_batch_size``; the LR schedule steps once per PPO step.
 
-Roles: the policy is a LoRA adapter (new, or the SFT adapter continued) on the policy model;
-the reference is the frozen starting policy; the value model is a copy of the RM body (only its
-LoRA weights train when the RM is a LoRA adapter) with a zero-initialised value head; the RM is
-frozen. The roles are separate modules, which also serves fully fine-tuned reward models.
+Roles (``role_layout``): ``shared`` (the method's) puts policy, reference, value and reward as
+LoRA adapters on ONE base model (:mod:`salmon.ppo.shared`); it needs a LoRA RM trained on the
+policy's base. ``separate`` keeps four modules: the policy a LoRA adapter (new, or the SFT adapter
+continued), the reference the frozen starting policy, the value model a copy of the RM body
+(only its LoRA weights train when the RM is an adapter), the RM frozen; it also serves fully
+fine-tuned reward models. Either way the value head starts at zero.
 
 Outputs in ``output_dir``: ``policy/`` (the adapter and tokenizer), ``rollouts/step_<k>.jsonl``
 (every rollout with its principles, score, per-token log-probs, shaped rewards, values and
@@ -84,8 +86,8 @@ def load_rl_principles(cfg: PPOConfig) -> tuple[PrincipleSet, PrincipleSet | Non
 
 
 @dataclass
-class Roles:
-    """The four models of a run and the tokenizers of policy and RM."""
+class SeparateRoles:
+    """The four roles as separate modules: policy (LoRA), frozen reference, value body + head, frozen RM."""
 
     policy: Any
     reference: Any
@@ -95,24 +97,66 @@ class Roles:
     tokenizer: Any
     rm_tokenizer: Any
     rm_limits: Any
+    layout: str = "separate"
 
-    def trainable_modules(self) -> dict[str, Any]:
+    def trainable(self) -> dict[str, Any]:
         mods = {"policy": self.policy}
         if self.value_body is not None:
             mods.update(value_body=self.value_body, value_head=self.value_head)
-        return mods
+        return {f"{name}.{n}": p for name, m in mods.items() for n, p in m.named_parameters() if p.requires_grad}
+
+    @property
+    def sampler(self) -> Any:
+        return self.policy
+
+    def policy_logprobs(self, batch: Any, temperature: float) -> Any:
+        from salmon.ppo.rollout import response_logprobs
+
+        return response_logprobs(self.policy, batch, temperature)
+
+    def reference_logprobs(self, batch: Any, temperature: float) -> Any:
+        from salmon.ppo.rollout import response_logprobs
+
+        return response_logprobs(self.reference, batch, temperature)
+
+    def values(self, batch: Any) -> Any:
+        from salmon.ppo.rollout import response_values
+
+        return response_values(self.value_body, self.value_head, batch)
+
+    def score(self, rows: list[list[int]], pad_id: int, batch_size: int) -> list[float]:
+        from salmon.reward.model import score_sequences
+
+        return score_sequences(self.reward, rows, pad_id, batch_size)
+
+    def save_policy(self, folder: Path) -> None:
+        self.policy.save_pretrained(folder)
 
 
-def build_roles(cfg: PPOConfig, device: Any) -> Roles:
-    """Policy (trainable LoRA), frozen reference and RM, and (for ppo) the value model."""
+def build_roles(cfg: PPOConfig, device: Any) -> Any:
+    """The roles in ``cfg.role_layout``: one base with four adapters, or separate modules."""
     import torch
+
+    torch.manual_seed(cfg.seed)
+    if cfg.role_layout == "shared":
+        if cfg.algorithm != "ppo" or not cfg.init_value_with_reward:
+            raise SalmonInputError("role_layout", "shared builds the value model from the RM adapter (ppo with "
+                                   "init_value_with_reward)", "set role_layout: separate")
+        from salmon.ppo.shared import SharedRoles
+
+        return SharedRoles(cfg.policy_model, cfg.policy_adapter, cfg.reward_model, cfg.lora_r, cfg.lora_alpha,
+                           device)
+    return build_separate_roles(cfg, device)
+
+
+def build_separate_roles(cfg: PPOConfig, device: Any) -> SeparateRoles:
+    """Policy (trainable LoRA), frozen reference and RM, and (for ppo) the value model."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     from salmon.modeling import load_causal_lm, load_tokenizer
     from salmon.ppo.rollout import zero_value_head
     from salmon.reward.model import load_reward_model
 
-    torch.manual_seed(cfg.seed)
     tok = load_tokenizer(cfg.policy_model)
     base = load_causal_lm(cfg.policy_model, device=device)
     ref = load_causal_lm(cfg.policy_model, device=device)
@@ -141,24 +185,20 @@ def build_roles(cfg: PPOConfig, device: Any) -> Roles:
             hidden = value_body.config.hidden_size
         value_body.train()
         value_head = zero_value_head(hidden).to(device)
-    return Roles(policy, ref, rm, value_body, value_head, tok, rm_tok, meta.limits())
-
-
-def _trainable(modules: dict[str, Any]) -> dict[str, Any]:
-    return {f"{name}.{n}": p for name, m in modules.items() for n, p in m.named_parameters() if p.requires_grad}
+    return SeparateRoles(policy, ref, rm, value_body, value_head, tok, rm_tok, meta.limits())
 
 
 # ---------------------------------------------------------------------------- checkpoints
 
 
-def _save_checkpoint(ckpt_dir: Path, step: int, modules: dict[str, Any], opt: Any, sched: Any,
+def _save_checkpoint(ckpt_dir: Path, step: int, params: dict[str, Any], opt: Any, sched: Any,
                      rng: random.Random) -> None:
     import torch
     from safetensors.torch import save_file
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=ckpt_dir))
-    save_file({k: v.detach().cpu().contiguous() for k, v in _trainable(modules).items()},
+    save_file({k: v.detach().cpu().contiguous() for k, v in params.items()},
               str(tmp / "trainable.safetensors"))
     save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
@@ -173,16 +213,15 @@ def _save_checkpoint(ckpt_dir: Path, step: int, modules: dict[str, Any], opt: An
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(path: Path, modules: dict[str, Any], opt: Any, sched: Any, rng: random.Random) -> int:
+def _load_checkpoint(path: Path, params: dict[str, Any], opt: Any, sched: Any, rng: random.Random) -> int:
     import torch
     from safetensors.torch import load_file
 
     weights = load_file(str(path / "trainable.safetensors"))
-    missing = set(_trainable(modules)) - set(weights)
+    missing = set(params) - set(weights)
     if missing:
         raise SalmonInputError(str(path), f"checkpoint lacks {len(missing)} trainable tensors (another "
                                "config wrote it?)", "delete the checkpoints folder to start over")
-    params = _trainable(modules)
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
@@ -226,8 +265,8 @@ def run(cfg: PPOConfig) -> StageResult:
 
     from salmon.modeling import encode, resolve_device
     from salmon.ppo import math as ppo_math
-    from salmon.ppo.rollout import make_batch, response_logprobs, response_values, sample_continuations
-    from salmon.reward.model import RMEncoder, score_sequences
+    from salmon.ppo.rollout import make_batch, sample_continuations
+    from salmon.reward.model import RMEncoder
 
     prompts = load_rl_prompts(cfg)
     rl_set, interventions = load_rl_principles(cfg)
@@ -246,8 +285,8 @@ def run(cfg: PPOConfig) -> StageResult:
     per_step = max(1, cfg.rollout_batch_size // group)
     batches = data_order(len(kept), cfg.total_epochs, per_step, cfg.seed)
     total = len(batches)
-    modules = roles.trainable_modules()
-    params = list(_trainable(modules).values())
+    trainable = roles.trainable()
+    params = list(trainable.values())
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_multiplier(s, cfg.warmup_steps, total, cfg.lr_schedule))
@@ -263,7 +302,7 @@ def run(cfg: PPOConfig) -> StageResult:
     history: list[dict[str, Any]] = []
     resume = latest_checkpoint(ckpt_dir)
     if resume is not None:
-        first = _load_checkpoint(resume, modules, opt, sched, rng)
+        first = _load_checkpoint(resume, trainable, opt, sched, rng)
         if log_path.is_file():
             history = [h for h in map(json.loads, log_path.read_text().splitlines()) if h["step"] <= first]
         log(STAGE, f"resuming from {resume} (step {first})")
@@ -276,7 +315,7 @@ def run(cfg: PPOConfig) -> StageResult:
         # 1-2. sample, cut at the stop string, score under freshly drawn principles
         items = [kept[i] for i in batches[step] for _ in range(group)]
         q_ids = [queries[i] for i in batches[step] for _ in range(group)]
-        sampled = sample_continuations(roles.policy, tok, q_ids, temperature=cfg.temperature, top_p=cfg.top_p,
+        sampled = sample_continuations(roles.sampler, tok, q_ids, temperature=cfg.temperature, top_p=cfg.top_p,
                                        max_new_tokens=cfg.response_len, batch_size=cfg.forward_batch_size)
         texts = [postprocess_response(t, stop=cfg.stop, pad_token=tok.pad_token) for t in sampled]
         stops = torch.tensor([has_stop(t, cfg.stop) for t in texts], device=device)
@@ -285,17 +324,16 @@ def run(cfg: PPOConfig) -> StageResult:
                  for p in items]
         rm_rows = [encoder.encode_rm(rm_response_text(t), p.full_instruction(), sampled, fixed)
                    for t, p, (fixed, sampled) in zip(texts, items, lines, strict=True)]
-        scores = torch.tensor(score_sequences(roles.reward, rm_rows, int(roles.rm_tokenizer.pad_token_id),
-                                              cfg.forward_batch_size), device=device)
+        scores = torch.tensor(roles.score(rm_rows, int(roles.rm_tokenizer.pad_token_id), cfg.forward_batch_size),
+                              device=device)
 
         # 3-4. shaped rewards and advantages
         batch = make_batch(q_ids, r_ids, pad_id).to(device)
         mask = batch.response_mask
         with torch.no_grad():
-            logp_old = response_logprobs(roles.policy, batch, cfg.temperature)
-            logp_ref = response_logprobs(roles.reference, batch, cfg.temperature)
-            values_old = (response_values(roles.value_body, roles.value_head, batch)
-                          if critic else torch.zeros_like(logp_old))
+            logp_old = roles.policy_logprobs(batch, cfg.temperature)
+            logp_ref = roles.reference_logprobs(batch, cfg.temperature)
+            values_old = roles.values(batch) if critic else torch.zeros_like(logp_old)
         lengths = mask.sum(-1)
         multipliers = torch.tensor([cfg.length_multipliers[p.prompt_type] for p in items], device=device)
         rewards, terminal = ppo_math.shaped_rewards(scores, stops, lengths, multipliers, logp_old, logp_ref,
@@ -313,7 +351,6 @@ def run(cfg: PPOConfig) -> StageResult:
             advantages = ppo_math.whiten(advantages, mask)
 
         # 5. clipped updates over minibatches
-        roles.policy.train()
         losses: list[float] = []
         clipfracs: list[float] = []
         vlosses: list[float] = []
@@ -324,17 +361,18 @@ def run(cfg: PPOConfig) -> StageResult:
                 mb = order[s:s + cfg.step_batch_size]
                 sub = make_batch([q_ids[i] for i in mb], [r_ids[i] for i in mb], pad_id).to(device)
                 width = sub.response_mask.shape[1]
-                logp = response_logprobs(roles.policy, sub, cfg.temperature)
+                # policy and value losses are backpropagated one after the other (each pass
+                # activates its own adapter when the roles share one base)
+                logp = roles.policy_logprobs(sub, cfg.temperature)
                 pl, cf = ppo_math.policy_loss(logp, logp_old[mb, :width], advantages[mb, :width],
                                               sub.response_mask, cfg.clip_range)
-                loss = pl
+                pl.backward()
                 if critic:
-                    v = response_values(roles.value_body, roles.value_head, sub)
+                    v = roles.values(sub)
                     vl = ppo_math.value_loss(v, values_old[mb, :width], returns[mb, :width], sub.response_mask,
                                              cfg.clip_range_value, cfg.vf_coef)
-                    loss = loss + vl
+                    vl.backward()
                     vlosses.append(float(vl.detach()))
-                loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -371,13 +409,13 @@ def run(cfg: PPOConfig) -> StageResult:
         write_text(out_dir / "rollouts" / f"step_{done:05d}.jsonl", "".join(json.dumps(d) + "\n" for d in dump))
         write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
         if done % cfg.save_every == 0 or done == last:
-            _save_checkpoint(ckpt_dir, done, modules, opt, sched, rng)
+            _save_checkpoint(ckpt_dir, done, trainable, opt, sched, rng)
 
     finished = (history[-1]["step"] if history else first) >= total
     policy_dir = out_dir / "policy"
     if finished:
         tmp = Path(tempfile.mkdtemp(prefix=".policy.", dir=out_dir))
-        roles.policy.save_pretrained(tmp)
+        roles.save_policy(tmp)
         tok.save_pretrained(tmp)
         write_json(tmp / "salmon_policy.json", {"base_model": cfg.policy_model, "rl_principles": rl_set.name,
                                                 "rl_principles_digest": rl_set.digest(), "steps": total})
