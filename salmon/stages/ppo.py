@@ -33,8 +33,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +41,7 @@ from typing import Any
 from salmon.core import templates
 from salmon.core.config import PPOConfig
 from salmon.core.errors import SalmonInputError
-from salmon.core.io import write_json, write_text
+from salmon.core.io import write_text
 from salmon.core.principles import PrincipleSet, load_principle_set
 from salmon.core.records import PromptRecord
 from salmon.core.rl_principles import rl_principle_lines
@@ -193,42 +191,16 @@ def build_separate_roles(cfg: PPOConfig, device: Any) -> SeparateRoles:
 
 def _save_checkpoint(ckpt_dir: Path, step: int, params: dict[str, Any], opt: Any, sched: Any,
                      rng: random.Random) -> None:
-    import torch
-    from safetensors.torch import save_file
+    from salmon.checkpoints import save_checkpoint
 
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=ckpt_dir))
-    save_file({k: v.detach().cpu().contiguous() for k, v in params.items()},
-              str(tmp / "trainable.safetensors"))
-    save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    torch.save(sched.state_dict(), tmp / "scheduler.pt")
     version, state, gauss = rng.getstate()
-    write_json(tmp / "state.json", {"step": step, "sampler_rng": [version, list(state), gauss]})
-    final = ckpt_dir / f"step-{step:08d}"
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    for old in sorted(ckpt_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
-        shutil.rmtree(old, ignore_errors=True)
+    save_checkpoint(ckpt_dir, step, params, opt, sched, {"sampler_rng": [version, list(state), gauss]})
 
 
 def _load_checkpoint(path: Path, params: dict[str, Any], opt: Any, sched: Any, rng: random.Random) -> int:
-    import torch
-    from safetensors.torch import load_file
+    from salmon.checkpoints import load_checkpoint
 
-    weights = load_file(str(path / "trainable.safetensors"))
-    missing = set(params) - set(weights)
-    if missing:
-        raise SalmonInputError(str(path), f"checkpoint lacks {len(missing)} trainable tensors (another "
-                               "config wrote it?)", "delete the checkpoints folder to start over")
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
-    opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
-    state = json.loads((path / "state.json").read_text())
+    state = load_checkpoint(path, params, opt, sched)
     version, inner, gauss = state["sampler_rng"]
     rng.setstate((version, tuple(inner), gauss))
     return int(state["step"])
@@ -414,14 +386,11 @@ def run(cfg: PPOConfig) -> StageResult:
     finished = (history[-1]["step"] if history else first) >= total
     policy_dir = out_dir / "policy"
     if finished:
-        tmp = Path(tempfile.mkdtemp(prefix=".policy.", dir=out_dir))
-        roles.save_policy(tmp)
-        tok.save_pretrained(tmp)
-        write_json(tmp / "salmon_policy.json", {"base_model": cfg.policy_model, "rl_principles": rl_set.name,
-                                                "rl_principles_digest": rl_set.digest(), "steps": total})
-        if policy_dir.exists():
-            shutil.rmtree(policy_dir)
-        tmp.rename(policy_dir)
+        from salmon.checkpoints import publish_adapter
+
+        publish_adapter(policy_dir, roles.save_policy, tok, "salmon_policy.json",
+                        {"base_model": cfg.policy_model, "rl_principles": rl_set.name,
+                         "rl_principles_digest": rl_set.digest(), "steps": total})
     else:
         log(STAGE, f"stopped after step {last} of {total} (max_steps); rerun to continue")
     metrics: dict[str, Any] = {k: v for k, v in (history[-1] if history else {}).items() if k != "lr"}

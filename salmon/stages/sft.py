@@ -16,8 +16,6 @@ optimizer and scheduler; a rerun resumes from the newest. The adapter lands in
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from typing import Any
 from salmon.core import templates
 from salmon.core.config import SFTConfig
 from salmon.core.errors import SalmonInputError
-from salmon.core.io import read_jsonl, write_json, write_text
+from salmon.core.io import read_jsonl, write_text
 from salmon.core.records import SFTExample
 from salmon.reward.train import data_order, latest_checkpoint, lr_multiplier
 from salmon.stages.common import StageResult, log, stage_main
@@ -103,45 +101,10 @@ def _trainable(model: Any) -> dict[str, Any]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _save_checkpoint(ckpt_dir: Path, step: int, model: Any, opt: Any, sched: Any) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=ckpt_dir))
-    save_file({n: p.detach().cpu().contiguous() for n, p in _trainable(model).items()},
-              str(tmp / "trainable.safetensors"))
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    torch.save(sched.state_dict(), tmp / "scheduler.pt")
-    write_json(tmp / "state.json", {"step": step})
-    final = ckpt_dir / f"step-{step:08d}"
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    for old in sorted(ckpt_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_checkpoint(path: Path, model: Any, opt: Any, sched: Any) -> int:
-    import torch
-    from safetensors.torch import load_file
-
-    weights = load_file(str(path / "trainable.safetensors"))
-    params = _trainable(model)
-    if set(params) - set(weights):
-        raise SalmonInputError(str(path), "checkpoint lacks trainable tensors (another config wrote it?)",
-                               "delete the checkpoints folder to start over")
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
-    opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    return int(json.loads((path / "state.json").read_text())["step"])
-
-
 def run(cfg: SFTConfig) -> StageResult:
     import torch
 
+    from salmon.checkpoints import load_checkpoint, publish_adapter, save_checkpoint
     from salmon.modeling import resolve_device
 
     examples = read_jsonl(cfg.data, SFTExample)
@@ -156,7 +119,8 @@ def run(cfg: SFTConfig) -> StageResult:
     rows = encode_examples(tok, examples, cfg)
     batches = data_order(len(rows), cfg.epochs, cfg.batch_size, cfg.seed)
     total = len(batches)
-    params = list(_trainable(model).values())
+    trainable = _trainable(model)
+    params = list(trainable.values())
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warmup = int(cfg.warmup_ratio * total)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, warmup, total, cfg.lr_schedule))
@@ -168,7 +132,7 @@ def run(cfg: SFTConfig) -> StageResult:
     history: list[dict[str, Any]] = []
     resume = latest_checkpoint(ckpt_dir)
     if resume is not None:
-        first = _load_checkpoint(resume, model, opt, sched)
+        first = int(load_checkpoint(resume, trainable, opt, sched)["step"])
         if log_path.is_file():
             history = [h for h in map(json.loads, log_path.read_text().splitlines()) if h["step"] <= first]
         log(STAGE, f"resuming from {resume} (step {first})")
@@ -206,18 +170,13 @@ def run(cfg: SFTConfig) -> StageResult:
             window = []
         if done % cfg.save_every == 0 or done == last:
             write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
-            _save_checkpoint(ckpt_dir, done, model, opt, sched)
+            save_checkpoint(ckpt_dir, done, trainable, opt, sched)
 
     finished = last >= total
     adapter_dir = out_dir / "adapter"
     if finished:
-        tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=out_dir))
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_json(tmp / "salmon_sft.json", {"base_model": cfg.base_model, "examples": len(rows), "steps": total})
-        if adapter_dir.exists():
-            shutil.rmtree(adapter_dir)
-        tmp.rename(adapter_dir)
+        publish_adapter(adapter_dir, model.save_pretrained, tok, "salmon_sft.json",
+                        {"base_model": cfg.base_model, "examples": len(rows), "steps": total})
     else:
         log(STAGE, f"stopped after step {last} of {total} (max_steps); rerun to continue")
     metrics: dict[str, Any] = {"examples": len(rows), "steps": total, "steps_done": last, "finished": finished,
