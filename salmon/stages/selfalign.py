@@ -57,6 +57,11 @@ def generate_hf(cfg: SelfAlignConfig, prompts: list[PromptRecord], ex: ExemplarS
     model = load_causal_lm(cfg.model, device=resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     queries = [bos_ids(tok) + encode(tok, self_align_prompt(rules, ex, p.full_instruction())) for p in prompts]
+    window = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    longest = max(len(q) for q in queries) + cfg.max_new_tokens
+    if window and longest > window:
+        log(STAGE, f"warning: the prompt ({max(len(q) for q in queries)} tokens) plus max_new_tokens exceeds the "
+                   f"model's {window}-token window; use a model with a longer context or fewer exemplars")
     out: list[str] = []
     for start in range(0, len(queries), cfg.batch_size):
         out += sample_continuations(model, tok, queries[start:start + cfg.batch_size], temperature=cfg.temperature,
