@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 _COUNTER = re.compile(r"^\s*\d+\s*/\s*\d+\s*|\s*\d+\s*/\s*\d+\s*$")
 _SUFFIXES = re.compile(r"\s*(?:Share Prompt|Translate now|Language:\s*[A-Za-z\- ()]+)\s*$", re.IGNORECASE)
@@ -63,7 +63,7 @@ def parse_topics(generation: str) -> list[str]:
     return out
 
 
-def balance_topics(topics: dict[str, Iterable[str]]) -> dict[str, list[str]]:
+def balance_topics(topics: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
     """Case-insensitive dedupe per type, then cut every type to the smallest count, so that
     question types stay balanced."""
     unique: dict[str, list[str]] = {}

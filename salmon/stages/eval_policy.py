@@ -142,9 +142,9 @@ def run(cfg: EvalPolicyConfig) -> StageResult:
         for label, pset in sets:
             lines = [p.definition for p in pset.principles]
             for side in sides:
-                rows = [encoder.encode_rm(r, p.full_instruction(), lines, [])
-                        for r, p in zip(clean[side], prompts, strict=True)]
-                rewards[side][label] = score_sequences(rm, rows, int(rm_tok.pad_token_id), cfg.batch_size)
+                encoded = [encoder.encode_rm(r, p.full_instruction(), lines, [])
+                           for r, p in zip(clean[side], prompts, strict=True)]
+                rewards[side][label] = score_sequences(rm, encoded, int(rm_tok.pad_token_id), cfg.batch_size)
             log(STAGE, f"scored both under {label}")
 
     per_side: dict[str, dict[str, float | None]] = {}
@@ -173,11 +173,11 @@ def run(cfg: EvalPolicyConfig) -> StageResult:
     labels = [cfg.baseline_label, cfg.policy_label]
     plots = []
     for key in per_side["policy"]:
-        b, p = per_side["baseline"][key], per_side["policy"][key]
-        if b is None or p is None:
+        before, after = per_side["baseline"][key], per_side["policy"][key]
+        if before is None or after is None:
             continue
         name = key.replace("/", "_").replace(":", "_").replace(",", "_") + ".png"
-        _plot(out / "plots" / name, key, labels, [b, p])
+        _plot(out / "plots" / name, key, labels, [before, after])
         plots.append((key, f"plots/{name}"))
     rows = []
     for i, p in enumerate(prompts):

@@ -120,9 +120,9 @@ def synthesize_red_team(cfg: RedTeamConfig, seed: int) -> tuple[list[tuple[str, 
         kinds = sorted(topics)
         texts = []
         for kind in kinds:
-            shown = rng.sample(topics[kind], min(cfg.topics_shown, len(topics[kind])))
+            known = rng.sample(topics[kind], min(cfg.topics_shown, len(topics[kind])))
             texts.append(f"Question type: {kind}\nTopics people ask about for this type, one per line:\n"
-                         + "".join(f"- {t}\n" for t in shown) + "-")
+                         + "".join(f"- {t}\n" for t in known) + "-")
         for kind, gen in zip(kinds, sample(texts, cfg.topic_tokens), strict=True):
             topics[kind] += [t for t in parse_topics(gen) if valid_topic(t, cfg.max_topic_words)]
         topics = balance_topics(topics)
@@ -167,7 +167,7 @@ def run(cfg: PromptsConfig) -> StageResult:
         seen.add(key)
         text = instruction + "\n\n" + extra
         records.append(PromptRecord(prompt_id=prompt_id(text), instruction=instruction, input=extra,
-                                    prompt_type=kind,  # type: ignore[arg-type]
+                                    prompt_type=kind,
                                     split="heldout" if is_heldout(text, cfg.heldout_fraction) else "train",
                                     meta=meta))
         by_type[kind] = by_type.get(kind, 0) + 1
