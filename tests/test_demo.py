@@ -53,7 +53,7 @@ def test_demo_rejects_an_unknown_rl_principle_before_any_work(tmp_path: Path,
 @pytest.mark.slow
 def test_full_demo_meets_the_acceptance_thresholds(tmp_path: Path) -> None:
     """docs/results.md: held-out RM accuracy >= 0.90 and flip rate >= 0.85 in the nano world
-    (about 17 minutes on 2 cores)."""
+    and method §10 item 10, then PPO and eval_policy (about 23 minutes on 2 cores)."""
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--rm-epochs", "3"]) == 0
     summary = check_summary(out)
