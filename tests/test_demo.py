@@ -66,3 +66,8 @@ def test_full_demo_meets_the_acceptance_thresholds(tmp_path: Path) -> None:
     assert praise["prefers_plain_on"] >= 0.85
     assert praise["prefers_plain_on"] > praise["prefers_plain_off"] + 0.05
     assert praise["margin_on"] > praise["margin_off"]
+    # the RL issue's nano acceptance: PPO under `concise` shortens answers by at least 30 % against
+    # the SFT policy, loses at most 5 points of arithmetic adherence, and its KL stays bounded
+    assert head["ppo_words"] <= 0.7 * head["sft_words"]
+    assert head["sft_correct_arithmetic"] - head["ppo_correct_arithmetic"] <= 0.05
+    assert 0.0 < head["ppo_kl_to_sft"] < 5.0
