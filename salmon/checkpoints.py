@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from salmon.core.errors import SalmonInputError
-from salmon.core.io import write_json
+from salmon.core.io import atomic_dir, write_json
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, params: dict[str, Any], opt: Any, sched: Any,
@@ -21,17 +20,13 @@ def save_checkpoint(ckpt_dir: Path, step: int, params: dict[str, Any], opt: Any,
     import torch
     from safetensors.torch import save_file
 
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=ckpt_dir))
-    save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, str(tmp / "trainable.safetensors"))
-    save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    torch.save(sched.state_dict(), tmp / "scheduler.pt")
-    write_json(tmp / "state.json", {"step": step, **(state or {})})
     final = ckpt_dir / f"step-{step:08d}"
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    with atomic_dir(final) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, str(tmp / "trainable.safetensors"))
+        save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        torch.save(sched.state_dict(), tmp / "scheduler.pt")
+        write_json(tmp / "state.json", {"step": step, **(state or {})})
     for old in sorted(ckpt_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -60,15 +55,7 @@ def load_checkpoint(path: Path, params: dict[str, Any], opt: Any, sched: Any) ->
 def publish_adapter(dest: Path, save: Any, tokenizer: Any, meta_name: str, meta: dict[str, Any]) -> None:
     """Write an adapter folder atomically: ``save(tmp)`` (the adapter), the tokenizer and a JSON
     record of how it was made, then rename over ``dest``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         save(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / meta_name, meta)
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

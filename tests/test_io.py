@@ -98,3 +98,18 @@ def test_preference_export_orders_chosen_and_rejected() -> None:
     assert (one.chosen, one.rejected) == ("first", "second")
     assert (two.chosen, two.rejected) == ("second", "first")
     assert one.prompt == "Q?"
+
+
+def test_atomic_dir_replaces_on_success_and_leaves_the_target_on_failure(tmp_path: Path) -> None:
+    from salmon.core.io import atomic_dir
+
+    target = tmp_path / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("one")
+    assert (target / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("two")
+            raise RuntimeError("killed")
+    assert (target / "a.txt").read_text() == "one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp folder left behind

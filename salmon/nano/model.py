@@ -10,14 +10,12 @@ ordinary HF folder that every stage loads with ``from_pretrained``.
 from __future__ import annotations
 
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from salmon.core import templates
-from salmon.core.io import write_json
+from salmon.core.io import atomic_dir, write_json
 from salmon.core.principles import available_sets, load_principle_set
 from salmon.nano.checkers import describe
 from salmon.nano.world import make_pairs, make_prompts, make_response, pretraining_texts
@@ -144,25 +142,16 @@ def build_nano_model(out_dir: str | Path, spec: NanoModelSpec | None = None, log
         pad_token_id=tokenizer.pad_token_id)
     model = LlamaForCausalLM(config)
     losses = pretrain(model, tokenizer, spec, log=log) if spec.pretrain_steps else []
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    summary: dict[str, object] = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tokenizer),
+        "pretrain_loss_first": losses[0] if losses else None,
+        "pretrain_loss_last": losses[-1] if losses else None,
+        "spec": asdict(spec),
+    }
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        summary: dict[str, object] = {
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "vocab_size": len(tokenizer),
-            "pretrain_loss_first": losses[0] if losses else None,
-            "pretrain_loss_last": losses[-1] if losses else None,
-            "spec": asdict(spec),
-        }
         write_json(tmp / "nano_model.json", summary)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary["seconds"] = round(time.time() - t0, 1)
     return summary

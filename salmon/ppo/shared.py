@@ -143,27 +143,23 @@ class SharedRoles:
         hidden = out.hidden_states[-1][:, q - 1:-1, :].float()
         return self.value_head(hidden).squeeze(-1) * batch.response_mask
 
-    def score(self, rows: list[list[int]], pad_id: int, batch_size: int) -> list[float]:
-        """RM rewards of left-padded encoded RM inputs (reward adapter and head)."""
-        import torch
+    def _reward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(batch,)`` rewards of left-padded inputs: reward adapter, head on the last position."""
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                            output_hidden_states=True).hidden_states[-1]
+        rewards: torch.Tensor = self.reward_head(hidden[:, -1, :].float()).squeeze(-1)
+        return rewards
 
-        from salmon.reward.model import left_pad
+    def score(self, rows: list[list[int]], pad_id: int, batch_size: int) -> list[float]:
+        """RM rewards of encoded RM inputs (reward adapter and head)."""
+        from salmon.reward.model import score_sequences
 
         self.use("reward")
-        device = self.reward_head.weight.device
-        out = [0.0] * len(rows)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                ids, mask = left_pad([rows[i] for i in idx], pad_id)
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                hidden = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                    position_ids=positions.to(device), output_hidden_states=True).hidden_states[-1]
-                for i, r in zip(idx, self.reward_head(hidden[:, -1, :].float()).squeeze(-1).tolist(), strict=True):
-                    out[i] = r
-        self.use("policy")
-        return out
+        try:
+            return score_sequences(self._reward, rows, pad_id, batch_size, device=self.reward_head.weight.device)
+        finally:
+            self.use("policy")
 
     def save_policy(self, folder: Path) -> None:
         """The policy adapter alone, loadable with ``PeftModel.from_pretrained`` on the base."""

@@ -11,8 +11,6 @@ and either ``adapter/`` (LoRA on the base model named in rm.json) or ``backbone/
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from salmon.core import templates
 from salmon.core.errors import SalmonInputError
-from salmon.core.io import write_json
+from salmon.core.io import atomic_dir, write_json
 from salmon.modeling import bos_ids, check_model_dir, encode, load_backbone, load_tokenizer
 
 if TYPE_CHECKING:
@@ -120,22 +118,13 @@ def save_reward_model(model: Any, tokenizer: PreTrainedTokenizerBase, meta: RMMe
     """Write the RM folder atomically (temp folder, then rename)."""
     from safetensors.torch import save_file
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         sub = "adapter" if meta.finetune == "lora" else "backbone"
         model.backbone.save_pretrained(tmp / sub)
         tokenizer.save_pretrained(tmp)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()},
                   str(tmp / "reward_head.safetensors"))
         write_json(tmp / "rm.json", asdict(meta))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_reward_model(path: str, *, device: torch.device) -> tuple[Any, PreTrainedTokenizerBase, RMMeta]:
@@ -169,11 +158,16 @@ def load_reward_model(path: str, *, device: torch.device) -> tuple[Any, PreTrain
     return model, tokenizer, meta
 
 
-def score_sequences(model: Any, rows: Sequence[Sequence[int]], pad_id: int, batch_size: int = 16) -> list[float]:
-    """Rewards of already-encoded sequences, batched by similar length."""
+def score_sequences(model: Any, rows: Sequence[Sequence[int]], pad_id: int, batch_size: int = 16,
+                    device: torch.device | None = None) -> list[float]:
+    """Rewards of already-encoded sequences, batched by similar length.
+
+    ``model(ids, mask)`` returns ``(batch,)`` rewards for left-padded inputs; ``device`` defaults
+    to the device of its parameters.
+    """
     import torch
 
-    device = next(model.parameters()).device
+    device = device or next(model.parameters()).device
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     out = [0.0] * len(rows)
     with torch.no_grad():

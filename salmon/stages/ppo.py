@@ -41,7 +41,7 @@ from typing import Any
 from salmon.core import templates
 from salmon.core.config import PPOConfig
 from salmon.core.errors import SalmonInputError
-from salmon.core.io import write_text
+from salmon.core.io import read_jsonl, write_text
 from salmon.core.principles import PrincipleSet, load_principle_set
 from salmon.core.records import PromptRecord
 from salmon.core.rl_principles import rl_principle_lines
@@ -57,8 +57,6 @@ STAGE = "ppo"
 
 def load_rl_prompts(cfg: PPOConfig) -> list[PromptRecord]:
     """The prompts to roll out on, filtered by split, with a length multiplier for every type."""
-    from salmon.core.io import read_jsonl
-
     prompts = read_jsonl(cfg.prompts, PromptRecord)
     if cfg.prompt_splits is not None:
         prompts = [p for p in prompts if p.split in cfg.prompt_splits]
@@ -225,7 +223,7 @@ def encode_queries(tok: Any, prompts: list[PromptRecord], cfg: PPOConfig) -> tup
     return queries, kept
 
 
-def _round(values: Any) -> list[float]:
+def _floats(values: Any) -> list[float]:
     return [float(v) for v in values]
 
 
@@ -374,9 +372,9 @@ def run(cfg: PPOConfig) -> StageResult:
                 "prompt_id": p.prompt_id, "prompt_type": p.prompt_type, "response": t,
                 "has_stop": bool(stops[i]), "rm_score": float(scores[i]), "interventions": lines[i][0],
                 "principles": lines[i][1], "length": n, "length_multiplier": float(multipliers[i]),
-                "logp": _round(logp_old[i, :n]), "logp_ref": _round(logp_ref[i, :n]),
-                "shaped_rewards": _round(rewards[i, :n]), "values": _round(values_old[i, :n]),
-                "advantages": _round(raw_advantages[i, :n]),
+                "logp": _floats(logp_old[i, :n]), "logp_ref": _floats(logp_ref[i, :n]),
+                "shaped_rewards": _floats(rewards[i, :n]), "values": _floats(values_old[i, :n]),
+                "advantages": _floats(raw_advantages[i, :n]),
             })
         write_text(out_dir / "rollouts" / f"step_{done:05d}.jsonl", "".join(json.dumps(d) + "\n" for d in dump))
         write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
