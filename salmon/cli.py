@@ -130,13 +130,50 @@ def _nano_prompts(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from salmon.demo import DemoOptions, run_demo
+def _pipeline_commands(sub: Any) -> None:
+    """``demo`` and ``pipeline`` live in the ``pipelines`` package (they need kfp); it is loaded
+    by name so that salmon itself never imports kfp."""
+    import importlib
 
-    summary = run_demo(DemoOptions(out=args.out, prompts=args.prompts, seed=args.seed,
-                                   quick=args.quick, hf_judge_pairs=args.hf_judge_pairs,
-                                   rm_epochs=args.rm_epochs, rl_principle=args.rl_principle))
-    print(json.dumps(summary["headline"], indent=2))
+    try:
+        pcli = importlib.import_module("pipelines.cli")
+    except ImportError as e:
+        missing = str(e)
+
+        def unavailable(args: argparse.Namespace) -> int:
+            raise SalmonInputError(f"salmon {args.command}", f"needs kfp ({missing})",
+                                   "install salmon with the 'pipeline' and 'tracking' extras")
+
+        for name in ("demo", "pipeline"):
+            p = sub.add_parser(name, help=f"{name} (needs the 'pipeline' extra)")
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(func=unavailable)
+        return
+    demo = sub.add_parser(
+        "demo", help="run the SALMON pipeline in the nano world with kfp.local (CPU, minutes)",
+        description="Run the whole SALMON pipeline locally with kfp.local in the nano world: MLflow "
+                    "runs in DIR/mlflow.db, models registered, champion promoted when the gates pass.")
+    pcli.add_demo_arguments(demo)
+    demo.set_defaults(func=pcli.main)
+    pipe = sub.add_parser("pipeline", help="compile, submit or locally run the Kubeflow pipeline")
+    pcli.add_pipeline_arguments(pipe)
+    pipe.set_defaults(func=pcli.main)
+
+
+def _registry_promote(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from salmon.task import promote
+
+    if args.tracking_uri:
+        mlflow.set_tracking_uri(args.tracking_uri)
+    try:
+        mlflow.MlflowClient().get_model_version(args.name, args.version)
+    except mlflow.exceptions.MlflowException:
+        raise SalmonInputError(f"model {args.name} version {args.version}", "not in the registry",
+                               f"check the name and version at {mlflow.get_tracking_uri()}") from None
+    promote(args.name, args.version, args.alias, reason=args.reason)
+    print(f"{args.name}@{args.alias} -> version {args.version}")
     return 0
 
 
@@ -145,19 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="salmon", description="Align base language models with a handful of principles (SALMON).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run every stage end to end in the nano world (CPU, minutes)",
-                          description="Run the nano world end to end and write DIR/summary.json.")
-    demo.add_argument("--out", required=True, help="output folder")
-    demo.add_argument("--prompts", type=int, default=4000, help="nano prompts to generate (default 4000)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the nano world (default 0)")
-    demo.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
-    demo.add_argument("--hf-judge-pairs", type=int, default=32,
-                      help="pairs also judged by the nano model itself with the hf judge (default 32)")
-    demo.add_argument("--rm-epochs", type=float, default=None,
-                      help="passes of train_rm over its instances (default: the nano preset's 1)")
-    demo.add_argument("--rl-principle", default="concise",
-                      help="nano principle that steers PPO at RL time (default concise; try detailed)")
-    demo.set_defaults(func=_demo)
+    _pipeline_commands(sub)
+    reg = sub.add_parser("registry", help="the MLflow model registry")
+    regs = reg.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pm = regs.add_parser("promote", help="point an alias (default champion) at a model version, by hand",
+                         description="Move NAME@ALIAS to VERSION; the version gets audit tags (who, when, why).")
+    pm.add_argument("name", help="registered model, e.g. salmon-policy")
+    pm.add_argument("version", help="model version")
+    pm.add_argument("--alias", default="champion", help="alias to move (default champion)")
+    pm.add_argument("--reason", required=True, help="why this version is promoted (kept as a tag)")
+    pm.add_argument("--tracking-uri", default=None,
+                    help="MLflow tracking URI (default $MLFLOW_TRACKING_URI), e.g. sqlite:///out/demo/mlflow.db")
+    pm.set_defaults(func=_registry_promote)
 
     pr = sub.add_parser("principles", help="validate, list and show principle sets")
     prs = pr.add_subparsers(dest="action", required=True, metavar="ACTION")

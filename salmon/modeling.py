@@ -126,3 +126,15 @@ def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def with_adapter(model: PreTrainedModel, adapter: str | None) -> PreTrainedModel:
+    """``model`` with a PEFT adapter folder merged in (``None``: unchanged)."""
+    if not adapter:
+        return model
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise SalmonInputError(adapter, "not a PEFT adapter folder (no adapter_config.json)",
+                               "give the adapter/ folder written by sft")
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload()

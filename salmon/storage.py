@@ -22,6 +22,41 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def _s3_client():  # type: ignore[no-untyped-def]
+    try:
+        import boto3
+    except ImportError:
+        raise SalmonInputError("s3://", "reading s3:// needs boto3", "install salmon with the 's3' extra") from None
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return boto3.client("s3", endpoint_url=endpoint)
+
+
+def download_prefix(uri: str, dest: str | Path) -> int:
+    """Copy every object under ``s3://bucket/prefix/`` into ``dest`` (keys relative to the
+    prefix); returns the number of files. An empty prefix is an error."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = split_s3_uri(uri.rstrip("/") + "/")
+    client = _s3_client()
+    n = 0
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(prefix):]
+                if not rel or rel.endswith("/") or ".." in Path(rel).parts:
+                    continue
+                target = Path(dest) / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, obj["Key"], str(target))
+                n += 1
+    except (ClientError, BotoCoreError) as e:
+        raise SalmonInputError(uri, f"cannot list or read the objects ({e})",
+                               "check the bucket, prefix, endpoint and credentials") from None
+    if not n:
+        raise SalmonInputError(uri, "no objects under this prefix", "check the bucket and prefix")
+    return n
+
+
 def read_text(uri: str) -> str:
     """The text of a local file or an S3 object."""
     if not uri.startswith("s3://"):
@@ -29,14 +64,10 @@ def read_text(uri: str) -> str:
         if not p.is_file():
             raise SalmonInputError(uri, "file not found", "check the path")
         return p.read_text(encoding="utf-8")
-    try:
-        import boto3
-        from botocore.exceptions import BotoCoreError, ClientError
-    except ImportError:
-        raise SalmonInputError(uri, "reading s3:// needs boto3", "install salmon with the 's3' extra") from None
+    client = _s3_client()
+    from botocore.exceptions import BotoCoreError, ClientError
+
     bucket, key = split_s3_uri(uri)
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    client = boto3.client("s3", endpoint_url=endpoint)
     try:
         body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     except (ClientError, BotoCoreError) as e:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from salmon.core.errors import SalmonInputError
 from salmon.core.templates import DROMEDARY_SYSTEM, DROMEDARY_SYSTEM_STANDARD
@@ -31,6 +31,7 @@ class SampleConfig(_Config):
     backend: Literal["hf", "nano"] = Field(
         default="hf", description="hf: generate with a local HF model; nano: the nano response generator.")
     model: str | None = Field(default=None, description="HF model folder (hf backend).")
+    adapter: str | None = Field(default=None, description="PEFT adapter merged into the model (the SFT policy).")
     seeds: tuple[int, int] = Field(default=(42, 43), description="One sampling seed per response.")
     temperature: float = Field(default=0.7, gt=0, description="Sampling temperature.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
@@ -54,6 +55,7 @@ class LabelConfig(_Config):
     backend: Literal["hf", "rules"] = Field(
         default="hf", description="hf: a local causal LM judges by logits; rules: nano checkers score.")
     model: str | None = Field(default=None, description="HF model folder of the judge (hf backend).")
+    adapter: str | None = Field(default=None, description="PEFT adapter merged into the judge (the SFT policy).")
     batch_size: int = Field(default=4, ge=1, description="Pairs per forward pass (hf backend).")
     max_length: int = Field(default=1536, ge=16, description="Longest judge prompt in tokens.")
     reuse_prefix: bool = Field(
@@ -222,6 +224,9 @@ class PPOConfig(_Config):
     lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha of new adapters.")
     init_value_with_reward: bool = Field(default=True, description="Value body starts from the RM; value head at 0.")
     save_every: int = Field(default=10, ge=1, description="Checkpoint every N PPO steps.")
+    total_steps: int | None = Field(
+        default=None, ge=1,
+        description="Schedule exactly N PPO steps (the LR schedule spans them) instead of total_epochs.")
     max_steps: int | None = Field(
         default=None, ge=1,
         description="Stop this invocation after N PPO steps (checkpointed); a rerun continues. The LR "
@@ -265,7 +270,10 @@ class RedTeamConfig(_Config):
 class PromptsConfig(_Config):
     """``prompts``: load, clean, dedupe and tag prompt sets; optionally synthesise red-teaming prompts."""
 
-    sources: list[PromptSource] = Field(min_length=1, description="Prompt files to load, in order.")
+    sources: list[PromptSource] = Field(default_factory=list, description="Prompt files to load, in order.")
+    nano_prompts: int | None = Field(
+        default=None, ge=1,
+        description="Add N prompts of the synthetic nano world (kept as generated, with its held-out topics).")
     output: str = Field(description="PromptRecord JSONL to write.")
     min_words: int = Field(default=2, ge=0, description="Drop prompts shorter than this (whitespace words).")
     max_words: int = Field(default=256, ge=1, description="Drop prompts longer than this (whitespace words).")
@@ -275,6 +283,12 @@ class PromptsConfig(_Config):
         default=0.0, ge=0, lt=1, description="Share of prompts marked heldout, chosen by a hash of the text.")
     red_team: RedTeamConfig | None = Field(default=None, description="TGRT synthesis; null to skip.")
     seed: int = Field(default=42, description="Seed of the synthesis draws.")
+
+    @model_validator(mode="after")
+    def _some_source(self) -> PromptsConfig:
+        if not self.sources and not self.nano_prompts and self.red_team is None:
+            raise ValueError("give at least one of sources, nano_prompts or red_team")
+        return self
 
 
 class SelfAlignConfig(_Config):

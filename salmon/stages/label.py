@@ -40,12 +40,12 @@ def _previous(path: Path, pair_ids: set[str], principle_ids: list[str]) -> dict[
 
 def _make_judge(cfg: LabelConfig):  # type: ignore[no-untyped-def]
     from salmon.judge.hf import HFJudge
-    from salmon.modeling import load_causal_lm, load_tokenizer, resolve_device
+    from salmon.modeling import load_causal_lm, load_tokenizer, resolve_device, with_adapter
 
     if not cfg.model:
         raise SalmonInputError("label config", "backend hf needs model=<HF folder>")
     device = resolve_device(cfg.device)
-    return HFJudge(load_causal_lm(cfg.model, device=device, dtype=cfg.dtype),
+    return HFJudge(with_adapter(load_causal_lm(cfg.model, device=device, dtype=cfg.dtype), cfg.adapter),
                    load_tokenizer(cfg.model), max_length=cfg.max_length)
 
 

@@ -254,6 +254,9 @@ def run(cfg: PPOConfig) -> StageResult:
     group = 1 if critic else cfg.group_size
     per_step = max(1, cfg.rollout_batch_size // group)
     batches = data_order(len(kept), cfg.total_epochs, per_step, cfg.seed)
+    if cfg.total_steps is not None:  # a shorter (or longer) schedule, same data order
+        epochs = cfg.total_steps * per_step / len(kept)
+        batches = data_order(len(kept), max(epochs, cfg.total_epochs), per_step, cfg.seed)[:cfg.total_steps]
     total = len(batches)
     trainable = roles.trainable()
     params = list(trainable.values())

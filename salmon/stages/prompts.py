@@ -180,6 +180,14 @@ def run(cfg: PromptsConfig) -> StageResult:
         for instruction, extra in rows:
             add(instruction, extra, src.prompt_type, {"source": src.uri})
         log(STAGE, f"{src.uri}: {len(rows)} prompts after cleaning")
+    if cfg.nano_prompts:
+        from salmon.nano.world import make_prompts
+
+        nano = make_prompts(cfg.nano_prompts, cfg.seed)
+        records += nano
+        for r in nano:
+            by_type[r.prompt_type] = by_type.get(r.prompt_type, 0) + 1
+        log(STAGE, f"nano world: {len(nano)} prompts (seed {cfg.seed})")
     red: dict[str, Any] = {}
     if cfg.red_team is not None:
         triples, red = synthesize_red_team(cfg.red_team, cfg.seed)

@@ -28,12 +28,12 @@ def generate_hf(cfg: SampleConfig, prompts: list[PromptRecord]) -> list[tuple[st
     """Two sampled responses per prompt, one generate pass per seed."""
     import torch
 
-    from salmon.modeling import load_causal_lm, load_tokenizer, resolve_device
+    from salmon.modeling import load_causal_lm, load_tokenizer, resolve_device, with_adapter
 
     if not cfg.model:
         raise SalmonInputError("sample config", "backend hf needs model=<HF folder>")
     device = resolve_device(cfg.device)
-    model = load_causal_lm(cfg.model, device=device)
+    model = with_adapter(load_causal_lm(cfg.model, device=device), cfg.adapter)
     tok = load_tokenizer(cfg.model)
     texts = [templates.policy_query(p.full_instruction(), cfg.system_prompt) for p in prompts]
     outputs: list[list[str]] = []

@@ -1,0 +1,28 @@
+"""Thin KFP components, one per SALMON stage, plus the pipeline's plan, base_model and register
+tasks. Each imports ``salmon`` inside its function and calls the stage recipe through
+``salmon.task``; nothing here holds algorithm code.
+
+Every component is a lightweight Python component with ``base_image`` set to the project's
+runtime image and ``install_kfp_package=False``: on a cluster it runs in that image, and under
+``kfp.local.SubprocessRunner(use_venv=False)`` it runs in the developer's venv, where salmon is
+installed. The same code path covers both.
+"""
+
+from components.stages import (
+    aggregate,
+    base_model,
+    eval_policy,
+    eval_rm,
+    label,
+    plan,
+    ppo,
+    prompts,
+    register,
+    sample,
+    selfalign,
+    sft,
+    train_rm,
+)
+
+__all__ = ["aggregate", "base_model", "eval_policy", "eval_rm", "label", "plan", "ppo", "prompts", "register",
+           "sample", "selfalign", "sft", "train_rm"]

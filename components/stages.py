@@ -1,0 +1,200 @@
+"""The components. Each body only maps KFP artifacts and parameters onto ``salmon.task``."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.image import RUNTIME_IMAGE
+
+
+def _component(fn):  # type: ignore[no-untyped-def]
+    return dsl.component(fn, base_image=RUNTIME_IMAGE, install_kfp_package=False)
+
+
+@_component
+def plan(
+    preset: str,
+    stage_overrides: dict,
+    selfalign_rules: str,
+    label_principles: str,
+    rl_principles: str,
+    selfalign_backend: str,
+    sample_backend: str,
+    label_backend: str,
+    sft_executor: str,
+    train_rm_executor: str,
+    ppo_executor: str,
+) -> NamedTuple("Plans", [("prompts", str), ("selfalign", str), ("sft", str), ("sample", str), ("label", str),
+                          ("aggregate", str), ("train_rm", str), ("eval_rm", str), ("ppo", str),
+                          ("eval_policy", str)]):
+    """Validate the parameters, record the principle sets, give each stage its plan."""
+    from salmon.task import plan_task
+
+    params = {"selfalign_backend": selfalign_backend, "sample_backend": sample_backend,
+              "label_backend": label_backend, "sft_executor": sft_executor,
+              "train_rm_executor": train_rm_executor, "ppo_executor": ppo_executor}
+    p = plan_task(preset=preset, stage_overrides=stage_overrides, selfalign_rules=selfalign_rules,
+                  label_principles=label_principles, rl_principles=rl_principles, params=params)
+    return (p["prompts"], p["selfalign"], p["sft"], p["sample"], p["label"], p["aggregate"], p["train_rm"],
+            p["eval_rm"], p["ppo"], p["eval_policy"])
+
+
+@_component
+def base_model(uri: str, nano_pretrain_steps: int, seed: int, model: Output[Model]) -> str:
+    """The base model as an artifact: 'nano' builds the nano model; a folder or s3:// prefix is copied."""
+    import json
+
+    from salmon.task import artifact_digest, base_model_task
+
+    info = base_model_task(uri, model.path, nano_pretrain_steps=nano_pretrain_steps, seed=seed)
+    model.metadata.update(source=uri, digest=artifact_digest(model.path))
+    return json.dumps(info)
+
+
+@_component
+def prompts(plan: str, sources: str, nano_prompts: int, seed: int, prompts: Output[Dataset]) -> str:
+    """Load, clean, dedupe and tag the prompts (comma-separated URIs), plus nano-world prompts."""
+    from salmon.task import run_stage_task
+
+    values = {"output": prompts.path, "seed": seed,
+              "sources": [{"uri": u.strip()} for u in sources.split(",") if u.strip()]}
+    values["nano_prompts"] = nano_prompts or None
+    return run_stage_task("prompts", plan=plan, values=values, outputs={"prompts": prompts})
+
+
+@_component
+def selfalign(plan: str, backend: str, seed: int, prompts: Input[Dataset], base_model: Input[Model],
+              sft_data: Output[Dataset]) -> str:
+    """Principle-driven answers in context, filtered: the SFT data."""
+    from salmon.task import run_stage_task
+
+    return run_stage_task("selfalign", plan=plan, values={
+        "prompts": prompts.path, "model": base_model.path, "output": sft_data.path, "backend": backend,
+        "seed": seed + 5}, inputs={"prompts": prompts, "base_model": base_model}, outputs={"sft_data": sft_data})
+
+
+@_component
+def sft(plan: str, executor: str, sft_data: Input[Dataset], base_model: Input[Model], sft: Output[Model],
+        metrics: Output[Metrics]) -> str:
+    """Principle engraving: the SFT LoRA adapter."""
+    from salmon.task import run_stage_task
+
+    return run_stage_task("sft", plan=plan, executor=executor, values={
+        "data": sft_data.path, "base_model": base_model.path, "output_dir": sft.path},
+        inputs={"sft_data": sft_data, "base_model": base_model}, outputs={"sft": sft}, metrics=metrics)
+
+
+@_component
+def sample(plan: str, backend: str, seed: int, prompts: Input[Dataset], base_model: Input[Model],
+           sft: Input[Model], pairs: Output[Dataset]) -> str:
+    """Two responses per prompt from the SFT policy."""
+    from salmon.task import run_stage_task
+
+    return run_stage_task("sample", plan=plan, values={
+        "prompts": prompts.path, "model": base_model.path, "adapter": sft.path + "/adapter", "output": pairs.path,
+        "backend": backend, "seeds": [seed + 1, seed + 2]},
+        inputs={"prompts": prompts, "base_model": base_model, "sft": sft}, outputs={"pairs": pairs})
+
+
+@_component
+def label(plan: str, backend: str, pairs: Input[Dataset], base_model: Input[Model], sft: Input[Model],
+          judgements: Output[Dataset]) -> str:
+    """AI feedback: the SFT policy judges each pair under each principle, both orders."""
+    from salmon.task import run_stage_task
+
+    return run_stage_task("label", plan=plan, values={
+        "pairs": pairs.path, "model": base_model.path, "adapter": sft.path + "/adapter", "output": judgements.path,
+        "backend": backend}, inputs={"pairs": pairs, "base_model": base_model, "sft": sft},
+        outputs={"judgements": judgements})
+
+
+@_component
+def aggregate(plan: str, seed: int, pairs: Input[Dataset], judgements: Input[Dataset],
+              instances: Output[Dataset]) -> str:
+    """Principle-conditioned reward-model training instances."""
+    from salmon.task import run_stage_task
+
+    return run_stage_task("aggregate", plan=plan, values={
+        "pairs": pairs.path, "judgements": judgements.path, "output": instances.path, "seed": seed + 42},
+        inputs={"pairs": pairs, "judgements": judgements}, outputs={"instances": instances})
+
+
+@_component
+def train_rm(plan: str, executor: str, epochs: float, instances: Input[Dataset], base_model: Input[Model],
+             reward_model: Output[Model], metrics: Output[Metrics]) -> str:
+    """The principle-following reward model."""
+    from salmon.task import run_stage_task
+
+    return run_stage_task("train_rm", plan=plan, executor=executor, values={
+        "instances": instances.path, "base_model": base_model.path, "output_dir": reward_model.path,
+        "epochs": epochs}, inputs={"instances": instances, "base_model": base_model},
+        outputs={"reward_model": reward_model}, metrics=metrics)
+
+
+@_component
+def eval_rm(plan: str, reward_model: Input[Model], pairs: Input[Dataset], judgements: Input[Dataset],
+            evaluation: Output[Artifact], metrics: Output[Metrics]) -> str:
+    """Held-out accuracy, principle-flip rate, sensitivity and the self-praise check of the RM."""
+    from salmon.task import run_stage_task
+
+    return run_stage_task("eval_rm", plan=plan, values={
+        "model": reward_model.path + "/model", "pairs": pairs.path, "judgements": judgements.path,
+        "output_dir": evaluation.path}, inputs={"reward_model": reward_model, "pairs": pairs,
+                                                 "judgements": judgements},
+        outputs={"evaluation": evaluation}, metrics=metrics)
+
+
+@_component
+def ppo(plan: str, executor: str, rl_principle_ids: list, total_steps: int, prompts: Input[Dataset],
+        base_model: Input[Model], sft: Input[Model], reward_model: Input[Model], policy: Output[Model],
+        metrics: Output[Metrics]) -> str:
+    """RL against the reward model, steered by the RL-time principles."""
+    from salmon.task import run_stage_task
+
+    values = {"prompts": prompts.path, "policy_model": base_model.path, "policy_adapter": sft.path + "/adapter",
+              "reward_model": reward_model.path + "/model", "output_dir": policy.path}
+    if rl_principle_ids:
+        values["rl_principle_ids"] = list(rl_principle_ids)
+    if total_steps > 0:
+        values["total_steps"] = total_steps
+    return run_stage_task("ppo", plan=plan, executor=executor, values=values,
+                          inputs={"prompts": prompts, "base_model": base_model, "sft": sft,
+                                  "reward_model": reward_model},
+                          outputs={"policy": policy}, metrics=metrics)
+
+
+@_component
+def eval_policy(plan: str, limit: int, prompts: Input[Dataset], base_model: Input[Model], sft: Input[Model],
+                policy: Input[Model], reward_model: Input[Model], evaluation: Output[Artifact],
+                metrics: Output[Metrics]) -> str:
+    """The policy against the SFT policy: rewards, adherence, KL, length, win rate, plots."""
+    from salmon.task import run_stage_task
+
+    values = {"prompts": prompts.path, "base_model": base_model.path, "baseline_adapter": sft.path + "/adapter",
+              "policy_adapter": policy.path + "/policy", "reward_model": reward_model.path + "/model",
+              "output_dir": evaluation.path, "policy_label": "ppo"}
+    if limit > 0:
+        values["limit"] = limit
+    return run_stage_task("eval_policy", plan=plan, values=values,
+                          inputs={"prompts": prompts, "sft": sft, "policy": policy, "reward_model": reward_model},
+                          outputs={"evaluation": evaluation}, metrics=metrics)
+
+
+@_component
+def register(prompts: str, selfalign: str, sft: str, sample: str, label: str, aggregate: str, train_rm: str,
+             eval_rm: str, ppo: str, eval_policy: str, kfp_run_id: str,
+             min_rm_accuracy: float, min_rm_flip_rate: float, min_policy_win_rate: float, max_policy_kl: float,
+             policy_gate_principles: str) -> str:
+    """Register the three models (alias candidate); move champion where the gates pass."""
+    import json
+
+    from salmon.task import register_task
+
+    summary = register_task(
+        {"prompts": prompts, "selfalign": selfalign, "sft": sft, "sample": sample, "label": label,
+         "aggregate": aggregate, "train_rm": train_rm, "eval_rm": eval_rm, "ppo": ppo, "eval_policy": eval_policy},
+        kfp_run_id=kfp_run_id, min_rm_accuracy=min_rm_accuracy, min_rm_flip_rate=min_rm_flip_rate,
+        min_policy_win_rate=min_policy_win_rate, max_policy_kl=max_policy_kl,
+        policy_gate_principles=policy_gate_principles)
+    return json.dumps(summary)

@@ -1,0 +1,217 @@
+"""``salmon pipeline compile|submit|run`` and ``salmon demo``: the commands that need kfp.
+
+``salmon.cli`` hands these sub-commands to :func:`main` (loading this module by name, so that
+the salmon package never imports kfp).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from salmon.core.errors import SalmonInputError
+
+DEMO_PARAMS: dict[str, Any] = {
+    # The laptop demo: the nano world sized to finish in minutes on 2 CPU cores.
+    "nano_prompts": 3000,
+    "rm_epochs": 1.0,
+    "ppo_steps": 16,
+    "eval_limit": 200,
+    "stage_overrides": {"eval_rm": {"passes": 1}},
+}
+QUICK_PARAMS: dict[str, Any] = {
+    # A smoke run of every task in about two minutes; the metrics mean little.
+    "nano_prompts": 160,
+    "nano_pretrain_steps": 40,
+    "rm_epochs": 0.5,
+    "ppo_steps": 2,
+    "eval_limit": 16,
+    "stage_overrides": {"ppo": {"rollout_batch_size": 8, "step_batch_size": 8}, "eval_rm": {"passes": 1}},
+}
+
+
+def pipeline_parameters() -> dict[str, inspect.Parameter]:
+    from pipelines.salmon import salmon_pipeline
+
+    return dict(inspect.signature(salmon_pipeline.pipeline_func).parameters)
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pipeline parameters; values are YAML scalars/lists/maps (never code)."""
+    import yaml
+
+    known = pipeline_parameters()
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SalmonInputError(f"parameter '{item}'", "not key=value", "write e.g. rm_epochs=2")
+        if key not in known:
+            raise SalmonInputError(f"parameter '{key}'", "not a pipeline parameter",
+                                   "see `salmon pipeline params` for the list")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as e:
+            raise SalmonInputError(f"parameter '{key}'", f"not a YAML value ({e})".replace("\n", " ")) from None
+        default = known[key].default
+        if isinstance(default, str) and not isinstance(value, str):
+            value = raw
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if default is not inspect.Parameter.empty and type(value) is not type(default):
+            raise SalmonInputError(f"parameter '{key}={raw}'",
+                                   f"expected {type(default).__name__}, got {type(value).__name__}")
+        out[key] = value
+    return out
+
+
+def compile_pipeline(out_dir: str | Path, *, namespace: str | None = None, version: str = "v0-1-0") -> list[Path]:
+    """Write ``salmon.yaml`` (IR) and ``salmon-k8s.yaml`` (Pipeline + PipelineVersion CRs)."""
+    from kfp import compiler
+    from kfp.compiler.compiler_utils import KubernetesManifestOptions
+
+    from pipelines.salmon import PIPELINE_NAME, salmon_pipeline
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ir = out / "salmon.yaml"
+    k8s = out / "salmon-k8s.yaml"
+    for path, kwargs in ((ir, {}), (k8s, {
+        "kubernetes_manifest_format": True,
+        "kubernetes_manifest_options": KubernetesManifestOptions(
+            pipeline_name=PIPELINE_NAME, pipeline_display_name="SALMON",
+            pipeline_version_name=f"{PIPELINE_NAME}-{version}", pipeline_version_display_name=f"SALMON {version}",
+            namespace=namespace, include_pipeline_manifest=True)})):
+        tmp = path.with_name(".tmp-" + path.name)
+        compiler.Compiler().compile(salmon_pipeline, str(tmp), **kwargs)
+        tmp.replace(path)
+    return [ir, k8s]
+
+
+def submit(host: str, params: dict[str, Any], *, experiment: str, version: str, token: str | None,
+           namespace: str | None, enable_caching: bool) -> str:
+    """Upload the pipeline (or a new version of it) and start a run; returns the run id."""
+    import tempfile
+
+    import kfp
+
+    from pipelines.salmon import PIPELINE_NAME
+
+    client = kfp.Client(host=host, existing_token=token, namespace=namespace)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = str(compile_pipeline(tmp, version=version)[0])
+        pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
+        if pipeline_id is None:
+            pipeline_id = client.upload_pipeline(package, pipeline_name=PIPELINE_NAME).pipeline_id
+            version_id = client.list_pipeline_versions(pipeline_id).pipeline_versions[0].pipeline_version_id
+        else:
+            version_id = client.upload_pipeline_version(
+                package, pipeline_version_name=f"{PIPELINE_NAME}-{version}",
+                pipeline_id=pipeline_id).pipeline_version_id
+    exp = client.create_experiment(experiment, namespace=namespace)
+    run = client.run_pipeline(exp.experiment_id, job_name=f"{PIPELINE_NAME}-{version}", params=params,
+                              pipeline_id=pipeline_id, version_id=version_id, enable_caching=enable_caching)
+    return str(run.run_id)
+
+
+def _print_params() -> None:
+    from pipelines.salmon import salmon_pipeline
+
+    doc = salmon_pipeline.pipeline_func.__doc__ or ""
+    descriptions = {}
+    for line in doc.splitlines():
+        name, sep, text = line.strip().partition(": ")
+        if sep and name.isidentifier():
+            descriptions[name] = text
+    for name, p in pipeline_parameters().items():
+        print(f"{name:<24} {type(p.default).__name__:<6} {json.dumps(p.default):<22} {descriptions.get(name, '')}")
+
+
+def _run(out: str, params: dict[str, Any], cache: bool) -> int:
+    from pipelines.local import print_report, run_local
+
+    try:
+        run = run_local(out, params, cache=cache)
+    except RuntimeError as e:
+        print(f"error: the pipeline failed: {e}\n(the failing task's log is above)", file=sys.stderr)
+        return 1
+    print_report(run)
+    return 0
+
+
+def build_parser(prog: str = "salmon") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = sub.add_parser("demo", help="run the SALMON pipeline in the nano world with kfp.local")
+    add_demo_arguments(demo)
+    pipe = sub.add_parser("pipeline", help="compile, submit or locally run the Kubeflow pipeline")
+    add_pipeline_arguments(pipe)
+    return parser
+
+
+def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
+    demo.add_argument("--out", default="out/demo", help="output folder (pipeline root, MLflow db, summary)")
+    demo.add_argument("--quick", action="store_true", help="a two-minute smoke run (metrics mean little)")
+    demo.add_argument("--rl-principle", default="concise", help="the nano principle PPO is steered by")
+    demo.add_argument("--rm-epochs", type=float, default=None, help="passes of train_rm over its instances")
+    demo.add_argument("--no-cache", action="store_true", help="rerun every task even if its inputs are unchanged")
+    demo.add_argument("params", nargs="*", metavar="key=value", help="more pipeline parameters")
+
+
+def add_pipeline_arguments(pipe: argparse.ArgumentParser) -> None:
+    ps = pipe.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = ps.add_parser("compile", help="write the IR YAML and the Pipeline/PipelineVersion manifests")
+    c.add_argument("--out", default="build/pipeline", help="output folder")
+    c.add_argument("--namespace", default=None, help="namespace of the Pipeline/PipelineVersion manifests")
+    c.add_argument("--version", default="v0-1-0", help="pipeline version name suffix (DNS-1123)")
+    s = ps.add_parser("submit", help="upload a pipeline version and start a run on a KFP server")
+    s.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8080")
+    s.add_argument("--experiment", default="salmon", help="KFP experiment")
+    s.add_argument("--version", default="v0-1-0", help="pipeline version name suffix")
+    s.add_argument("--token", default=None, help="bearer token (else the kfp client's default auth)")
+    s.add_argument("--namespace", default=None, help="user namespace (multi-user KFP)")
+    s.add_argument("--no-cache", action="store_true", help="disable KFP caching for this run")
+    s.add_argument("params", nargs="*", metavar="key=value", help="pipeline parameters")
+    r = ps.add_parser("run", help="run the pipeline here with kfp.local")
+    r.add_argument("--out", default="out/pipeline", help="output folder")
+    r.add_argument("--no-cache", action="store_true", help="rerun every task")
+    r.add_argument("params", nargs="*", metavar="key=value", help="pipeline parameters")
+    ps.add_parser("params", help="list the pipeline parameters with types, defaults and descriptions")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run a parsed ``demo`` or ``pipeline`` command; bad input exits with 2."""
+    try:
+        if args.command == "demo":
+            from salmon.core.principles import load_principle_set
+
+            load_principle_set("nano").get(args.rl_principle)  # a bad --rl-principle fails first
+            params = {**(QUICK_PARAMS if args.quick else DEMO_PARAMS), "rl_principle_ids": [args.rl_principle],
+                      "policy_gate_principles": f"nano:{args.rl_principle}"}
+            if args.quick:  # a smoke run: no gate means anything at this size, unless asked for
+                params.update(min_rm_accuracy=0.0, min_rm_flip_rate=0.0, min_policy_win_rate=0.0, max_policy_kl=1e6)
+            if args.rm_epochs is not None:
+                params["rm_epochs"] = args.rm_epochs
+            params.update(parse_params(args.params))
+            return _run(args.out, params, cache=not args.no_cache)
+        if args.action == "compile":
+            for path in compile_pipeline(args.out, namespace=args.namespace, version=args.version):
+                print(path)
+            return 0
+        if args.action == "params":
+            _print_params()
+            return 0
+        params = parse_params(args.params)
+        if args.action == "run":
+            return _run(args.out, params, cache=not args.no_cache)
+        run_id = submit(args.host, params, experiment=args.experiment, version=args.version, token=args.token,
+                        namespace=args.namespace, enable_caching=not args.no_cache)
+        print(f"started run {run_id} on {args.host}")
+        return 0
+    except SalmonInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

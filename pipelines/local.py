@@ -1,0 +1,167 @@
+"""Run the SALMON pipeline on this machine with ``kfp.local`` (no cluster, no Docker).
+
+``run_local`` points MLflow at ``MLFLOW_TRACKING_URI`` or the embedded ``<out>/mlflow.db``,
+opens the parent run, runs every task as a subprocess of the current Python
+(``SubprocessRunner(use_venv=False)``: the tasks import the installed salmon), with caching in
+``<out>/pipeline_root/.kfp_cache`` so that a rerun skips what has not changed, and closes the
+parent run with the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class LocalRun:
+    """What a local pipeline run produced."""
+
+    out: Path
+    parent_run_id: str
+    tracking_uri: str
+    seconds: float
+    summary: dict[str, Any] = field(default_factory=dict)
+    """register's output: model versions and aliases, every stage's MLflow run and metrics."""
+    cached: list[str] = field(default_factory=list)
+    """Tasks served from the cache in this run."""
+
+
+TASKS = ("plan", "base-model", "prompts", "selfalign", "sft", "sample", "label", "aggregate", "train-rm",
+         "eval-rm", "ppo", "eval-policy", "register")
+
+
+def cached_tasks(root: Path, before: set[str]) -> list[str]:
+    """Tasks of the newest run under ``root`` that did not execute: kfp.local writes a task's
+    folder (``executor_output.json``) only when it runs the task, not on a cache hit."""
+    runs = sorted((p for p in root.glob("salmon-*") if p.name not in before), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        return []
+    return [t for t in TASKS if not (runs[-1] / t / "executor_output.json").is_file()]
+
+
+def run_local(out: str | Path, params: dict[str, Any], *, cache: bool = True,
+              experiment: str = "salmon") -> LocalRun:
+    """Run the pipeline with ``params`` into ``out``; raises RuntimeError when a task fails."""
+
+    from salmon import tracking
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", tracking.PARENT_ENV,
+                                             tracking.KFP_RUN_ENV)}
+    try:
+        return _run_local(out, params, cache, experiment)
+    finally:  # the tasks needed these; the caller's environment is left as it was
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_local(out: Path, params: dict[str, Any], cache: bool, experiment: str) -> LocalRun:
+    from kfp import local
+
+    from pipelines.salmon import salmon_pipeline
+    from salmon import tracking
+
+    uri = tracking.setup_tracking(out, experiment)
+    local_id = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    parent = tracking.start_parent_run(local_id, {"kfp.run_id": local_id, "salmon.runner": "kfp.local",
+                                                  "salmon.params": json.dumps(params, sort_keys=True)[:5000]})
+    os.environ[tracking.KFP_RUN_ENV] = local_id
+    root = out / "pipeline_root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               enable_caching=cache, cache_root=str(root / ".kfp_cache"))
+    before = {p.name for p in root.glob("salmon-*")}
+    t0 = time.monotonic()
+    status = "FAILED"
+    try:
+        task = salmon_pipeline(**params)
+        summary = json.loads(task.output)
+        status = "FINISHED"
+    finally:
+        tracking.end_parent_run(parent, status)
+    seconds = round(time.monotonic() - t0, 1)
+    run = LocalRun(out=out, parent_run_id=parent, tracking_uri=uri, seconds=seconds, summary=summary,
+                   cached=cached_tasks(root, before))
+    _finish_parent(run)
+    return run
+
+
+def _finish_parent(run: LocalRun) -> None:
+    """Headline metrics and links to every stage run on the parent run; summary.json in ``out``."""
+    import mlflow
+
+    from salmon import tracking
+    from salmon.core.io import write_json
+
+    client = mlflow.MlflowClient()
+    for stage, info in run.summary.get("stages", {}).items():
+        client.set_tag(run.parent_run_id, f"salmon.stage_run.{stage}", info["mlflow_run_id"])
+    for name, m in run.summary.get("models", {}).items():
+        client.set_tag(run.parent_run_id, f"salmon.model.{name}", m["uri"])
+    head = headline(run.summary)
+    values = tracking.numeric_metrics(head)
+    for k, v in values.items():
+        client.log_metric(run.parent_run_id, k, v)
+    write_json(run.out / "summary.json", {
+        "parent_run_id": run.parent_run_id, "tracking_uri": run.tracking_uri, "seconds": run.seconds,
+        "cached": run.cached, "headline": head, **run.summary})
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a person looks at first."""
+    stages = summary.get("stages", {})
+    ev = stages.get("eval_rm", {}).get("metrics", {})
+    pol = stages.get("eval_policy", {}).get("metrics", {})
+    praise = ev.get("self_praise") or {}
+    out: dict[str, Any] = {
+        "rm_heldout_accuracy": ev.get("accuracy"), "rm_flip_rate": ev.get("flip_rate"),
+        "rm_principle_sensitivity": ev.get("sensitivity"),
+        "rm_prefers_plain_with_intervention": praise.get("prefers_plain_on"),
+        "rm_prefers_plain_without": praise.get("prefers_plain_off"),
+        "ppo_kl_to_sft": pol.get("kl_to_baseline")}
+    for side in ("sft", "ppo"):
+        out[f"{side}_words"] = pol.get(f"{side}/response_words")
+        out[f"{side}_correct_arithmetic"] = pol.get(f"{side}/adherence/correct_arithmetic")
+    for key, value in pol.items():
+        if key.startswith("win_rate/"):
+            out[f"ppo_{key}"] = value
+    return out
+
+
+def print_report(run: LocalRun, stream: Any = sys.stderr) -> None:
+    """The end-of-run summary: stages, metrics, models and aliases, where to look next."""
+    p = lambda s="": print(s, file=stream)  # noqa: E731
+    stages = run.summary.get("stages", {})
+    p(f"\nSALMON pipeline finished in {run.seconds:.0f} s; cached tasks: {', '.join(run.cached) or 'none'}")
+    p(f"{'stage':<12} {'seconds':>8}  MLflow run")
+    for stage, info in stages.items():
+        secs = info["metrics"].get("seconds")
+        cached = " (cached)" if stage.replace("_", "-") in run.cached else ""
+        p(f"{stage:<12} {secs if secs is not None else '':>8}  {info['mlflow_run_id']}{cached}")
+    p()
+    for k, v in headline(run.summary).items():
+        p(f"{k:<26} {v:.3f}" if isinstance(v, float) else f"{k:<26} {v}")
+    p()
+    for name, m in run.summary.get("models", {}).items():
+        state = "champion + candidate" if m["champion"] else f"candidate only ({'; '.join(m['reasons'])})"
+        p(f"{name:<15} v{m['version']:<4} {state}")
+    p()
+    reports = sorted(run.out.glob("pipeline_root/**/eval-policy/evaluation/report.md"), key=lambda x: x.stat().st_mtime)
+    if reports:
+        p(f"report:     {reports[-1]}")
+        pngs = sorted(reports[-1].parent.glob("*.png"))
+        if pngs:
+            p(f"plots:      {pngs[0].parent}/*.png ({len(pngs)})")
+    p(f"summary:    {run.out / 'summary.json'}")
+    p(f"tracking:   {run.tracking_uri}")
+    if run.tracking_uri.startswith("sqlite:"):
+        p(f"browse:     mlflow ui --backend-store-uri {run.tracking_uri}")

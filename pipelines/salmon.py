@@ -1,0 +1,132 @@
+"""The SALMON pipeline: prompts -> selfalign -> sft -> sample -> label -> aggregate -> train_rm ->
+eval_rm -> ppo -> eval_policy -> register, after a ``plan`` task (parameter checks, principle
+digests, per-stage plans) and a ``base_model`` task. The defaults run the nano world.
+
+Compile with ``salmon pipeline compile``; run locally with ``salmon demo``.
+"""
+
+from kfp import dsl
+
+import components as c
+from pipelines import platform
+
+PIPELINE_NAME = "salmon"
+UNCACHED = ("plan", "register")
+"""Tasks that always run: plan re-reads the principle files; register reflects the registry now."""
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="SALMON: align a base model with principles, from "
+              "synthetic preferences to a principle-following reward model to PPO.")
+def salmon_pipeline(
+    base_model_uri: str = "nano",
+    preset: str = "nano",
+    prompt_sources: str = "",
+    nano_prompts: int = 4000,
+    nano_pretrain_steps: int = 300,
+    seed: int = 0,
+    selfalign_rules: str = "",
+    label_principles: str = "",
+    rl_principles: str = "",
+    rl_principle_ids: list = ["concise"],  # noqa: B006 (a KFP default, never mutated)
+    selfalign_backend: str = "nano",
+    sample_backend: str = "nano",
+    label_backend: str = "rules",
+    sft_executor: str = "local",
+    train_rm_executor: str = "local",
+    ppo_executor: str = "local",
+    rm_epochs: float = 1.0,
+    ppo_steps: int = 0,
+    eval_limit: int = 0,
+    min_rm_accuracy: float = 0.80,
+    min_rm_flip_rate: float = 0.75,
+    min_policy_win_rate: float = 0.60,
+    max_policy_kl: float = 5.0,
+    policy_gate_principles: str = "nano:concise",
+    stage_overrides: dict = {},  # noqa: B006
+    accelerator_type: str = "nvidia.com/gpu",
+    gpus: int = 1,
+    mlflow_secret: str = "salmon-mlflow",
+    s3_secret: str = "salmon-s3",
+    model_cache_pvc: str = "salmon-model-cache",
+) -> str:
+    """Align a base model with principles the SALMON way.
+
+    Args:
+        base_model_uri: The base model: 'nano' builds the tiny nano-world model; otherwise a Hugging Face model folder (PVC path) or an s3:// prefix.
+        preset: Config preset applied to every stage before the overrides ('nano' or '' for the method's defaults).
+        prompt_sources: Comma-separated prompt JSONL files (local paths or s3:// URIs); empty for none.
+        nano_prompts: Synthetic nano-world prompts to add (0 for none).
+        nano_pretrain_steps: Pretraining steps of the nano base model.
+        seed: Seed of every stage (each stage offsets it).
+        selfalign_rules: Principle set of the self-alignment rules; empty keeps the preset's.
+        label_principles: Principle set the AI judge labels with, the RM learns and eval_rm checks; empty keeps the preset's.
+        rl_principles: Principle set sampled at RL time; empty keeps the preset's.
+        rl_principle_ids: Principles of the RL-time set to use (empty list for all).
+        selfalign_backend: Generator of the self-aligned answers: hf or nano.
+        sample_backend: Generator of the response pairs: hf or nano.
+        label_backend: Judge: hf (the model's own logits) or rules (exact checkers, nano world).
+        sft_executor: Where SFT training runs: local (in the task's pod).
+        train_rm_executor: Where reward-model training runs: local (in the task's pod).
+        ppo_executor: Where PPO runs: local (in the task's pod).
+        rm_epochs: Passes of train_rm over its instances.
+        ppo_steps: PPO steps to schedule (0 keeps the preset's total_epochs).
+        eval_limit: Held-out prompts eval_policy uses (0 for all).
+        min_rm_accuracy: Gate: the RM's held-out accuracy needed to move the champion alias.
+        min_rm_flip_rate: Gate: the RM's principle-flip rate needed to move the champion alias.
+        min_policy_win_rate: Gate: the policy's win rate over the SFT policy under policy_gate_principles.
+        max_policy_kl: Gate: the largest KL of the policy to the SFT policy (nats per response).
+        policy_gate_principles: The eval_policy principle spec the win-rate gate reads, e.g. 'nano:concise'.
+        stage_overrides: Advanced: config keys per stage, e.g. {"ppo": {"kl_coef": 0.02}}.
+        accelerator_type: GPU resource name of the GPU stages.
+        gpus: GPUs per GPU stage.
+        mlflow_secret: Name of the Secret with MLFLOW_TRACKING_URI (and credentials) for every task.
+        s3_secret: Name of the Secret with the S3 credentials and endpoint for every task.
+        model_cache_pvc: Name of the PVC mounted at /mnt/models in every task.
+    """
+    pod = dict(accelerator_type=accelerator_type, gpus=gpus, mlflow_secret=mlflow_secret, s3_secret=s3_secret,
+               model_cache_pvc=model_cache_pvc)
+
+    plan = c.plan(preset=preset, stage_overrides=stage_overrides, selfalign_rules=selfalign_rules,
+                  label_principles=label_principles, rl_principles=rl_principles,
+                  selfalign_backend=selfalign_backend, sample_backend=sample_backend, label_backend=label_backend,
+                  sft_executor=sft_executor, train_rm_executor=train_rm_executor, ppo_executor=ppo_executor)
+    plans = plan.outputs
+    base = c.base_model(uri=base_model_uri, nano_pretrain_steps=nano_pretrain_steps, seed=seed).after(plan)
+    model = base.outputs["model"]
+    prompts = c.prompts(plan=plans["prompts"], sources=prompt_sources, nano_prompts=nano_prompts, seed=seed)
+    selfalign = c.selfalign(plan=plans["selfalign"], backend=selfalign_backend, seed=seed,
+                            prompts=prompts.outputs["prompts"], base_model=model)
+    sft = c.sft(plan=plans["sft"], executor=sft_executor, sft_data=selfalign.outputs["sft_data"], base_model=model)
+    sample = c.sample(plan=plans["sample"], backend=sample_backend, seed=seed,
+                      prompts=prompts.outputs["prompts"], base_model=model, sft=sft.outputs["sft"])
+    label = c.label(plan=plans["label"], backend=label_backend, pairs=sample.outputs["pairs"], base_model=model,
+                    sft=sft.outputs["sft"])
+    aggregate = c.aggregate(plan=plans["aggregate"], seed=seed, pairs=sample.outputs["pairs"],
+                            judgements=label.outputs["judgements"])
+    train_rm = c.train_rm(plan=plans["train_rm"], executor=train_rm_executor, epochs=rm_epochs,
+                          instances=aggregate.outputs["instances"], base_model=model)
+    eval_rm = c.eval_rm(plan=plans["eval_rm"], reward_model=train_rm.outputs["reward_model"],
+                        pairs=sample.outputs["pairs"], judgements=label.outputs["judgements"])
+    ppo = c.ppo(plan=plans["ppo"], executor=ppo_executor, rl_principle_ids=rl_principle_ids, total_steps=ppo_steps,
+                prompts=prompts.outputs["prompts"], base_model=model, sft=sft.outputs["sft"],
+                reward_model=train_rm.outputs["reward_model"])
+    eval_policy = c.eval_policy(plan=plans["eval_policy"], limit=eval_limit, prompts=prompts.outputs["prompts"],
+                                base_model=model, sft=sft.outputs["sft"], policy=ppo.outputs["policy"],
+                                reward_model=train_rm.outputs["reward_model"])
+    register = c.register(prompts=prompts.outputs["Output"], selfalign=selfalign.outputs["Output"],
+                          sft=sft.outputs["Output"], sample=sample.outputs["Output"], label=label.outputs["Output"],
+                          aggregate=aggregate.outputs["Output"], train_rm=train_rm.outputs["Output"],
+                          eval_rm=eval_rm.outputs["Output"], ppo=ppo.outputs["Output"],
+                          eval_policy=eval_policy.outputs["Output"], kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                          min_rm_accuracy=min_rm_accuracy, min_rm_flip_rate=min_rm_flip_rate,
+                          min_policy_win_rate=min_policy_win_rate, max_policy_kl=max_policy_kl,
+                          policy_gate_principles=policy_gate_principles)
+
+    tasks = {"plan": plan, "base_model": base, "prompts": prompts, "selfalign": selfalign, "sft": sft,
+             "sample": sample, "label": label, "aggregate": aggregate, "train_rm": train_rm, "eval_rm": eval_rm,
+             "ppo": ppo, "eval_policy": eval_policy, "register": register}
+    for name, task in tasks.items():
+        task.set_display_name(name)
+        task.set_caching_options(name not in UNCACHED)
+        platform.apply(task, name, **pod)
+    return register.output

@@ -1,0 +1,441 @@
+"""A stage as one pipeline task: what the thin KFP components in ``components/`` call.
+
+``run_stage_task`` resolves the stage config (preset -> per-stage overrides -> pipeline values),
+checks the principle sets it reads against the digests the ``principles`` task recorded, opens
+the stage's MLflow run, logs the config, input and output datasets with digests, per-step and
+final metrics and (training stages) the model, runs the stage recipe, and stamps the output
+artifacts with their content digests. It returns a small JSON text: the MLflow run id, the
+logged model URI and the metrics, which ``register`` reads.
+
+Artifacts arrive duck-typed (anything with ``.path`` and a ``.metadata`` dict), so this module
+never imports kfp. The layer rules put it above ``salmon.stages`` and below the CLI.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from salmon.core.config import (
+    AggregateConfig,
+    EvalPolicyConfig,
+    EvalRMConfig,
+    LabelConfig,
+    PPOConfig,
+    PromptsConfig,
+    SampleConfig,
+    SelfAlignConfig,
+    SFTConfig,
+    TrainRMConfig,
+    build_config,
+    load_yaml_mapping,
+    preset_path,
+)
+from salmon.core.digest import digest_dir, digest_file, digest_value
+from salmon.core.errors import SalmonInputError
+from salmon.stages.common import log
+
+
+class ArtifactLike(Protocol):
+    path: str
+    metadata: dict[str, Any]
+
+
+CONFIGS: dict[str, type[Any]] = {
+    "prompts": PromptsConfig, "selfalign": SelfAlignConfig, "sft": SFTConfig, "sample": SampleConfig,
+    "label": LabelConfig, "aggregate": AggregateConfig, "train_rm": TrainRMConfig, "eval_rm": EvalRMConfig,
+    "ppo": PPOConfig, "eval_policy": EvalPolicyConfig,
+}
+TRAINING_STAGES = ("sft", "train_rm", "ppo")
+EXECUTORS = ("local", "trainjob", "pytorchjob")
+LOCAL_EXECUTORS = ("local",)
+MODEL_LINEAGE = {
+    # the stages whose outputs each trained model descends from
+    "sft": ("prompts", "selfalign", "sft"),
+    "train_rm": ("prompts", "selfalign", "sft", "sample", "label", "aggregate", "train_rm"),
+    "ppo": ("prompts", "selfalign", "sft", "sample", "label", "aggregate", "train_rm", "ppo"),
+}
+MODEL_SUBDIR = {"sft": "adapter", "train_rm": "model", "ppo": "policy"}
+"""The folder inside a training stage's output that is the model (the rest is checkpoints)."""
+
+PRINCIPLE_FIELDS: dict[str, tuple[str, ...]] = {
+    # stage: config fields naming principle sets (or, for selfalign, the exemplar file)
+    "selfalign": ("rules", "exemplars"),
+    "label": ("principles",),
+    "aggregate": ("principles",),
+    "eval_rm": ("principles", "intervention_set"),
+    "ppo": ("rl_principles", "interventions"),
+    "eval_policy": ("principle_sets",),
+}
+
+
+def check_executor(stage: str, executor: str) -> None:
+    if executor not in EXECUTORS:
+        raise SalmonInputError(f"{stage} executor '{executor}'", f"unknown; use one of {', '.join(EXECUTORS)}")
+    if executor not in LOCAL_EXECUTORS:
+        raise SalmonInputError(f"{stage} executor '{executor}'",
+                               "this build runs training stages in the task's own process only",
+                               "set the executor parameters to 'local'")
+
+
+# ----------------------------------------------------------------------------- principles
+
+def _stage_value(stage: str, preset: str | None, overrides: dict[str, Any], field: str) -> Any:
+    """A config field's value before paths are known: override, else preset, else default."""
+    if field in overrides:
+        return overrides[field]
+    if preset and preset_path(preset, stage).is_file():
+        data = load_yaml_mapping(preset_path(preset, stage))
+        if field in data:
+            return data[field]
+    return CONFIGS[stage].model_fields[field].get_default(call_default_factory=True)
+
+
+def _set_names(field: str, value: Any) -> list[str]:
+    if value is None:
+        return []
+    if field == "principle_sets":  # eval_policy: "set" or "set:id,id"
+        return sorted({str(v).partition(":")[0] for v in value})
+    return [str(value)]
+
+
+def principle_refs(preset: str | None, stage_overrides: dict[str, dict[str, Any]],
+                   register: bool = True) -> dict[str, dict[str, Any]]:
+    """For each stage that reads principles: a mapping of each principle field to
+    ``{"value", "sets": {name: {"digest", "version", "uri"}}}``.
+
+    It goes into the stage task's plan, so a principle change reaches exactly the
+    stages that read the changed set (their cache keys change) and no others. With ``register``
+    each set is also put in MLflow's prompt registry when its digest is new."""
+    from salmon.core.principles import load_principle_set, principles_dir
+
+    seen: dict[str, dict[str, str]] = {}
+
+    def ref(name: str, field: str) -> dict[str, str]:
+        if name in seen:
+            return seen[name]
+        if field == "exemplars":
+            p = Path(name)
+            path = p if p.is_absolute() or p.is_file() else principles_dir() / p
+            if not path.is_file():
+                raise SalmonInputError(f"exemplar file '{name}'", "not found",
+                                       "give a path, or a name under principles/")
+            entry = {"digest": digest_file(path), "version": "file", "uri": ""}
+        else:
+            pset = load_principle_set(name)
+            import yaml
+
+            text = yaml.safe_dump(pset.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+            entry = {"digest": pset.digest(), "version": str(pset.version), "uri": ""}
+            if register:
+                from salmon.tracking import register_principle_set
+
+                entry["uri"] = register_principle_set(pset.name, entry["digest"], text, entry["version"])
+        seen[name] = entry
+        return entry
+
+    out: dict[str, dict[str, Any]] = {}
+    for stage, fields in PRINCIPLE_FIELDS.items():
+        overrides = stage_overrides.get(stage, {})
+        refs = {}
+        for field in fields:
+            value = _stage_value(stage, preset, overrides, field)
+            refs[field] = {"value": value, "sets": {n: ref(n, field) for n in _set_names(field, value)}}
+        out[stage] = refs
+    return out
+
+
+def plan_task(*, preset: str, stage_overrides: dict[str, dict[str, Any]], selfalign_rules: str,
+              label_principles: str, rl_principles: str, params: dict[str, Any],
+              register: bool = True) -> dict[str, str]:
+    """The pipeline's first task: validate the parameters, resolve the principle sets each stage
+    reads (digests, prompt-registry URIs) and give every stage its plan, a JSON text with the
+    preset, its own config overrides and its principle refs. A stage's plan changes only when
+    something it reads changes, which is what keeps caching exact."""
+    validate_pipeline_params({**params, "stage_overrides": stage_overrides})
+    overrides = {stage: dict(stage_overrides.get(stage, {})) for stage in CONFIGS}
+    if selfalign_rules:
+        overrides["selfalign"].setdefault("rules", selfalign_rules)
+    if label_principles:
+        for stage in ("label", "aggregate", "eval_rm"):
+            overrides[stage].setdefault("principles", label_principles)
+    if rl_principles:
+        overrides["ppo"].setdefault("rl_principles", rl_principles)
+    refs = principle_refs(preset or None, overrides, register=register)
+    plans = {}
+    for stage in CONFIGS:
+        ov = {k: v for k, v in overrides[stage].items() if k not in PRINCIPLE_FIELDS.get(stage, ())}
+        plans[stage] = json.dumps({"preset": preset, "overrides": ov, "principles": refs.get(stage, {})},
+                                  sort_keys=True)
+    for stage, r in refs.items():
+        names = ", ".join(f"{n} {e['digest'][7:19]}" for f in r.values() for n, e in f["sets"].items())
+        log("plan", f"{stage}: {names}")
+    return plans
+
+
+def _check_refs(stage: str, refs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Config values from the refs, and run tags; fails if a set changed since it was recorded."""
+    from salmon.core.principles import load_principle_set
+
+    values: dict[str, Any] = {}
+    tags: dict[str, str] = {}
+    for field, r in refs.items():
+        values[field] = r["value"]
+        for name, entry in r["sets"].items():
+            if field != "exemplars":
+                now = load_principle_set(name).digest()
+                if now != entry["digest"]:
+                    raise SalmonInputError(f"principle set '{name}'",
+                                           f"changed during the run (recorded {entry['digest'][:19]}, now {now[:19]})",
+                                           "rerun the pipeline")
+            tags[f"salmon.principles.{name}.digest"] = entry["digest"]
+            if entry.get("uri"):
+                tags[f"salmon.principles.{name}.uri"] = entry["uri"]
+    return values, tags
+
+
+# ----------------------------------------------------------------------------- the task
+
+def git_sha() -> str:
+    """The source revision: ``$SALMON_GIT_SHA`` (set in images), else git, else 'unknown'."""
+    if sha := os.environ.get("SALMON_GIT_SHA"):
+        return sha
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def artifact_digest(path: str | Path) -> str:
+    p = Path(path)
+    return digest_dir(p) if p.is_dir() else digest_file(p)
+
+
+def _count_lines(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def run_stage_task(
+    stage: str,
+    *,
+    plan: str,
+    values: dict[str, Any],
+    inputs: dict[str, ArtifactLike] | None = None,
+    outputs: dict[str, ArtifactLike] | None = None,
+    metrics: Any = None,
+    executor: str = "local",
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Run ``stage`` as a pipeline task (see the module docstring); returns the task's JSON."""
+    from salmon import tracking
+
+    if stage in TRAINING_STAGES:
+        check_executor(stage, executor)
+    stage_plan = json.loads(plan) if plan else {}
+    principle_values, principle_tags = _check_refs(stage, stage_plan.get("principles", {}))
+    merged = {**stage_plan.get("overrides", {}), **principle_values, **values}
+    cfg = build_config(CONFIGS[stage], stage=stage, preset=stage_plan.get("preset") or None, values=merged)
+    inputs = inputs or {}
+    outputs = outputs or {}
+    input_digests = {k: a.metadata.get("digest") or artifact_digest(a.path) for k, a in inputs.items()}
+    task_key = digest_value({"stage": stage, "config": cfg.model_dump(mode="json"), "inputs": input_digests})
+    run_tags = {**principle_tags, **(tags or {}), "salmon.git_sha": git_sha(), "salmon.executor": executor}
+    started = time.monotonic()
+    with tracking.stage_run(stage, task_key, run_tags) as run_id:
+        tracking.log_stage_config(cfg.model_dump(mode="json"))
+        for name, art in inputs.items():
+            p = Path(art.path)
+            tracking.log_dataset(name, p.as_uri() if p.is_absolute() else str(p), input_digests[name],
+                                 "input", _count_lines(p))
+        module = importlib.import_module(f"salmon.stages.{stage}")
+        result = module.run(cfg)
+        seconds = round(time.monotonic() - started, 1)
+        result.metrics.setdefault("seconds", seconds)
+        tracking.log_metrics(result.metrics)
+        model_uri = ""
+        for name, art in outputs.items():
+            p = Path(art.path)
+            digest = artifact_digest(p)
+            art.metadata["digest"] = digest
+            rows = _count_lines(p)
+            if rows is not None:
+                art.metadata["rows"] = rows
+            art.metadata["mlflow_run_id"] = run_id
+            if stage in TRAINING_STAGES:
+                tracking.log_train_log(p / "train_log.jsonl")
+                model_tags = {**principle_tags, "salmon.stage": stage, "salmon.git_sha": git_sha(),
+                              "salmon.base_model": str(values.get("base_model") or values.get("policy_model")),
+                              "salmon.digest": digest_dir(p / MODEL_SUBDIR[stage])}
+                model_uri = tracking.log_model(stage, p / MODEL_SUBDIR[stage], model_tags)
+                art.metadata["model_uri"] = model_uri
+            else:
+                tracking.log_dataset(name, p.as_uri(), digest, "output", rows)
+        if metrics is not None:
+            numbers = {k.replace("/", "."): v for k, v in tracking.numeric_metrics(result.metrics).items()}
+            for k, v in numbers.items():
+                metrics.log_metric(k, v)
+            # The artifact gets a file too: a cached output must exist on disk (kfp.local treats
+            # a missing artifact file as a cache miss), and the file is what a cluster uploads.
+            from salmon.core.io import write_json
+
+            Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
+            write_json(metrics.path, numbers)
+    log(stage, f"finished in {seconds:.1f} s (MLflow run {run_id})")
+    return json.dumps({"stage": stage, "mlflow_run_id": run_id, "model_uri": model_uri,
+                       "metrics": result.metrics, "outputs": result.outputs,
+                       "principles": principle_tags}, default=str)
+
+
+# ----------------------------------------------------------------------------- utility tasks
+
+def validate_pipeline_params(params: dict[str, Any]) -> None:
+    """Checks that need no model: run in the pipeline's first task, before any GPU work."""
+    for key in ("sft_executor", "train_rm_executor", "ppo_executor"):
+        if key in params:
+            check_executor(key.removesuffix("_executor"), str(params[key]))
+    backends = {"selfalign_backend": SelfAlignConfig, "sample_backend": SampleConfig, "label_backend": LabelConfig}
+    for key, cls in backends.items():
+        if key in params and params[key]:
+            allowed = cls.model_fields["backend"].annotation.__args__  # a Literal
+            if params[key] not in allowed:
+                raise SalmonInputError(f"pipeline parameter {key}='{params[key]}'",
+                                       f"unknown backend; use one of {', '.join(allowed)}")
+    for key, value in params.items():
+        if key.startswith(("min_", "max_")) and value is not None and not 0 <= float(value) <= 1e6:
+            raise SalmonInputError(f"pipeline parameter {key}={value}", "must be a non-negative number")
+    overrides = params.get("stage_overrides") or {}
+    if not isinstance(overrides, dict) or any(s not in CONFIGS for s in overrides):
+        raise SalmonInputError("pipeline parameter stage_overrides",
+                               f"must map stage names ({', '.join(CONFIGS)}) to config keys")
+    for stage, values in overrides.items():
+        fields = CONFIGS[stage].model_fields
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise SalmonInputError(f"stage_overrides.{stage}", f"unknown keys {unknown}",
+                                   f"see `salmon {stage} --help` for the keys")
+
+
+def base_model_task(uri: str, out_dir: str, *, nano_pretrain_steps: int = 300, seed: int = 0) -> dict[str, Any]:
+    """Materialise the base model into ``out_dir``: ``nano`` builds the nano model; a local
+    folder is copied; ``s3://bucket/prefix`` is downloaded (boto3). Returns a summary."""
+    import shutil
+
+    from salmon.core.io import atomic_dir
+
+    if uri == "nano":
+        from salmon.nano.model import NanoModelSpec, build_nano_model
+
+        info = build_nano_model(out_dir, NanoModelSpec(seed=seed, pretrain_steps=nano_pretrain_steps),
+                                log=lambda m: log("base_model", m))
+        return {"source": "nano", **{k: info[k] for k in ("parameters", "vocab_size", "pretrain_loss_last")}}
+    if uri.startswith("s3://"):
+        from salmon.storage import download_prefix
+
+        with atomic_dir(out_dir) as tmp:
+            n = download_prefix(uri, tmp)
+        return {"source": uri, "files": n}
+    src = Path(uri)
+    if not (src / "config.json").is_file():
+        raise SalmonInputError(f"base model '{uri}'", "not a Hugging Face model folder (no config.json)",
+                               "give 'nano', a local model folder or an s3:// prefix")
+    with atomic_dir(out_dir) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+    return {"source": uri, "files": sum(1 for p in Path(out_dir).rglob("*") if p.is_file())}
+
+
+def _gate(checks: list[tuple[str, float | None, float | None, str]]) -> tuple[bool, list[str]]:
+    """``(name, value, threshold, 'min'|'max')`` checks -> (all passed, reasons for failures)."""
+    failures = []
+    for name, value, threshold, kind in checks:
+        if threshold is None:
+            continue
+        if value is None:
+            failures.append(f"{name} missing (threshold {threshold})")
+        elif (kind == "min" and value < threshold) or (kind == "max" and value > threshold):
+            op = "<" if kind == "min" else ">"
+            failures.append(f"{name} {value:.4g} {op} {threshold:.4g}")
+    return not failures, failures
+
+
+def policy_gate_metric(eval_metrics: dict[str, Any], principle_spec: str) -> float | None:
+    """The policy's win rate over its baseline under ``principle_spec`` (eval_policy's key)."""
+    value = eval_metrics.get(f"win_rate/{principle_spec}")
+    return None if value is None else float(value)
+
+
+def register_task(
+    results: dict[str, str],
+    *,
+    kfp_run_id: str,
+    min_rm_accuracy: float | None,
+    min_rm_flip_rate: float | None,
+    min_policy_win_rate: float | None,
+    max_policy_kl: float | None,
+    policy_gate_principles: str,
+) -> dict[str, Any]:
+    """Register the SFT adapter, the RM and the policy; alias ``candidate`` on every new version;
+    move ``champion`` only where the evaluation gates pass. ``results`` maps stage names to the
+    JSON returned by :func:`run_stage_task`."""
+    from salmon import tracking
+
+    parsed = {k: json.loads(v) for k, v in results.items()}
+    eval_rm = parsed["eval_rm"]["metrics"]
+    eval_policy = parsed["eval_policy"]["metrics"]
+    rm_ok, rm_fail = _gate([("eval_rm accuracy", eval_rm.get("accuracy"), min_rm_accuracy, "min"),
+                            ("eval_rm flip_rate", eval_rm.get("flip_rate"), min_rm_flip_rate, "min")])
+    pol_ok, pol_fail = _gate([
+        (f"eval_policy win_rate[{policy_gate_principles}]",
+         policy_gate_metric(eval_policy, policy_gate_principles), min_policy_win_rate, "min"),
+        ("eval_policy kl_to_baseline", eval_policy.get("kl_to_baseline"), max_policy_kl, "max")])
+    gates = {"train_rm": (rm_ok, rm_fail), "ppo": (rm_ok and pol_ok, rm_fail + pol_fail),
+             "sft": (rm_ok and pol_ok, rm_fail + pol_fail)}
+    sha = git_sha()
+    summary: dict[str, Any] = {
+        "models": {},
+        "stages": {k: {"mlflow_run_id": v["mlflow_run_id"], "metrics": v["metrics"]} for k, v in parsed.items()}}
+    for stage in TRAINING_STAGES:
+        res = parsed[stage]
+        name = tracking.MODEL_NAMES[stage]
+        tags = {"kfp.run_id": kfp_run_id, "salmon.git_sha": sha, "salmon.stage": stage,
+                "salmon.source_run": res["mlflow_run_id"]}
+        for upstream in MODEL_LINEAGE[stage]:  # the principles of every stage the model descends from
+            tags.update(parsed.get(upstream, {}).get("principles", {}))
+            if upstream in parsed:
+                tags[f"salmon.run.{upstream}"] = parsed[upstream]["mlflow_run_id"]
+        for upstream in ("eval_rm", "eval_policy"):
+            tags[f"salmon.{upstream}_run"] = parsed[upstream]["mlflow_run_id"]
+        version = tracking.register_model(res["model_uri"], name, tags)
+        audit = {"by": "register", "kfp_run_id": kfp_run_id, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        tracking.set_alias(name, "candidate", version, audit)
+        passed, reasons = gates[stage]
+        if passed:
+            tracking.set_alias(name, "champion", version, audit)
+            log("register", f"{name} v{version}: candidate and champion")
+        else:
+            log("register", f"{name} v{version}: candidate; champion NOT moved ({'; '.join(reasons)})")
+        tracking.tag_version(name, version, {"salmon.gate.passed": str(passed).lower(),
+                                             "salmon.gate.reasons": "; ".join(reasons) or "all gates passed"})
+        summary["models"][name] = {"version": version, "champion": passed, "reasons": reasons,
+                                   "uri": f"models:/{name}/{version}"}
+    return summary
+
+
+def promote(name: str, version: str, alias: str = "champion", *, reason: str, user: str | None = None) -> None:
+    """Move ``name@alias`` to ``version`` by hand, with an audit tag (who, when, why)."""
+    from salmon import tracking
+
+    if not reason.strip():
+        raise SalmonInputError("--reason", "empty", "say why the version is promoted by hand")
+    who = user or os.environ.get("USER") or "unknown"
+    tracking.set_alias(name, alias, version, {
+        "by": f"manual:{who}", "reason": reason,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

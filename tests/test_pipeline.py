@@ -1,0 +1,433 @@
+"""The KFP pipeline: golden compile, parameters, plans and caching, and the whole pipeline under
+``kfp.local`` against a real MLflow server (sqlite) whose artifacts live in a real S3-compatible
+endpoint (moto), both on 127.0.0.1 and stopped by PID.
+
+Regenerate the golden files after an intended change with
+``SALMON_UPDATE_GOLDEN=1 pytest tests/test_pipeline.py -k golden``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+
+pytest.importorskip("kfp")
+pytest.importorskip("mlflow")
+
+GOLDEN = Path(__file__).parent / "golden"
+REPO = Path(__file__).resolve().parents[1]
+QUICK_GATES_FAIL = {"min_rm_accuracy": 0.99, "min_rm_flip_rate": 0.99}
+
+
+def test_compiled_pipeline_matches_the_golden_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.cli import compile_pipeline
+
+    paths = compile_pipeline(tmp_path)
+    for path in paths:
+        golden = GOLDEN / path.name
+        if os.environ.get("SALMON_UPDATE_GOLDEN"):
+            golden.parent.mkdir(exist_ok=True)
+            shutil.copy(path, golden)
+        assert path.read_text() == golden.read_text(), (
+            f"{path.name} differs from {golden}; if the change is intended, regenerate with "
+            "SALMON_UPDATE_GOLDEN=1 pytest tests/test_pipeline.py -k golden")
+
+
+def test_compiled_pipeline_structure() -> None:
+    """What the golden file must keep saying: every stage, caching, pod settings, no secret values."""
+    docs = list(yaml.safe_load_all((GOLDEN / "salmon.yaml").read_text()))
+    spec, platform = docs[0], docs[1]
+    tasks = spec["root"]["dag"]["tasks"]
+    stages = ["plan", "base-model", "prompts", "selfalign", "sft", "sample", "label", "aggregate", "train-rm",
+              "eval-rm", "ppo", "eval-policy", "register"]
+    assert sorted(tasks) == sorted(stages)
+    for name, task in tasks.items():
+        cached = task.get("cachingOptions", {}).get("enableCache", False)
+        assert cached == (name not in ("plan", "register")), name
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert all(p.get("description") for p in params.values()), "every parameter is documented"
+    assert params["base_model_uri"]["defaultValue"] == "nano"
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for stage in ("sft", "train-rm", "ppo", "eval-policy"):
+        ex = executors[f"exec-{stage}"]
+        assert ex["tolerations"][0]["key"] == "nvidia.com/gpu"
+        secrets = {s["secretNameParameter"]["componentInputParameter"] for s in ex["secretAsEnv"]}
+        assert secrets == {"mlflow_secret", "s3_secret"}, "secret names are pipeline parameters"
+        container = spec["deploymentSpec"]["executors"][f"exec-{stage}"]["container"]
+        gpus = container["resources"]["accelerator"]["resourceCount"]
+        assert gpus == "{{$.inputs.parameters['pipelinechannel--gpus']}}"
+        assert container["image"].startswith("ghcr.io/salmon-mlops/salmon-runtime:")
+    text = (GOLDEN / "salmon.yaml").read_text()
+    assert "pip install" not in text, "install_kfp_package=False: the image already has everything"
+    assert "AWS_SECRET_ACCESS_KEY: " not in text.replace("AWS_SECRET_ACCESS_KEY: AWS_SECRET_ACCESS_KEY", "")
+    k8s = list(yaml.safe_load_all((GOLDEN / "salmon-k8s.yaml").read_text()))
+    assert [d["kind"] for d in k8s] == ["Pipeline", "PipelineVersion"]
+    assert k8s[1]["spec"]["pipelineName"] == "salmon"
+
+
+def test_params_are_typed_and_checked() -> None:
+    from pipelines.cli import parse_params
+    from salmon.core.errors import SalmonInputError
+
+    assert parse_params(["rm_epochs=2", "rl_principle_ids=[detailed]", "stage_overrides={ppo: {kl_coef: 0.02}}",
+                         "label_principles=harmless"]) == {
+        "rm_epochs": 2.0, "rl_principle_ids": ["detailed"], "stage_overrides": {"ppo": {"kl_coef": 0.02}},
+        "label_principles": "harmless"}
+    with pytest.raises(SalmonInputError, match="not a pipeline parameter"):
+        parse_params(["rm_epoch=2"])
+    with pytest.raises(SalmonInputError, match="expected int"):
+        parse_params(["nano_prompts=many"])
+
+
+def test_cli_rejects_bad_parameters_with_exit_2(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "salmon.cli", "pipeline", "run", "--out", str(out), "seeds=3"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "error: parameter 'seeds'" in r.stderr
+    assert not out.exists(), "no partial output"
+
+
+def test_plan_checks_parameters_before_any_work() -> None:
+    from salmon.core.errors import SalmonInputError
+    from salmon.task import validate_pipeline_params
+
+    validate_pipeline_params({"sft_executor": "local", "label_backend": "rules"})
+    with pytest.raises(SalmonInputError, match="set the executor parameters to 'local'"):
+        validate_pipeline_params({"ppo_executor": "trainjob"})
+    with pytest.raises(SalmonInputError, match="unknown backend"):
+        validate_pipeline_params({"label_backend": "gpt"})
+    with pytest.raises(SalmonInputError, match="unknown keys"):
+        validate_pipeline_params({"stage_overrides": {"ppo": {"kl_coeff": 1}}})
+
+
+def _principles_copy(tmp_path: Path, edit: bool) -> Path:
+    """The shipped principles; with ``edit`` the nano 'concise' principle is reworded."""
+    from salmon.core.principles import principles_dir
+
+    dest = tmp_path / ("edited" if edit else "same")
+    shutil.copytree(principles_dir(), dest)
+    if edit:
+        data = yaml.safe_load((dest / "nano.yaml").read_text())
+        for p in data["principles"]:
+            if p["id"] == "concise":
+                p["definition"] = p["definition"] + " Cut every word that carries nothing."
+        (dest / "nano.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return dest
+
+
+def test_a_principle_change_reaches_exactly_the_stages_that_read_it(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from salmon.task import plan_task
+
+    def plans() -> dict[str, str]:
+        return plan_task(preset="nano", stage_overrides={}, selfalign_rules="", label_principles="",
+                         rl_principles="", params={}, register=False)
+
+    monkeypatch.setenv("SALMON_PRINCIPLES_DIR", str(_principles_copy(tmp_path, edit=False)))
+    before = plans()
+    assert plans() == before, "plans are deterministic"
+    monkeypatch.setenv("SALMON_PRINCIPLES_DIR", str(_principles_copy(tmp_path, edit=True)))
+    after = plans()
+    changed = sorted(s for s in before if before[s] != after[s])
+    assert changed == ["aggregate", "eval_policy", "eval_rm", "label", "ppo"]
+
+
+def test_a_principle_edited_mid_run_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from salmon.core.errors import SalmonInputError
+    from salmon.task import _check_refs, plan_task
+
+    monkeypatch.setenv("SALMON_PRINCIPLES_DIR", str(_principles_copy(tmp_path, edit=False)))
+    plan = json.loads(plan_task(preset="nano", stage_overrides={}, selfalign_rules="", label_principles="",
+                                rl_principles="", params={}, register=False)["label"])
+    values, tags = _check_refs("label", plan["principles"])
+    assert values == {"principles": "nano"} and tags["salmon.principles.nano.digest"].startswith("sha256:")
+    monkeypatch.setenv("SALMON_PRINCIPLES_DIR", str(_principles_copy(tmp_path, edit=True)))
+    with pytest.raises(SalmonInputError, match="changed during the run"):
+        _check_refs("label", plan["principles"])
+
+
+def test_stage_run_is_reopened_on_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from salmon import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    tracking.setup_tracking(tmp_path, "retry")
+    parent = tracking.start_parent_run("p", {})
+    try:
+        with tracking.stage_run("label", "sha256:abc") as first:
+            mlflow.log_metric("x", 1.0)
+        with tracking.stage_run("label", "sha256:abc") as retry:
+            pass
+        with tracking.stage_run("label", "sha256:def") as other:
+            pass
+    finally:
+        monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
+    assert retry == first and other != first
+    run = mlflow.MlflowClient().get_run(first)
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.info.run_name == "label"
+    monkeypatch.setenv("MLFLOW_RUN_ID", first)  # an orchestrator-injected run wins
+    with tracking.stage_run("sample", "sha256:zzz") as injected:
+        pass
+    assert injected == first
+
+
+# ----------------------------------------------------------------------------- whole pipeline
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """moto S3 + an MLflow server storing artifacts in it (proxied), on 127.0.0.1."""
+    pytest.importorskip("moto")
+    import boto3
+    from servers import mlflow_server, moto_server
+
+    work = tmp_path_factory.mktemp("servers")
+    with moto_server() as s3:
+        aws = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+               "MLFLOW_S3_ENDPOINT_URL": s3}
+        boto3.client("s3", endpoint_url=s3, aws_access_key_id="test", aws_secret_access_key="test",
+                     region_name="us-east-1").create_bucket(Bucket="mlflow")
+        with mlflow_server(work, "s3://mlflow/artifacts", env=aws) as url:
+            yield {"mlflow": url, "s3": s3}
+
+
+def _quick_params(**extra: Any) -> dict[str, Any]:
+    from pipelines.cli import QUICK_PARAMS
+
+    return {**QUICK_PARAMS, "min_policy_win_rate": 0.0, "max_policy_kl": 1e6, **extra}
+
+
+def _summary(out: Path, tracking_uri: str) -> SimpleNamespace:
+    """A run's summary.json, plus the registry's aliases and gate tags right after the run."""
+    import mlflow
+
+    data = json.loads((out / "summary.json").read_text())
+    client = mlflow.MlflowClient(tracking_uri)
+    aliases = {name: dict(client.get_registered_model(name).aliases) for name in data["models"]}
+    gates = {name: client.get_model_version(name, m["version"]).tags["salmon.gate.passed"]
+             for name, m in data["models"].items()}
+    return SimpleNamespace(summary=data, cached=data["cached"], parent_run_id=data["parent_run_id"], out=out,
+                           aliases=aliases, gates=gates)
+
+
+@pytest.fixture(scope="module")
+def pipeline_runs(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Three runs into one output folder: (1) `salmon demo --quick` with RM gates set too high,
+    (2) the same inputs with passable gates, (3) the nano 'concise' principle reworded."""
+    from pipelines.local import run_local
+    from salmon.cli import main
+
+    out = tmp_path_factory.mktemp("pipeline")
+    run = out / "run"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", servers["mlflow"])
+    mp.setenv("SALMON_PRINCIPLES_DIR", str(_principles_copy(out, edit=False)))
+    try:
+        assert main(["demo", "--quick", "--out", str(run), *(f"{k}={v}" for k, v in QUICK_GATES_FAIL.items())]) == 0
+        first = _summary(run, servers["mlflow"])
+        run_local(run, _quick_params(min_rm_accuracy=0.0, min_rm_flip_rate=0.0))
+        second = _summary(run, servers["mlflow"])
+        mp.setenv("SALMON_PRINCIPLES_DIR", str(_principles_copy(out, edit=True)))
+        run_local(run, _quick_params(min_rm_accuracy=0.0, min_rm_flip_rate=0.0))
+        third = _summary(run, servers["mlflow"])
+        yield {"first": first, "second": second, "third": third, "out": out}
+    finally:
+        mp.undo()
+
+
+@pytest.mark.usefixtures("servers")
+def test_the_whole_pipeline_runs_under_kfp_local(pipeline_runs: dict[str, Any]) -> None:
+    first = pipeline_runs["first"]
+    stages = first.summary["stages"]
+    assert list(stages) == ["prompts", "selfalign", "sft", "sample", "label", "aggregate", "train_rm", "eval_rm",
+                            "ppo", "eval_policy"]
+    assert first.cached == []
+    assert stages["prompts"]["metrics"]["prompts"] == 160
+    assert stages["ppo"]["metrics"]["steps_done"] == 2 and stages["ppo"]["metrics"]["finished"]
+    assert 0.0 <= stages["eval_rm"]["metrics"]["accuracy"] <= 1.0
+    assert stages["eval_rm"]["metrics"]["self_praise"]["interventions"] == ["no_self_praise"]
+    assert stages["label"]["metrics"]["judgements"] == stages["sample"]["metrics"]["pairs"] * 6
+    assert first.summary["headline"]["ppo_words"] > 0
+    assert first.summary["tracking_uri"].startswith("http://127.0.0.1:")
+
+
+def test_alias_promotion_is_refused_when_a_gate_fails(pipeline_runs: dict[str, Any], servers: dict[str, str]) -> None:
+    import mlflow
+
+    first, second, third = (pipeline_runs[k] for k in ("first", "second", "third"))
+    for name in ("salmon-sft", "salmon-reward", "salmon-policy"):
+        m = first.summary["models"][name]
+        assert m["champion"] is False
+        assert any("accuracy" in r and "< 0.99" in r for r in m["reasons"])
+        assert first.aliases[name] == {"candidate": m["version"]}, "candidate only: champion refused"
+        assert first.gates[name] == "false"
+    for name in ("salmon-sft", "salmon-reward", "salmon-policy"):
+        m = second.summary["models"][name]
+        assert m["champion"] is True and second.gates[name] == "true"
+        assert m["version"] == first.summary["models"][name]["version"], "same logged model, same version"
+        assert second.aliases[name] == {"candidate": m["version"], "champion": m["version"]}
+    t = third.summary["models"]
+    assert t["salmon-sft"]["version"] == first.summary["models"]["salmon-sft"]["version"], "sft did not rerun"
+    assert int(t["salmon-reward"]["version"]) > int(first.summary["models"]["salmon-reward"]["version"])
+    assert third.aliases["salmon-policy"]["champion"] == t["salmon-policy"]["version"]
+    client = mlflow.MlflowClient(servers["mlflow"])
+    v = client.get_model_version("salmon-policy", t["salmon-policy"]["version"])
+    assert v.tags["salmon.champion.by"] == "register" and v.tags["salmon.champion.kfp_run_id"]
+
+
+def test_cache_hit_on_rerun_and_invalidation_on_a_principle_change(pipeline_runs: dict[str, Any]) -> None:
+    second, third = pipeline_runs["second"], pipeline_runs["third"]
+    every = ["base-model", "prompts", "selfalign", "sft", "sample", "label", "aggregate", "train-rm", "eval-rm",
+             "ppo", "eval-policy"]
+    assert sorted(second.cached) == sorted(every), "nothing changed: every stage is served from the cache"
+    assert sorted(third.cached) == sorted(["base-model", "prompts", "selfalign", "sft", "sample"]), (
+        "a reworded nano principle reruns label and everything downstream of it, nothing else")
+    s1 = pipeline_runs["first"].summary["stages"]
+    s3 = third.summary["stages"]
+    assert s3["sft"]["mlflow_run_id"] == s1["sft"]["mlflow_run_id"]
+    assert s3["label"]["mlflow_run_id"] != s1["label"]["mlflow_run_id"]
+
+
+def test_lineage_from_every_model_version_to_principles_datasets_and_run(
+        pipeline_runs: dict[str, Any], servers: dict[str, str]) -> None:
+    import boto3
+    import mlflow
+
+    from salmon.core.principles import load_principle_set
+
+    client = mlflow.MlflowClient(servers["mlflow"])
+    third = pipeline_runs["third"]
+    digest = load_principle_set(pipeline_runs["out"] / "edited" / "nano.yaml").digest()
+    for name, m in third.summary["models"].items():
+        v = client.get_model_version(name, m["version"])
+        assert v.tags["salmon.git_sha"] and v.tags["kfp.run_id"]
+        source = client.get_run(v.tags["salmon.source_run"])
+        assert source.data.tags["salmon.stage"] == v.tags["salmon.stage"]
+        assert source.data.params, "the resolved stage config is logged as params"
+        inputs = {d.dataset.name: d.dataset.digest for d in source.inputs.dataset_inputs}
+        assert inputs, f"{name}: datasets recorded on the source run"
+        if name == "salmon-sft":  # reads no nano principle: the digest of the self-align rules instead
+            assert any(k.startswith("salmon.principles.self_align") for k in v.tags)
+        else:
+            assert v.tags["salmon.principles.nano.digest"] == digest
+            uri = v.tags["salmon.principles.nano.uri"]
+            prompt = mlflow.genai.load_prompt(uri)
+            assert prompt.tags["salmon.digest"] == digest
+    # the RM's data chain: instances <- aggregate(pairs, judgements) <- label(pairs) <- sample(prompts)
+    stages = third.summary["stages"]
+    agg = client.get_run(stages["aggregate"]["mlflow_run_id"])
+    assert {d.dataset.name for d in agg.inputs.dataset_inputs} >= {"pairs", "judgements", "instances"}
+    assert client.get_run(stages["label"]["mlflow_run_id"]).data.tags["mlflow.parentRunId"] == third.parent_run_id
+    s3 = boto3.client("s3", endpoint_url=servers["s3"], aws_access_key_id="test", aws_secret_access_key="test",
+                      region_name="us-east-1")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow").get("Contents", [])]
+    assert any(k.endswith("adapter_model.safetensors") for k in keys), "model weights are stored in S3"
+
+
+def test_registered_policy_and_rm_load_and_predict(pipeline_runs: dict[str, Any], servers: dict[str, str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", servers["mlflow"])
+    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}.items():
+        monkeypatch.setenv(k, v)
+    mlflow.set_tracking_uri(servers["mlflow"])
+    policy = mlflow.pyfunc.load_model("models:/salmon-policy@champion")
+    answers = policy.predict(["What is 2 + 3?"])
+    assert isinstance(answers[0], str) and answers[0]
+    rm = mlflow.pyfunc.load_model("models:/salmon-reward@champion")
+    rewards = rm.predict([{"prompt": "What is 2 + 3?", "response": "2 + 3 = 5.", "principles": ["Be concise."]}])
+    assert isinstance(rewards[0], float)
+
+
+def test_manual_promotion_leaves_an_audit_trail(pipeline_runs: dict[str, Any], servers: dict[str, str]) -> None:
+    import mlflow
+
+    first = pipeline_runs["first"].summary["models"]["salmon-policy"]["version"]
+    env = {**os.environ, "USER": "reviewer"}
+    r = subprocess.run([sys.executable, "-m", "salmon.cli", "registry", "promote", "salmon-policy", first,
+                        "--reason", "rollback after review", "--tracking-uri", servers["mlflow"]],
+                       capture_output=True, text=True, cwd=REPO, env=env)
+    assert r.returncode == 0, r.stderr
+    client = mlflow.MlflowClient(servers["mlflow"])
+    v = client.get_model_version_by_alias("salmon-policy", "champion")
+    assert v.version == first
+    assert v.tags["salmon.champion.by"] == "manual:reviewer"
+    assert v.tags["salmon.champion.reason"] == "rollback after review"
+    bad = subprocess.run([sys.executable, "-m", "salmon.cli", "registry", "promote", "salmon-policy", "999",
+                          "--reason", "x", "--tracking-uri", servers["mlflow"]],
+                         capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "not in the registry" in bad.stderr
+
+
+def test_submit_uploads_a_version_and_starts_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kfp.Client calls of `salmon pipeline submit`, recorded by a stand-in client: a new
+    pipeline is uploaded once, later submissions add versions, and the run uses that version."""
+    import kfp
+
+    from pipelines import cli
+
+    calls: list[tuple[str, Any]] = []
+    known: dict[str, str] = {}
+
+    class RecordingClient:
+        def __init__(self, host: str, existing_token: str | None = None, namespace: str | None = None) -> None:
+            calls.append(("init", host))
+
+        def get_pipeline_id(self, name: str) -> str | None:
+            return known.get(name)
+
+        def upload_pipeline(self, path: str, pipeline_name: str) -> SimpleNamespace:
+            assert yaml.safe_load(Path(path).read_text().split("\n---")[0])["pipelineInfo"]["name"] == "salmon"
+            calls.append(("upload_pipeline", pipeline_name))
+            known[pipeline_name] = "p-1"
+            return SimpleNamespace(pipeline_id="p-1")
+
+        def list_pipeline_versions(self, pipeline_id: str) -> SimpleNamespace:
+            return SimpleNamespace(pipeline_versions=[SimpleNamespace(pipeline_version_id="v-1")])
+
+        def upload_pipeline_version(self, path: str, pipeline_version_name: str, pipeline_id: str) -> SimpleNamespace:
+            calls.append(("upload_pipeline_version", pipeline_version_name))
+            return SimpleNamespace(pipeline_version_id="v-2")
+
+        def create_experiment(self, name: str, namespace: str | None = None) -> SimpleNamespace:
+            return SimpleNamespace(experiment_id="e-1")
+
+        def run_pipeline(self, experiment_id: str, job_name: str, params: dict[str, Any], pipeline_id: str,
+                         version_id: str, enable_caching: bool) -> SimpleNamespace:
+            calls.append(("run", (pipeline_id, version_id, params, enable_caching)))
+            return SimpleNamespace(run_id="r-1")
+
+    monkeypatch.setattr(kfp, "Client", RecordingClient)
+    kw = {"experiment": "salmon", "token": None, "namespace": None, "enable_caching": True}
+    assert cli.submit("http://kfp", {"rm_epochs": 2.0}, version="v1", **kw) == "r-1"
+    assert cli.submit("http://kfp", {}, version="v2", **kw) == "r-1"
+    assert [c[0] for c in calls] == ["init", "upload_pipeline", "run", "init", "upload_pipeline_version", "run"]
+    assert calls[2][1] == ("p-1", "v-1", {"rm_epochs": 2.0}, True)
+    assert calls[4][1] == "salmon-v2" and calls[5][1][1] == "v-2"
+
+
+def test_a_principle_set_is_registered_once_per_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from salmon import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.setup_tracking(tmp_path, "prompts")
+    first = tracking.register_principle_set("nano", "sha256:aaa", "Be brief.", "1")
+    assert tracking.register_principle_set("nano", "sha256:aaa", "Be brief.", "1") == first
+    second = tracking.register_principle_set("nano", "sha256:bbb", "Be briefer.", "2")
+    assert first == "prompts:/salmon-principles-nano/1" and second == "prompts:/salmon-principles-nano/2"
+    assert mlflow.genai.load_prompt(second).tags["salmon.digest"] == "sha256:bbb"
