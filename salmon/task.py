@@ -247,6 +247,7 @@ def run_stage_task(
     inputs = inputs or {}
     outputs = outputs or {}
     input_digests = {k: a.metadata.get("digest") or artifact_digest(a.path) for k, a in inputs.items()}
+    base_source = inputs["base_model"].metadata.get("source", "") if "base_model" in inputs else ""
     task_key = digest_value({"stage": stage, "config": cfg.model_dump(mode="json"), "inputs": input_digests})
     run_tags = {**principle_tags, **(tags or {}), "salmon.git_sha": git_sha(), "salmon.executor": executor}
     started = time.monotonic()
@@ -273,7 +274,8 @@ def run_stage_task(
             if stage in TRAINING_STAGES:
                 tracking.log_train_log(p / "train_log.jsonl")
                 model_tags = {**principle_tags, "salmon.stage": stage, "salmon.git_sha": git_sha(),
-                              "salmon.base_model": str(values.get("base_model") or values.get("policy_model")),
+                              "salmon.base_model": base_source or str(values.get("base_model")
+                                                                      or values.get("policy_model")),
                               "salmon.digest": digest_dir(p / MODEL_SUBDIR[stage])}
                 model_uri = tracking.log_model(stage, p / MODEL_SUBDIR[stage], model_tags)
                 art.metadata["model_uri"] = model_uri
@@ -290,7 +292,10 @@ def run_stage_task(
             Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
             write_json(metrics.path, numbers)
     log(stage, f"finished in {seconds:.1f} s (MLflow run {run_id})")
+    base = values.get("base_model") or values.get("policy_model") or values.get("model")
     return json.dumps({"stage": stage, "mlflow_run_id": run_id, "model_uri": model_uri,
+                       "base_model": base_source or (str(base) if base else ""),
+                       "base_model_digest": input_digests.get("base_model", ""),
                        "metrics": result.metrics, "outputs": result.outputs,
                        "principles": principle_tags}, default=str)
 
@@ -406,7 +411,8 @@ def register_task(
         res = parsed[stage]
         name = tracking.MODEL_NAMES[stage]
         tags = {"kfp.run_id": kfp_run_id, "salmon.git_sha": sha, "salmon.stage": stage,
-                "salmon.source_run": res["mlflow_run_id"]}
+                "salmon.source_run": res["mlflow_run_id"], "salmon.base_model": res.get("base_model", ""),
+                "salmon.base_model_digest": res.get("base_model_digest", "")}
         for upstream in MODEL_LINEAGE[stage]:  # the principles of every stage the model descends from
             tags.update(parsed.get(upstream, {}).get("principles", {}))
             if upstream in parsed:
