@@ -12,6 +12,16 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from salmon.core.deepspeed_config import (
+    DeepSpeedMode,
+    Precision,
+    check_deepspeed_settings,
+    deepspeed_field,
+    deepspeed_overrides_field,
+    offload_optimizer_field,
+    offload_param_field,
+    precision_field,
+)
 from salmon.core.errors import SalmonInputError
 from salmon.core.templates import DROMEDARY_SYSTEM, DROMEDARY_SYSTEM_STANDARD
 
@@ -28,10 +38,28 @@ class SampleConfig(_Config):
 
     prompts: str = Field(description="PromptRecord JSONL to answer.")
     output: str = Field(description="ResponsePair JSONL to write.")
-    backend: Literal["hf", "nano"] = Field(
-        default="hf", description="hf: generate with a local HF model; nano: the nano response generator.")
+    backend: Literal["hf", "openai", "nano"] = Field(
+        default="hf", description="hf: generate with a local HF model; openai: an OpenAI-compatible server "
+                                  "(vLLM); nano: the nano response generator.")
     model: str | None = Field(default=None, description="HF model folder (hf backend).")
-    adapter: str | None = Field(default=None, description="PEFT adapter merged into the model (the SFT policy).")
+    adapter: str | None = Field(
+        default=None, description="PEFT adapter merged into the model (the SFT policy); with openai, the server "
+                                  "serves it as a LoRA model (see served_model).")
+    endpoint: str | None = Field(
+        default=None, description="openai backend: base URL of an OpenAI-compatible server, e.g. http://vllm:8000/v1.")
+    api_key_env: str = Field(
+        default="SALMON_SAMPLER_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="openai backend: NAME of the environment variable holding the API key (no key sent if unset).")
+    served_model: str | None = Field(
+        default=None,
+        description="openai backend: model name to request; default: the first listed by /v1/models, or the one "
+                    "LoRA adapter listed when adapter is set.")
+    concurrency: int = Field(default=8, ge=1, description="openai backend: requests in flight at once.")
+    request_timeout_s: float = Field(default=300.0, gt=0, description="openai backend: timeout of one request.")
+    max_retries: int = Field(
+        default=5, ge=0, description="openai backend: retries of a request after connection errors, 429 or 5xx.")
+    ready_timeout_s: float = Field(
+        default=600.0, ge=0, description="openai backend: how long to wait for /v1/models to list a model.")
     seeds: tuple[int, int] = Field(default=(42, 43), description="One sampling seed per response.")
     temperature: float = Field(default=0.7, gt=0, description="Sampling temperature.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
@@ -40,7 +68,7 @@ class SampleConfig(_Config):
     stop: str = Field(default="###", description="Responses are cut before this marker.")
     system_prompt: str = Field(
         default=DROMEDARY_SYSTEM, description="Text before the instruction; must end with '### User'.")
-    batch_size: int = Field(default=8, ge=1, description="Prompts per generate call.")
+    batch_size: int = Field(default=8, ge=1, description="Prompts per generate call (hf) or per request (openai).")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
     limit: int | None = Field(default=None, ge=1, description="Use only the first N prompts.")
 
@@ -52,11 +80,40 @@ class LabelConfig(_Config):
     output: str = Field(description="Judgement JSONL to write.")
     principles: str = Field(default="reward_model", description="Principle set name or YAML path.")
     principle_ids: list[str] | None = Field(default=None, description="Judge only these principles.")
-    backend: Literal["hf", "rules"] = Field(
-        default="hf", description="hf: a local causal LM judges by logits; rules: nano checkers score.")
-    model: str | None = Field(default=None, description="HF model folder of the judge (hf backend).")
-    adapter: str | None = Field(default=None, description="PEFT adapter merged into the judge (the SFT policy).")
-    batch_size: int = Field(default=4, ge=1, description="Pairs per forward pass (hf backend).")
+    backend: Literal["hf", "openai", "rules"] = Field(
+        default="hf", description="hf: a local causal LM judges by logits; openai: a model server judges by "
+                                  "logprobs (vLLM); rules: nano checkers score.")
+    model: str | None = Field(
+        default=None, description="HF model folder of the judge (hf); with openai, the served model's folder, "
+                                  "whose tokenizer builds the prompts.")
+    adapter: str | None = Field(
+        default=None, description="PEFT adapter merged into the judge (the SFT policy); with openai, the server "
+                                  "serves it as a LoRA model (see served_model).")
+    endpoint: str | None = Field(
+        default=None, description="openai backend: base URL of an OpenAI-compatible server, e.g. http://vllm:8000/v1.")
+    api_key_env: str = Field(
+        default="SALMON_SAMPLER_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="openai backend: NAME of the environment variable holding the API key (no key sent if unset).")
+    served_model: str | None = Field(
+        default=None,
+        description="openai backend: model name to request; default: the first listed by /v1/models, or the one "
+                    "LoRA adapter listed when adapter is set.")
+    concurrency: int = Field(default=8, ge=1, description="openai backend: requests in flight at once.")
+    request_timeout_s: float = Field(default=300.0, gt=0, description="openai backend: timeout of one request.")
+    max_retries: int = Field(
+        default=5, ge=0, description="openai backend: retries of a request after connection errors, 429 or 5xx.")
+    ready_timeout_s: float = Field(
+        default=600.0, ge=0, description="openai backend: how long to wait for /v1/models to list a model.")
+    letter_logprobs: Literal["token_ids", "top", "echo"] = Field(
+        default="token_ids",
+        description="openai backend: how log P(a) and log P(b) are read: token_ids asks for the two letters by id "
+                    "(vLLM logprob_token_ids); top reads the top_logprobs likeliest tokens; echo scores prompt+letter. "
+                    "Prompts whose letters are missing from an answer are scored by echo.")
+    top_logprobs: int = Field(
+        default=20, ge=1,
+        description="openai backend, letter_logprobs=top: tokens read per prompt (--max-logprobs must allow it).")
+    batch_size: int = Field(
+        default=4, ge=1, description="Pairs per forward pass (hf) or per round of concurrent requests (openai).")
     max_length: int = Field(default=1536, ge=16, description="Longest judge prompt in tokens.")
     reuse_prefix: bool = Field(
         default=True, description="Share the KV cache of the instruction and outputs across principles and orders.")
@@ -131,6 +188,17 @@ class TrainRMConfig(_Config):
     pmp_model_max_length: int = Field(default=1024, ge=32, description="PMP longest input.")
     pmp_query_len: int = Field(default=256, ge=1, description="PMP instruction tokens kept.")
     pmp_response_len: int = Field(default=640, ge=1, description="PMP response tokens kept.")
+    deepspeed: DeepSpeedMode = deepspeed_field()
+    offload_optimizer: bool = offload_optimizer_field()
+    offload_param: bool = offload_param_field()
+    precision: Precision = precision_field()
+    deepspeed_overrides: dict[str, Any] = deepspeed_overrides_field()
+
+    @model_validator(mode="after")
+    def _deepspeed_settings(self) -> TrainRMConfig:
+        check_deepspeed_settings(self.deepspeed, self.offload_optimizer, self.offload_param, self.precision,
+                                 self.deepspeed_overrides)
+        return self
 
 
 class EvalRMConfig(_Config):
@@ -233,6 +301,17 @@ class PPOConfig(_Config):
                     "schedule still spans the whole run.")
     seed: int = Field(default=42, description="Seed of sampling, principle draws and data order.")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
+    deepspeed: DeepSpeedMode = deepspeed_field()
+    offload_optimizer: bool = offload_optimizer_field()
+    offload_param: bool = offload_param_field()
+    precision: Precision = precision_field()
+    deepspeed_overrides: dict[str, Any] = deepspeed_overrides_field()
+
+    @model_validator(mode="after")
+    def _deepspeed_settings(self) -> PPOConfig:
+        check_deepspeed_settings(self.deepspeed, self.offload_optimizer, self.offload_param, self.precision,
+                                 self.deepspeed_overrides)
+        return self
 
 
 class PromptSource(_Config):
@@ -347,6 +426,17 @@ class SFTConfig(_Config):
     seed: int = Field(default=42, description="Seed of the data order and adapter init.")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
     dtype: DType = Field(default="float32", description="Base weights dtype.")
+    deepspeed: DeepSpeedMode = deepspeed_field()
+    offload_optimizer: bool = offload_optimizer_field()
+    offload_param: bool = offload_param_field()
+    precision: Precision = precision_field()
+    deepspeed_overrides: dict[str, Any] = deepspeed_overrides_field()
+
+    @model_validator(mode="after")
+    def _deepspeed_settings(self) -> SFTConfig:
+        check_deepspeed_settings(self.deepspeed, self.offload_optimizer, self.offload_param, self.precision,
+                                 self.deepspeed_overrides)
+        return self
 
 
 class EvalPolicyConfig(_Config):

@@ -76,10 +76,14 @@ class PairTokens:
 
 
 @dataclass
-class HFJudge:
-    """Judge with a loaded causal LM. Principle segments are tokenized once and cached."""
+class JudgeTokenizer:
+    """Token ids of judge prompts, as every logit judge (``hf``, ``openai``) builds them.
 
-    model: PreTrainedModel
+    Principle segments are tokenized once and cached; :meth:`pair_tokens` left-truncates a
+    pair's segments so that its longest prompt fits ``max_length``. ``id_a`` / ``id_b`` are the
+    answer tokens read after ``Output (``.
+    """
+
     tokenizer: PreTrainedTokenizerBase
     max_length: int = 1536
     id_a: int = field(init=False)
@@ -88,10 +92,6 @@ class HFJudge:
 
     def __post_init__(self) -> None:
         self.id_a, self.id_b = answer_token_ids(self.tokenizer)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     def principle_tokens(self, principle: Principle) -> list[int]:
         key = (principle.name, principle.definition)
@@ -124,12 +124,44 @@ class HFJudge:
                         "raise label max_length or shorten the principle definitions")
         return PairTokens(shared, (o12, o21))
 
+    def batch(self, pairs: Sequence[ResponsePair],
+              principles: Sequence[Principle]) -> tuple[list[PairTokens], list[list[int]]]:
+        """Pair segments and principle segments of a batch, truncated to one common budget."""
+        p_ids = [self.principle_tokens(p) for p in principles]
+        budget = max(len(t) for t in p_ids)
+        return [self.pair_tokens(pair, budget) for pair in pairs], p_ids
+
+
+@dataclass
+class HFJudge:
+    """Judge with a loaded causal LM; prompts are built by a :class:`JudgeTokenizer`."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int = 1536
+    id_a: int = field(init=False)
+    id_b: int = field(init=False)
+    tokens: JudgeTokenizer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = JudgeTokenizer(self.tokenizer, self.max_length)
+        self.id_a, self.id_b = self.tokens.id_a, self.tokens.id_b
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def principle_tokens(self, principle: Principle) -> list[int]:
+        return self.tokens.principle_tokens(principle)
+
+    def pair_tokens(self, pair: ResponsePair, principle_budget: int) -> PairTokens:
+        """See :meth:`JudgeTokenizer.pair_tokens`."""
+        return self.tokens.pair_tokens(pair, principle_budget)
+
     def judge(self, pairs: Sequence[ResponsePair], principles: Sequence[Principle],
               reuse_prefix: bool = True) -> tuple[list[Judgement], JudgeStats]:
         """Judge every pair under every principle, both orders."""
-        p_ids = [self.principle_tokens(p) for p in principles]
-        budget = max(len(t) for t in p_ids)
-        toks = [self.pair_tokens(pair, budget) for pair in pairs]
+        toks, p_ids = self.tokens.batch(pairs, principles)
         if reuse_prefix:
             scores, stats = judge_batch_prefix(self.model, toks, p_ids, self.id_a, self.id_b)
         else:

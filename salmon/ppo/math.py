@@ -6,6 +6,7 @@ response tokens and 0.0 on padding; real tokens form a prefix of each row.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -101,16 +102,20 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, (adv + values) * mask
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Normalise ``x`` to unit variance (and zero mean) over the real tokens of the WHOLE batch.
 
-    Padding stays 0. The variance is the unbiased one, as the method's ``whiten``.
+    Padding stays 0. The variance is the unbiased one, as the method's ``whiten``. With several
+    ranks, ``all_sum`` sums a scalar tensor over them, so the statistics are those of all ranks'
+    tokens together.
     """
     import torch
 
-    n = mask.sum()
-    mean = (x * mask).sum() / n
-    var = (((x - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1)
+    total = all_sum or (lambda t: t)
+    n = total(mask.sum())
+    mean = total((x * mask).sum()) / n
+    var = total((((x - mean) * mask) ** 2).sum()) / (n - 1).clamp(min=1)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

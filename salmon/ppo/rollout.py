@@ -89,7 +89,8 @@ def response_values(value_body: Any, value_head: Any, batch: RolloutBatch) -> to
     hidden = value_body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                         position_ids=batch.position_ids).last_hidden_state
     q = batch.query_width
-    values = value_head(hidden[:, q - 1:-1, :].float()).squeeze(-1)
+    head_dtype = next(value_head.parameters()).dtype  # float32, or bf16 under DeepSpeed bf16 training
+    values = value_head(hidden[:, q - 1:-1, :].float().to(head_dtype)).squeeze(-1).float()
     return values * batch.response_mask
 
 

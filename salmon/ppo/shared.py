@@ -140,8 +140,8 @@ class SharedRoles:
         out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                          position_ids=batch.position_ids, output_hidden_states=True)
         q = batch.query_width
-        hidden = out.hidden_states[-1][:, q - 1:-1, :].float()
-        return self.value_head(hidden).squeeze(-1) * batch.response_mask
+        hidden = out.hidden_states[-1][:, q - 1:-1, :].float().to(next(self.value_head.parameters()).dtype)
+        return self.value_head(hidden).squeeze(-1).float() * batch.response_mask
 
     def _reward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(batch,)`` rewards of left-padded inputs: reward adapter, head on the last position."""

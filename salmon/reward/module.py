@@ -23,7 +23,9 @@ class RewardModel(torch.nn.Module):
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=positions).last_hidden_state
-        rewards: torch.Tensor = self.head(hidden[:, -1, :].float()).squeeze(-1)
+        # the head is float32, or bf16 when DeepSpeed casts the whole model for bf16 training
+        last = hidden[:, -1, :].float().to(self.head.weight.dtype)
+        rewards: torch.Tensor = self.head(last).squeeze(-1).float()
         if rewards.shape != (input_ids.shape[0],):
             raise RuntimeError(f"reward shape {tuple(rewards.shape)} != (batch,)")
         return rewards

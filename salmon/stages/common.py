@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,9 @@ def stage_main(stage: str, cls: type[C], run: Callable[[C], StageResult],
         prog=f"python -m salmon.stages.{stage}", description=description,
         epilog=config_help(cls), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
+    parser.add_argument("--result", metavar="FILE", help=(
+        "also write the result JSON to FILE (atomically; under torchrun only rank 0 writes): how a "
+        "launcher that started this stage in a Kubernetes job reads the outcome"))
     args = parser.parse_args(argv)
     try:
         result = run(resolve(cls, stage, args))
@@ -71,5 +75,10 @@ def stage_main(stage: str, cls: type[C], run: Callable[[C], StageResult],
     except GateFailed as e:
         print(f"gate failed: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(result.as_dict(), indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone prints the result
+        print(json.dumps(result.as_dict(), indent=2))
+    if args.result and os.environ.get("RANK", "0") == "0":
+        from salmon.core.io import write_json
+
+        write_json(args.result, result.as_dict())
     return 0

@@ -3,7 +3,20 @@
 Every pair is judged under every principle of the set, once with output_1 shown as (a) and
 once as (b). The ``hf`` backend reads ``logit(a) - logit(b)`` after "Output (" from a local
 causal LM, sharing the KV cache of the instruction and outputs across principles and orders;
+the ``openai`` backend sends the same prompts (as token ids, built with the judge's tokenizer
+from ``model``) to an OpenAI-compatible server such as vLLM and reads
+``log P(a) - log P(b)``, which equals the logit difference (see :mod:`salmon.judge.openai`:
+the letters' log-probabilities asked for by token id, or read from the top log-probabilities,
+with echo scoring for prompts where a letter is missing);
 the ``rules`` backend scores nano principles with exact checkers.
+
+With ``openai``, one request carries the prompts of one pair and order under every principle
+(vLLM's prefix cache shares their instruction and outputs), ``concurrency`` requests are in
+flight at once, and failed requests are retried. The SFT adapter is served as a LoRA model
+(``--enable-lora --lora-modules sft=<adapter folder>``): with ``adapter`` set and no
+``served_model``, the one LoRA model listed by ``/v1/models`` judges. With
+``letter_logprobs=top`` the server needs ``--max-logprobs`` >= ``top_logprobs``. The API key
+is read from the environment variable named by ``api_key_env``.
 
 Resumable: judgements are appended to ``<output>.partial`` as batches finish; a rerun skips
 pairs already judged there (or in an earlier ``<output>``). The final ``<output>`` appears
@@ -36,6 +49,33 @@ def _previous(path: Path, pair_ids: set[str], principle_ids: list[str]) -> dict[
                 by_pair.setdefault(j.pair_id, {})[j.principle_id] = j
     return {pid: [d[p] for p in principle_ids] for pid, d in by_pair.items()
             if all(p in d for p in principle_ids)}
+
+
+def _make_openai_judge(cfg: LabelConfig):  # type: ignore[no-untyped-def]
+    from salmon.judge.hf import JudgeTokenizer
+    from salmon.judge.openai import OpenAIJudge
+    from salmon.modeling import load_tokenizer
+    from salmon.sampling.openai_client import OpenAIClient, choose_model
+
+    if not cfg.endpoint:
+        raise SalmonInputError("label config", "backend openai needs endpoint=<base URL>",
+                               "e.g. endpoint=http://vllm:8000/v1")
+    if not cfg.model:
+        raise SalmonInputError("label config", "backend openai needs model=<HF folder> for the judge's tokenizer",
+                               "give the folder of the model the server serves")
+    tokens = JudgeTokenizer(load_tokenizer(cfg.model), max_length=cfg.max_length)
+    client = OpenAIClient(cfg.endpoint, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+                          timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries)
+    models = client.wait_ready(cfg.ready_timeout_s)
+    name = choose_model(models, cfg.served_model, bool(cfg.adapter), client.endpoint)
+    served = next(m for m in models if m.id == name)
+    # echo scoring sends the prompt, one letter and asks for one token: leave room for both
+    if served.max_model_len and cfg.max_length + 2 > served.max_model_len:
+        tokens.max_length = served.max_model_len - 2
+        log(STAGE, f"{name} serves at most {served.max_model_len} tokens: judge prompts are truncated to "
+                   f"{tokens.max_length}")
+    log(STAGE, f"judging with {name} at {client.endpoint}")
+    return OpenAIJudge(client, name, tokens, letter_logprobs=cfg.letter_logprobs, top_logprobs=cfg.top_logprobs)
 
 
 def _make_judge(cfg: LabelConfig):  # type: ignore[no-untyped-def]
@@ -76,7 +116,8 @@ def run(cfg: LabelConfig) -> StageResult:
                f"{len(done)} pairs already judged, {len(todo)} to go")
 
     judge = _make_judge(cfg) if cfg.backend == "hf" and todo else None
-    tokens, unshared = 0, 0
+    remote = _make_openai_judge(cfg) if cfg.backend == "openai" and todo else None
+    tokens, unshared, requests, echoed = 0, 0, 0, 0
     t0 = time.monotonic()
     output.parent.mkdir(parents=True, exist_ok=True)
     # rewrite the progress file with only complete pairs, then append as batches finish
@@ -91,6 +132,11 @@ def run(cfg: LabelConfig) -> StageResult:
                 new, stats = judge.judge(batch, principles, reuse_prefix=cfg.reuse_prefix)
                 tokens += stats.tokens_processed
                 unshared += stats.tokens_unshared
+            elif remote is not None:
+                new, rstats = remote.judge(batch, principles)
+                tokens += rstats.prompt_tokens
+                requests += rstats.requests
+                echoed += rstats.echo_prompts
             else:
                 from salmon.judge.rules import judge_pairs_rules
 
@@ -114,6 +160,8 @@ def run(cfg: LabelConfig) -> StageResult:
     }
     if judge is not None:
         metrics.update(prefill_tokens=tokens, prefill_tokens_without_reuse=unshared)
+    if remote is not None:
+        metrics.update(prompt_tokens_sent=tokens, requests=requests, echo_scored_prompts=echoed)
     log(STAGE, f"wrote {len(ordered)} judgements to {output}; position-consistent "
                f"{100 * consistent:.1f}%")
     return StageResult(STAGE, outputs={"judgements": str(output)}, metrics=metrics)

