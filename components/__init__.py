@@ -1,6 +1,7 @@
-"""Thin KFP components, one per SALMON stage, plus the pipeline's plan, base_model and register
-tasks. Each imports ``salmon`` inside its function and calls the stage recipe through
-``salmon.task``; nothing here holds algorithm code.
+"""Thin KFP components, one per SALMON stage, plus the pipeline's plan, base_model, register and
+serve_sampler / stop_sampler (the vLLM server of the openai backend) tasks. Each imports
+``salmon`` inside its function and calls the stage recipe through ``salmon.task``; nothing here
+holds algorithm code.
 
 Every component is a lightweight Python component with ``base_image`` set to the project's
 runtime image and ``install_kfp_package=False``: on a cluster it runs in that image, and under
@@ -20,9 +21,11 @@ from components.stages import (
     register,
     sample,
     selfalign,
+    serve_sampler,
     sft,
+    stop_sampler,
     train_rm,
 )
 
 __all__ = ["aggregate", "base_model", "eval_policy", "eval_rm", "label", "plan", "ppo", "prompts", "register",
-           "sample", "selfalign", "sft", "train_rm"]
+           "sample", "selfalign", "serve_sampler", "sft", "stop_sampler", "train_rm"]

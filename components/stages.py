@@ -8,8 +8,10 @@ from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 from components.image import RUNTIME_IMAGE
 
 
-def _component(fn):  # type: ignore[no-untyped-def]
-    return dsl.component(fn, base_image=RUNTIME_IMAGE, install_kfp_package=False)
+def _component(fn=None, **kwargs):  # type: ignore[no-untyped-def]
+    if fn is None:
+        return lambda f: _component(f, **kwargs)
+    return dsl.component(fn, base_image=RUNTIME_IMAGE, install_kfp_package=False, **kwargs)
 
 
 @_component
@@ -25,6 +27,15 @@ def plan(
     sft_executor: str,
     train_rm_executor: str,
     ppo_executor: str,
+    train_nodes: int,
+    train_procs_per_node: int,
+    gpus: int,
+    accelerator_type: str,
+    model_cache_pvc: str,
+    mlflow_secret: str,
+    s3_secret: str,
+    sampler: str,
+    sampler_endpoint: str,
 ) -> NamedTuple("Plans", [("prompts", str), ("selfalign", str), ("sft", str), ("sample", str), ("label", str),
                           ("aggregate", str), ("train_rm", str), ("eval_rm", str), ("ppo", str),
                           ("eval_policy", str)]):
@@ -33,9 +44,13 @@ def plan(
 
     params = {"selfalign_backend": selfalign_backend, "sample_backend": sample_backend,
               "label_backend": label_backend, "sft_executor": sft_executor,
-              "train_rm_executor": train_rm_executor, "ppo_executor": ppo_executor}
+              "train_rm_executor": train_rm_executor, "ppo_executor": ppo_executor, "sampler": sampler,
+              "sampler_endpoint": sampler_endpoint}
+    cluster = {"nodes": train_nodes, "procs_per_node": train_procs_per_node, "gpus": gpus,
+               "gpu_resource": accelerator_type, "pvc": model_cache_pvc, "mlflow_secret": mlflow_secret,
+               "s3_secret": s3_secret}
     p = plan_task(preset=preset, stage_overrides=stage_overrides, selfalign_rules=selfalign_rules,
-                  label_principles=label_principles, rl_principles=rl_principles, params=params)
+                  label_principles=label_principles, rl_principles=rl_principles, params=params, cluster=cluster)
     return (p["prompts"], p["selfalign"], p["sft"], p["sample"], p["label"], p["aggregate"], p["train_rm"],
             p["eval_rm"], p["ppo"], p["eval_policy"])
 
@@ -76,37 +91,66 @@ def selfalign(plan: str, backend: str, seed: int, prompts: Input[Dataset], base_
 
 @_component
 def sft(plan: str, executor: str, sft_data: Input[Dataset], base_model: Input[Model], sft: Output[Model],
-        metrics: Output[Metrics]) -> str:
-    """Principle engraving: the SFT LoRA adapter."""
+        metrics: Output[Metrics], job_manifest: Output[Artifact]) -> str:
+    """Principle engraving: the SFT LoRA adapter (in this task, or as a TrainJob / PyTorchJob)."""
     from salmon.task import run_stage_task
 
     return run_stage_task("sft", plan=plan, executor=executor, values={
         "data": sft_data.path, "base_model": base_model.path, "output_dir": sft.path},
-        inputs={"sft_data": sft_data, "base_model": base_model}, outputs={"sft": sft}, metrics=metrics)
+        inputs={"sft_data": sft_data, "base_model": base_model}, outputs={"sft": sft}, metrics=metrics,
+        job_manifest=job_manifest)
 
 
 @_component
-def sample(plan: str, backend: str, seed: int, prompts: Input[Dataset], base_model: Input[Model],
+def serve_sampler(mode: str, endpoint: str, api_key_secret: str, run_id: str, gpus: int, accelerator_type: str,
+                  model_cache_pvc: str, base_model: Input[Model], sft: Input[Model]) -> str:
+    """The OpenAI-compatible server of the openai backend: none, a given endpoint, or a vLLM
+    Deployment serving the base model with the SFT adapter (removed by stop_sampler)."""
+    from salmon.task import serve_sampler_task
+
+    cluster = {"gpus": gpus, "gpu_resource": accelerator_type, "pvc": model_cache_pvc}
+    return serve_sampler_task(mode, endpoint=endpoint, base_model=base_model.path, adapter=sft.path + "/adapter",
+                              run_id=run_id, cluster=cluster, api_key_secret=api_key_secret)
+
+
+@_component
+def stop_sampler(mode: str, run_id: str) -> str:
+    """Exit handler: remove the vLLM server this run deployed, however the run ended."""
+    from salmon.task import stop_sampler_task
+
+    return ", ".join(stop_sampler_task(mode, run_id=run_id))
+
+
+def _server_values(backend: str, sampler: str) -> dict:
+    """Config values that point the openai backend at the run's server."""
+    import json
+
+    server = json.loads(sampler or "{}")
+    return {k: v for k, v in server.items() if k in ("endpoint", "served_model")} if backend == "openai" else {}
+
+
+@_component(additional_funcs=[_server_values])
+def sample(plan: str, backend: str, sampler: str, seed: int, prompts: Input[Dataset], base_model: Input[Model],
            sft: Input[Model], pairs: Output[Dataset]) -> str:
     """Two responses per prompt from the SFT policy."""
     from salmon.task import run_stage_task
 
     return run_stage_task("sample", plan=plan, values={
         "prompts": prompts.path, "model": base_model.path, "adapter": sft.path + "/adapter", "output": pairs.path,
-        "backend": backend, "seeds": [seed + 1, seed + 2]},
+        "backend": backend, "seeds": [seed + 1, seed + 2], **_server_values(backend, sampler)},
         inputs={"prompts": prompts, "base_model": base_model, "sft": sft}, outputs={"pairs": pairs})
 
 
-@_component
-def label(plan: str, backend: str, pairs: Input[Dataset], base_model: Input[Model], sft: Input[Model],
+@_component(additional_funcs=[_server_values])
+def label(plan: str, backend: str, sampler: str, pairs: Input[Dataset], base_model: Input[Model], sft: Input[Model],
           judgements: Output[Dataset]) -> str:
     """AI feedback: the SFT policy judges each pair under each principle, both orders."""
     from salmon.task import run_stage_task
 
     return run_stage_task("label", plan=plan, values={
         "pairs": pairs.path, "model": base_model.path, "adapter": sft.path + "/adapter", "output": judgements.path,
-        "backend": backend}, inputs={"pairs": pairs, "base_model": base_model, "sft": sft},
-        outputs={"judgements": judgements})
+        "backend": backend, **_server_values(backend, sampler)},
+        inputs={"pairs": pairs, "base_model": base_model, "sft": sft}, outputs={"judgements": judgements})
 
 
 @_component
@@ -122,14 +166,14 @@ def aggregate(plan: str, seed: int, pairs: Input[Dataset], judgements: Input[Dat
 
 @_component
 def train_rm(plan: str, executor: str, epochs: float, instances: Input[Dataset], base_model: Input[Model],
-             reward_model: Output[Model], metrics: Output[Metrics]) -> str:
-    """The principle-following reward model."""
+             reward_model: Output[Model], metrics: Output[Metrics], job_manifest: Output[Artifact]) -> str:
+    """The principle-following reward model (in this task, or as a TrainJob / PyTorchJob)."""
     from salmon.task import run_stage_task
 
     return run_stage_task("train_rm", plan=plan, executor=executor, values={
         "instances": instances.path, "base_model": base_model.path, "output_dir": reward_model.path,
         "epochs": epochs}, inputs={"instances": instances, "base_model": base_model},
-        outputs={"reward_model": reward_model}, metrics=metrics)
+        outputs={"reward_model": reward_model}, metrics=metrics, job_manifest=job_manifest)
 
 
 @_component
@@ -148,8 +192,8 @@ def eval_rm(plan: str, reward_model: Input[Model], pairs: Input[Dataset], judgem
 @_component
 def ppo(plan: str, executor: str, rl_principle_ids: list, total_steps: int, prompts: Input[Dataset],
         base_model: Input[Model], sft: Input[Model], reward_model: Input[Model], policy: Output[Model],
-        metrics: Output[Metrics]) -> str:
-    """RL against the reward model, steered by the RL-time principles."""
+        metrics: Output[Metrics], job_manifest: Output[Artifact]) -> str:
+    """RL against the reward model, steered by the RL-time principles (in this task, or as a job)."""
     from salmon.task import run_stage_task
 
     values = {"prompts": prompts.path, "policy_model": base_model.path, "policy_adapter": sft.path + "/adapter",
@@ -161,7 +205,7 @@ def ppo(plan: str, executor: str, rl_principle_ids: list, total_steps: int, prom
     return run_stage_task("ppo", plan=plan, executor=executor, values=values,
                           inputs={"prompts": prompts, "base_model": base_model, "sft": sft,
                                   "reward_model": reward_model},
-                          outputs={"policy": policy}, metrics=metrics)
+                          outputs={"policy": policy}, metrics=metrics, job_manifest=job_manifest)
 
 
 @_component

@@ -93,7 +93,7 @@ def compile_pipeline(out_dir: str | Path, *, namespace: str | None = None, versi
 
 
 def submit(host: str, params: dict[str, Any], *, experiment: str, version: str, token: str | None,
-           namespace: str | None, enable_caching: bool) -> str:
+           namespace: str | None, enable_caching: bool, service_account: str | None = None) -> str:
     """Upload the pipeline (or a new version of it) and start a run; returns the run id."""
     import tempfile
 
@@ -114,7 +114,8 @@ def submit(host: str, params: dict[str, Any], *, experiment: str, version: str, 
                 pipeline_id=pipeline_id).pipeline_version_id
     exp = client.create_experiment(experiment, namespace=namespace)
     run = client.run_pipeline(exp.experiment_id, job_name=f"{PIPELINE_NAME}-{version}", params=params,
-                              pipeline_id=pipeline_id, version_id=version_id, enable_caching=enable_caching)
+                              pipeline_id=pipeline_id, version_id=version_id, enable_caching=enable_caching,
+                              service_account=service_account)
     return str(run.run_id)
 
 
@@ -175,6 +176,9 @@ def add_pipeline_arguments(pipe: argparse.ArgumentParser) -> None:
     s.add_argument("--token", default=None, help="bearer token (else the kfp client's default auth)")
     s.add_argument("--namespace", default=None, help="user namespace (multi-user KFP)")
     s.add_argument("--no-cache", action="store_true", help="disable KFP caching for this run")
+    s.add_argument("--service-account", default=None,
+                   help="service account of the run's pods (default: KFP's; manifests/ grants KFP's "
+                        "pipeline-runner the launcher verbs for TrainJobs, PyTorchJobs and vLLM servers)")
     s.add_argument("params", nargs="*", metavar="key=value", help="pipeline parameters")
     r = ps.add_parser("run", help="run the pipeline here with kfp.local")
     r.add_argument("--out", default="out/pipeline", help="output folder")
@@ -209,7 +213,8 @@ def main(args: argparse.Namespace) -> int:
         if args.action == "run":
             return _run(args.out, params, cache=not args.no_cache)
         run_id = submit(args.host, params, experiment=args.experiment, version=args.version, token=args.token,
-                        namespace=args.namespace, enable_caching=not args.no_cache)
+                        namespace=args.namespace, enable_caching=not args.no_cache,
+                        service_account=args.service_account or None)
         print(f"started run {run_id} on {args.host}")
         return 0
     except SalmonInputError as e:

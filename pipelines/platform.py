@@ -3,9 +3,13 @@
 ``local`` runs ignore all of it (``kfp.local`` drops kfp-kubernetes settings and warns about
 resources); the compiled YAML carries it to the cluster.
 
-- GPU stages (``sft``, ``train_rm``, ``ppo`` with the ``local`` executor, and ``eval_policy``)
-  request ``accelerator_type`` x ``gpus`` and tolerate the NVIDIA taint. With the ``trainjob`` /
-  ``pytorchjob`` executors the launcher pod needs no GPU; the job it creates does.
+- GPU stages (``sft``, ``train_rm``, ``ppo`` and ``eval_policy``) tolerate the NVIDIA taint and
+  request ``accelerator_type``: ``eval_policy`` ``gpus`` of them, the training tasks
+  ``training_task_gpus``. A training task that launches a TrainJob / PyTorchJob (executor
+  ``trainjob`` / ``pytorchjob``) only waits on it, so it should ask for none
+  (``training_task_gpus=0``); the job's pods get ``gpus`` each.
+- ``sample`` and ``label`` read the sampler server's API key from the Secret named by
+  ``sampler_api_key_secret`` (key ``api-key``) as ``SALMON_SAMPLER_API_KEY``.
 - Every task gets the MLflow and S3 credentials from Secrets whose *names* are pipeline
   parameters (never literal values), and mounts the model-cache PVC (also a parameter).
 - ``/dev/shm`` is a memory-backed emptyDir for the PyTorch data loaders and NCCL.
@@ -21,12 +25,21 @@ MEMORY_REQUEST = "8Gi"
 GPU_MEMORY_LIMIT = "64Gi"
 
 
-def apply(task: dsl.PipelineTask, stage: str, *, accelerator_type, gpus, mlflow_secret, s3_secret,
-          model_cache_pvc) -> dsl.PipelineTask:  # type: ignore[no-untyped-def]
+TRAINING_STAGES = ("sft", "train_rm", "ppo")
+
+
+SAMPLER_CLIENTS = ("sample", "label")
+SAMPLER_KEY_ENV = "SALMON_SAMPLER_API_KEY"
+"""Where the openai backend of sample and label reads the sampler server's API key."""
+
+
+def apply(task: dsl.PipelineTask, stage: str, *, accelerator_type, gpus, training_task_gpus, mlflow_secret,
+          s3_secret, model_cache_pvc, sampler_api_key_secret) -> dsl.PipelineTask:  # type: ignore[no-untyped-def]
     """Pod settings of one task. Channel arguments (pipeline parameters) are allowed."""
     task.set_cpu_request(CPU_REQUEST).set_memory_request(MEMORY_REQUEST)
     if stage in GPU_STAGES:
-        task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpus)
+        count = training_task_gpus if stage in TRAINING_STAGES else gpus
+        task.set_accelerator_type(accelerator_type).set_accelerator_limit(count)
         task.set_memory_limit(GPU_MEMORY_LIMIT)
         kubernetes.add_toleration(task, key=NVIDIA_TAINT, operator="Exists", effect="NoSchedule")
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
@@ -39,5 +52,8 @@ def apply(task: dsl.PipelineTask, stage: str, *, accelerator_type, gpus, mlflow_
         "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
         "AWS_ENDPOINT_URL_S3": "AWS_ENDPOINT_URL_S3",
         "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL"})
+    if stage in SAMPLER_CLIENTS:
+        kubernetes.use_secret_as_env(task, secret_name=sampler_api_key_secret, optional=True,
+                                     secret_key_to_env={"api-key": SAMPLER_KEY_ENV})
     kubernetes.mount_pvc(task, pvc_name=model_cache_pvc, mount_path=MODEL_CACHE_MOUNT)
     return task

@@ -11,8 +11,9 @@ import components as c
 from pipelines import platform
 
 PIPELINE_NAME = "salmon"
-UNCACHED = ("plan", "register")
-"""Tasks that always run: plan re-reads the principle files; register reflects the registry now."""
+UNCACHED = ("plan", "serve_sampler", "stop_sampler", "register")
+"""Tasks that always run: plan re-reads the principle files; serve_sampler makes sure the server is
+up for this run and stop_sampler removes it; register reflects the registry now."""
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="SALMON: align a base model with principles, from "
@@ -31,9 +32,14 @@ def salmon_pipeline(
     selfalign_backend: str = "nano",
     sample_backend: str = "nano",
     label_backend: str = "rules",
+    sampler: str = "none",
+    sampler_endpoint: str = "",
+    sampler_api_key_secret: str = "salmon-vllm-api-key",
     sft_executor: str = "local",
     train_rm_executor: str = "local",
     ppo_executor: str = "local",
+    train_nodes: int = 1,
+    train_procs_per_node: int = 0,
     rm_epochs: float = 1.0,
     ppo_steps: int = 0,
     eval_limit: int = 0,
@@ -45,6 +51,7 @@ def salmon_pipeline(
     stage_overrides: dict = {},  # noqa: B006
     accelerator_type: str = "nvidia.com/gpu",
     gpus: int = 1,
+    training_task_gpus: int = 1,
     mlflow_secret: str = "salmon-mlflow",
     s3_secret: str = "salmon-s3",
     model_cache_pvc: str = "salmon-model-cache",
@@ -63,11 +70,16 @@ def salmon_pipeline(
         rl_principles: Principle set sampled at RL time; empty keeps the preset's.
         rl_principle_ids: Principles of the RL-time set to use (empty list for all).
         selfalign_backend: Generator of the self-aligned answers: hf or nano.
-        sample_backend: Generator of the response pairs: hf or nano.
-        label_backend: Judge: hf (the model's own logits) or rules (exact checkers, nano world).
-        sft_executor: Where SFT training runs: local (in the task's pod).
-        train_rm_executor: Where reward-model training runs: local (in the task's pod).
-        ppo_executor: Where PPO runs: local (in the task's pod).
+        sample_backend: Generator of the response pairs: hf, nano, or openai (the run's sampler server).
+        label_backend: Judge: hf (the model's own logits), openai (the same logits from the sampler server's logprobs) or rules (exact checkers, nano world).
+        sampler: Server of the openai backends: none, endpoint (sampler_endpoint) or deploy (a vLLM Deployment serving the base model + SFT adapter for this run, removed when the run ends).
+        sampler_endpoint: Base URL of an existing OpenAI-compatible server (sampler=endpoint), e.g. http://vllm.salmon.svc:8000/v1.
+        sampler_api_key_secret: Name of the Secret (key 'api-key') with the sampler server's API key.
+        sft_executor: Where SFT training runs: local (in the task's pod), trainjob (Kubeflow Trainer v2) or pytorchjob (training-operator v1).
+        train_rm_executor: Where reward-model training runs: local, trainjob or pytorchjob.
+        ppo_executor: Where PPO runs: local, trainjob or pytorchjob.
+        train_nodes: Pods per training job (trainjob / pytorchjob executors).
+        train_procs_per_node: torchrun processes per training pod (0: one per GPU, or 1 without GPUs).
         rm_epochs: Passes of train_rm over its instances.
         ppo_steps: PPO steps to schedule (0 keeps the preset's total_epochs).
         eval_limit: Held-out prompts eval_policy uses (0 for all).
@@ -78,37 +90,47 @@ def salmon_pipeline(
         policy_gate_principles: The eval_policy principle spec the win-rate gate reads, e.g. 'nano:concise'.
         stage_overrides: Advanced: config keys per stage, e.g. {"ppo": {"kl_coef": 0.02}}.
         accelerator_type: GPU resource name of the GPU stages.
-        gpus: GPUs per GPU stage.
+        gpus: GPUs of eval_policy's pod and of each pod of a training job (trainjob / pytorchjob).
+        training_task_gpus: GPUs the sft, train_rm and ppo tasks request themselves: their own with the local executor; 0 when they launch jobs.
         mlflow_secret: Name of the Secret with MLFLOW_TRACKING_URI (and credentials) for every task.
         s3_secret: Name of the Secret with the S3 credentials and endpoint for every task.
         model_cache_pvc: Name of the PVC mounted at /mnt/models in every task.
     """
-    pod = dict(accelerator_type=accelerator_type, gpus=gpus, mlflow_secret=mlflow_secret, s3_secret=s3_secret,
-               model_cache_pvc=model_cache_pvc)
+    pod = dict(accelerator_type=accelerator_type, gpus=gpus, training_task_gpus=training_task_gpus,
+               mlflow_secret=mlflow_secret, s3_secret=s3_secret, model_cache_pvc=model_cache_pvc,
+               sampler_api_key_secret=sampler_api_key_secret)
 
     plan = c.plan(preset=preset, stage_overrides=stage_overrides, selfalign_rules=selfalign_rules,
                   label_principles=label_principles, rl_principles=rl_principles,
                   selfalign_backend=selfalign_backend, sample_backend=sample_backend, label_backend=label_backend,
-                  sft_executor=sft_executor, train_rm_executor=train_rm_executor, ppo_executor=ppo_executor)
+                  sft_executor=sft_executor, train_rm_executor=train_rm_executor, ppo_executor=ppo_executor,
+                  train_nodes=train_nodes, train_procs_per_node=train_procs_per_node, gpus=gpus,
+                  accelerator_type=accelerator_type, model_cache_pvc=model_cache_pvc, mlflow_secret=mlflow_secret,
+                  s3_secret=s3_secret, sampler=sampler, sampler_endpoint=sampler_endpoint)
     plans = plan.outputs
     base = c.base_model(uri=base_model_uri, nano_pretrain_steps=nano_pretrain_steps, seed=seed).after(plan)
     model = base.outputs["model"]
     prompts = c.prompts(plan=plans["prompts"], sources=prompt_sources, nano_prompts=nano_prompts, seed=seed)
     selfalign = c.selfalign(plan=plans["selfalign"], backend=selfalign_backend, seed=seed,
                             prompts=prompts.outputs["prompts"], base_model=model)
-    sft = c.sft(plan=plans["sft"], executor=sft_executor, sft_data=selfalign.outputs["sft_data"], base_model=model)
-    sample = c.sample(plan=plans["sample"], backend=sample_backend, seed=seed,
+    sft = c.sft(plan=plans["sft"], executor=sft_executor, sft_data=selfalign.outputs["sft_data"],
+                base_model=model)
+    serve = c.serve_sampler(mode=sampler, endpoint=sampler_endpoint, api_key_secret=sampler_api_key_secret,
+                            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, gpus=gpus, accelerator_type=accelerator_type,
+                            model_cache_pvc=model_cache_pvc, base_model=model, sft=sft.outputs["sft"])
+    sampler_info = serve.output
+    sample = c.sample(plan=plans["sample"], backend=sample_backend, sampler=sampler_info, seed=seed,
                       prompts=prompts.outputs["prompts"], base_model=model, sft=sft.outputs["sft"])
-    label = c.label(plan=plans["label"], backend=label_backend, pairs=sample.outputs["pairs"], base_model=model,
-                    sft=sft.outputs["sft"])
+    label = c.label(plan=plans["label"], backend=label_backend, sampler=sampler_info,
+                    pairs=sample.outputs["pairs"], base_model=model, sft=sft.outputs["sft"])
     aggregate = c.aggregate(plan=plans["aggregate"], seed=seed, pairs=sample.outputs["pairs"],
                             judgements=label.outputs["judgements"])
     train_rm = c.train_rm(plan=plans["train_rm"], executor=train_rm_executor, epochs=rm_epochs,
                           instances=aggregate.outputs["instances"], base_model=model)
     eval_rm = c.eval_rm(plan=plans["eval_rm"], reward_model=train_rm.outputs["reward_model"],
                         pairs=sample.outputs["pairs"], judgements=label.outputs["judgements"])
-    ppo = c.ppo(plan=plans["ppo"], executor=ppo_executor, rl_principle_ids=rl_principle_ids, total_steps=ppo_steps,
-                prompts=prompts.outputs["prompts"], base_model=model, sft=sft.outputs["sft"],
+    ppo = c.ppo(plan=plans["ppo"], executor=ppo_executor, rl_principle_ids=rl_principle_ids,
+                total_steps=ppo_steps, prompts=prompts.outputs["prompts"], base_model=model, sft=sft.outputs["sft"],
                 reward_model=train_rm.outputs["reward_model"])
     eval_policy = c.eval_policy(plan=plans["eval_policy"], limit=eval_limit, prompts=prompts.outputs["prompts"],
                                 base_model=model, sft=sft.outputs["sft"], policy=ppo.outputs["policy"],
@@ -123,8 +145,14 @@ def salmon_pipeline(
                           policy_gate_principles=policy_gate_principles)
 
     tasks = {"plan": plan, "base_model": base, "prompts": prompts, "selfalign": selfalign, "sft": sft,
-             "sample": sample, "label": label, "aggregate": aggregate, "train_rm": train_rm, "eval_rm": eval_rm,
-             "ppo": ppo, "eval_policy": eval_policy, "register": register}
+             "serve_sampler": serve, "sample": sample, "label": label, "aggregate": aggregate,
+             "train_rm": train_rm, "eval_rm": eval_rm, "ppo": ppo, "eval_policy": eval_policy,
+             "register": register}
+    # Remove the vLLM server of sampler=deploy once label is done with it, whether sample and
+    # label succeeded or failed (in the other sampler modes the task does nothing).
+    stop = c.stop_sampler(mode=sampler, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).after(serve, sample, label)
+    stop.ignore_upstream_failure()
+    tasks["stop_sampler"] = stop
     for name, task in tasks.items():
         task.set_display_name(name)
         task.set_caching_options(name not in UNCACHED)

@@ -177,12 +177,57 @@ def _registry_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_render(args: argparse.Namespace) -> int:
+    from salmon.cluster.dryrun import render_job_yaml
+
+    print(render_job_yaml(args.stage, args.executor, args.overrides, name=args.name,
+                          validate=not args.no_validate), end="")
+    return 0
+
+
+def _sampler_render(args: argparse.Namespace) -> int:
+    from salmon.cluster.dryrun import render_sampler_yaml
+
+    print(render_sampler_yaml(args.overrides, validate=not args.no_validate), end="")
+    return 0
+
+
+def _cluster_commands(sub: Any) -> None:
+    job = sub.add_parser("job", help="Kubernetes training jobs (TrainJob / PyTorchJob)")
+    jobs = job.add_subparsers(dest="action", required=True, metavar="ACTION")
+    jr = jobs.add_parser(
+        "render", help="print and validate the job a training task would launch (dry run)",
+        description="Render the TrainJob or PyTorchJob that the pipeline's training task launches, validate "
+                    "it offline against the CRD schemas, and print it. Overrides are job settings: namespace, "
+                    "image, pvc, mount_path, nodes, procs_per_node, gpus, gpu_resource, cpu, memory, shm, "
+                    "deadline_seconds, mlflow_secret, s3_secret, service_account.")
+    jr.add_argument("--stage", required=True, choices=["sft", "train_rm", "ppo"], help="training stage")
+    jr.add_argument("--executor", default="trainjob", choices=["trainjob", "pytorchjob"],
+                    help="trainjob (Kubeflow Trainer v2, default) or pytorchjob (training-operator v1)")
+    jr.add_argument("--name", help="job name (default: a deterministic dry-run name)")
+    jr.add_argument("--no-validate", action="store_true", help="skip the offline validation")
+    jr.add_argument("overrides", nargs="*", metavar="key=value", help="job settings, e.g. nodes=2 gpus=8")
+    jr.set_defaults(func=_job_render)
+
+    smp = sub.add_parser("sampler", help="the vLLM server of the openai backend")
+    smps = smp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sr = smps.add_parser(
+        "render", help="print and validate the vLLM Deployment + Service (dry run)",
+        description="Render the vLLM OpenAI server's Deployment and Service, validate them offline and print "
+                    "them. Overrides are server settings, e.g. model=/mnt/models/base gpus=2 "
+                    "tensor_parallel_size=2 lora_modules.sft=/mnt/models/sft runtime_lora_updates=true.")
+    sr.add_argument("--no-validate", action="store_true", help="skip the offline validation")
+    sr.add_argument("overrides", nargs="*", metavar="key=value", help="server settings (model=... required)")
+    sr.set_defaults(func=_sampler_render)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="salmon", description="Align base language models with a handful of principles (SALMON).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _pipeline_commands(sub)
+    _cluster_commands(sub)
     reg = sub.add_parser("registry", help="the MLflow model registry")
     regs = reg.add_subparsers(dest="action", required=True, metavar="ACTION")
     pm = regs.add_parser("promote", help="point an alias (default champion) at a model version, by hand",

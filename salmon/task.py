@@ -53,7 +53,6 @@ CONFIGS: dict[str, type[Any]] = {
 }
 TRAINING_STAGES = ("sft", "train_rm", "ppo")
 EXECUTORS = ("local", "trainjob", "pytorchjob")
-LOCAL_EXECUTORS = ("local",)
 MODEL_LINEAGE = {
     # the stages whose outputs each trained model descends from
     "sft": ("prompts", "selfalign", "sft"),
@@ -74,13 +73,13 @@ PRINCIPLE_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+REMOTE_EXECUTORS = ("trainjob", "pytorchjob")
+"""Executors that run the stage as a Kubernetes job (``salmon.cluster``) instead of in the task."""
+
+
 def check_executor(stage: str, executor: str) -> None:
     if executor not in EXECUTORS:
         raise SalmonInputError(f"{stage} executor '{executor}'", f"unknown; use one of {', '.join(EXECUTORS)}")
-    if executor not in LOCAL_EXECUTORS:
-        raise SalmonInputError(f"{stage} executor '{executor}'",
-                               "this build runs training stages in the task's own process only",
-                               "set the executor parameters to 'local'")
 
 
 # ----------------------------------------------------------------------------- principles
@@ -152,12 +151,23 @@ def principle_refs(preset: str | None, stage_overrides: dict[str, dict[str, Any]
 
 def plan_task(*, preset: str, stage_overrides: dict[str, dict[str, Any]], selfalign_rules: str,
               label_principles: str, rl_principles: str, params: dict[str, Any],
-              register: bool = True) -> dict[str, str]:
+              cluster: dict[str, Any] | None = None, register: bool = True) -> dict[str, str]:
     """The pipeline's first task: validate the parameters, resolve the principle sets each stage
     reads (digests, prompt-registry URIs) and give every stage its plan, a JSON text with the
     preset, its own config overrides and its principle refs. A stage's plan changes only when
     something it reads changes, which is what keeps caching exact."""
     validate_pipeline_params({**params, "stage_overrides": stage_overrides})
+    if cluster is not None and any(params.get(f"{s}_executor") in REMOTE_EXECUTORS for s in TRAINING_STAGES):
+        from pydantic import ValidationError
+
+        from salmon.cluster.executor import ClusterSettings
+
+        try:
+            ClusterSettings(**cluster)
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise SalmonInputError(f"pipeline parameter for the training jobs ({first['loc'][0]})",
+                                   first["msg"]) from None
     overrides = {stage: dict(stage_overrides.get(stage, {})) for stage in CONFIGS}
     if selfalign_rules:
         overrides["selfalign"].setdefault("rules", selfalign_rules)
@@ -170,8 +180,12 @@ def plan_task(*, preset: str, stage_overrides: dict[str, dict[str, Any]], selfal
     plans = {}
     for stage in CONFIGS:
         ov = {k: v for k, v in overrides[stage].items() if k not in PRINCIPLE_FIELDS.get(stage, ())}
-        plans[stage] = json.dumps({"preset": preset, "overrides": ov, "principles": refs.get(stage, {})},
-                                  sort_keys=True)
+        plan: dict[str, Any] = {"preset": preset, "overrides": ov, "principles": refs.get(stage, {})}
+        if params.get(f"{stage}_executor") in REMOTE_EXECUTORS:
+            # only remote training stages carry the cluster settings: a local stage's cache key
+            # does not change with them
+            plan["cluster"] = dict(cluster or {})
+        plans[stage] = json.dumps(plan, sort_keys=True)
     for stage, r in refs.items():
         names = ", ".join(f"{n} {e['digest'][7:19]}" for f in r.values() for n, e in f["sets"].items())
         log("plan", f"{stage}: {names}")
@@ -234,6 +248,7 @@ def run_stage_task(
     metrics: Any = None,
     executor: str = "local",
     tags: dict[str, str] | None = None,
+    job_manifest: ArtifactLike | None = None,
 ) -> str:
     """Run ``stage`` as a pipeline task (see the module docstring); returns the task's JSON."""
     from salmon import tracking
@@ -257,8 +272,17 @@ def run_stage_task(
             p = Path(art.path)
             tracking.log_dataset(name, p.as_uri() if p.is_absolute() else str(p), input_digests[name],
                                  "input", _count_lines(p))
-        module = importlib.import_module(f"salmon.stages.{stage}")
-        result = module.run(cfg)
+        if executor in REMOTE_EXECUTORS:
+            result = _run_remote(stage, cfg, executor, stage_plan.get("cluster", {}), task_key, inputs, outputs,
+                                 job_manifest)
+        else:
+            module = importlib.import_module(f"salmon.stages.{stage}")
+            result = module.run(cfg)
+            if job_manifest is not None:
+                from salmon.core.io import write_text
+
+                write_text(job_manifest.path, f"# {stage} ran in the pipeline task's own process "
+                                              "(executor local); no Kubernetes job\n")
         seconds = round(time.monotonic() - started, 1)
         result.metrics.setdefault("seconds", seconds)
         tracking.log_metrics(result.metrics)
@@ -300,10 +324,90 @@ def run_stage_task(
                        "principles": principle_tags}, default=str)
 
 
+def _run_remote(stage: str, cfg: Any, executor: str, cluster: dict[str, Any], task_key: str,
+                inputs: dict[str, ArtifactLike], outputs: dict[str, ArtifactLike],
+                job_manifest: ArtifactLike | None) -> Any:
+    """The stage as a TrainJob / PyTorchJob (``salmon.cluster.executor``). The job name derives
+    from the task key (config + input digests): a retry adopts its job, and two runs asking for
+    the same work share one."""
+    from salmon.cluster.executor import ClusterSettings, run_stage_remote
+    from salmon.stages.common import StageResult
+
+    res = run_stage_remote(stage, cfg, executor, ClusterSettings(**cluster), run_id=task_key, task=stage,
+                           inputs={k: a.path for k, a in inputs.items()},
+                           outputs={k: a.path for k, a in outputs.items()},
+                           manifest_out=job_manifest.path if job_manifest is not None else None,
+                           out=lambda line: log(stage, line))
+    return StageResult(stage, outputs=res.get("outputs", {}), metrics=res.get("metrics", {}))
+
+
 # ----------------------------------------------------------------------------- utility tasks
+
+SAMPLER_MODES = ("none", "endpoint", "deploy")
+
+
+def serve_sampler_task(mode: str, *, endpoint: str, base_model: str, adapter: str, run_id: str,
+                       cluster: dict[str, Any], api_key_secret: str, api_client: Any = None) -> str:
+    """The OpenAI-compatible server that ``sample`` and ``label`` use with the ``openai`` backend,
+    as JSON ``{"endpoint", "served_model"}``: ``none`` -> ``{}``; ``endpoint`` -> the given URL;
+    ``deploy`` -> a vLLM Deployment + Service serving the base model with the SFT adapter as
+    LoRA ``sft`` (``salmon.cluster.sampler``), removed by :func:`stop_sampler_task` at the end."""
+    if mode == "none":
+        return "{}"
+    if mode == "endpoint":
+        return json.dumps({"endpoint": endpoint})
+    from salmon.cluster.executor import ClusterSettings, copy_replacing
+    from salmon.cluster.launch import kube_api_client, own_pod_owner
+    from salmon.cluster.sampler import deploy_server, server_name
+    from salmon.cluster.spec import OwnerRef, Toleration, VLLMServerSpec
+
+    settings = ClusterSettings(**cluster)
+    name = server_name(artifact_digest(base_model), artifact_digest(adapter))
+    folder = Path(settings.mount_path) / "salmon-serve" / name
+    for src, dst in ((base_model, folder / "base"), (adapter, folder / "sft")):
+        if not dst.exists():
+            copy_replacing(Path(src), dst)
+    spec = VLLMServerSpec(
+        name=name, namespace=settings.resolved_namespace(), model=str(folder / "base"), served_model_name="base",
+        model_pvc=settings.pvc, model_mount=settings.mount_path, gpus=settings.gpus,
+        gpu_resource=settings.gpu_resource, lora_modules={"sft": str(folder / "sft")},
+        api_key_secret=api_key_secret,
+        tolerations=[Toleration(key=settings.gpu_resource)] if settings.gpus else [])
+    api = api_client or kube_api_client()
+    owner = own_pod_owner(api, spec.namespace, os.environ.get("KFP_POD_NAME"))
+    if owner:  # deleting the run's Workflow garbage-collects the server too
+        spec = spec.model_copy(update={"owner": OwnerRef(**owner)})
+    url = deploy_server(spec, api_client=api, run_id=run_id, out=lambda line: log("sampler", line))
+    return json.dumps({"endpoint": url, "served_model": "sft"})
+
+
+def stop_sampler_task(mode: str, *, run_id: str, namespace: str = "", api_client: Any = None) -> list[str]:
+    """Exit handler: remove the vLLM server this run deployed (nothing for other modes)."""
+    if mode != "deploy":
+        return []
+    from salmon.cluster.executor import ClusterSettings
+    from salmon.cluster.launch import kube_api_client
+    from salmon.cluster.sampler import delete_servers
+
+    ns = ClusterSettings(namespace=namespace).resolved_namespace()
+    return delete_servers(api_client=api_client or kube_api_client(), namespace=ns, run_id=run_id,
+                          out=lambda line: log("sampler", line))
+
 
 def validate_pipeline_params(params: dict[str, Any]) -> None:
     """Checks that need no model: run in the pipeline's first task, before any GPU work."""
+    sampler = params.get("sampler", "none")
+    if sampler not in SAMPLER_MODES:
+        raise SalmonInputError(f"pipeline parameter sampler='{sampler}'", f"use one of {', '.join(SAMPLER_MODES)}")
+    if sampler == "endpoint" and not str(params.get("sampler_endpoint", "")).startswith(("http://", "https://")):
+        raise SalmonInputError("pipeline parameter sampler_endpoint",
+                               f"'{params.get('sampler_endpoint', '')}' is not an http(s) URL",
+                               "give the server's base URL, e.g. http://vllm.salmon.svc:8000/v1")
+    for key in ("sample_backend", "label_backend"):
+        if params.get(key) == "openai" and sampler == "none":
+            raise SalmonInputError(f"pipeline parameter {key}='openai'", "needs a server",
+                                   "set sampler=deploy (a vLLM server for this run) or sampler=endpoint "
+                                   "with sampler_endpoint=URL")
     for key in ("sft_executor", "train_rm_executor", "ppo_executor"):
         if key in params:
             check_executor(key.removesuffix("_executor"), str(params[key]))

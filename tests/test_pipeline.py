@@ -26,6 +26,7 @@ pytest.importorskip("mlflow")
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[1]
+DEPLOYED_PIPELINE = REPO / "manifests" / "base" / "pipeline" / "salmon-k8s.yaml"
 QUICK_GATES_FAIL = {"min_rm_accuracy": 0.99, "min_rm_flip_rate": 0.99}
 
 
@@ -34,13 +35,15 @@ def test_compiled_pipeline_matches_the_golden_files(tmp_path: Path, monkeypatch:
 
     paths = compile_pipeline(tmp_path)
     for path in paths:
-        golden = GOLDEN / path.name
-        if os.environ.get("SALMON_UPDATE_GOLDEN"):
-            golden.parent.mkdir(exist_ok=True)
-            shutil.copy(path, golden)
-        assert path.read_text() == golden.read_text(), (
-            f"{path.name} differs from {golden}; if the change is intended, regenerate with "
-            "SALMON_UPDATE_GOLDEN=1 pytest tests/test_pipeline.py -k golden")
+        # the Pipeline/PipelineVersion manifest is also part of the deployable kustomize tree
+        copies = [GOLDEN / path.name] + ([DEPLOYED_PIPELINE] if path.name == DEPLOYED_PIPELINE.name else [])
+        for golden in copies:
+            if os.environ.get("SALMON_UPDATE_GOLDEN"):
+                golden.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, golden)
+            assert path.read_text() == golden.read_text(), (
+                f"{path.name} differs from {golden}; if the change is intended, regenerate with "
+                "SALMON_UPDATE_GOLDEN=1 pytest tests/test_pipeline.py -k golden")
 
 
 def test_compiled_pipeline_structure() -> None:
@@ -48,12 +51,16 @@ def test_compiled_pipeline_structure() -> None:
     docs = list(yaml.safe_load_all((GOLDEN / "salmon.yaml").read_text()))
     spec, platform = docs[0], docs[1]
     tasks = spec["root"]["dag"]["tasks"]
-    stages = ["plan", "base-model", "prompts", "selfalign", "sft", "sample", "label", "aggregate", "train-rm",
-              "eval-rm", "ppo", "eval-policy", "register"]
+    stages = ["plan", "base-model", "prompts", "selfalign", "sft", "serve-sampler", "sample", "label", "aggregate",
+              "train-rm", "eval-rm", "ppo", "eval-policy", "register", "stop-sampler"]
     assert sorted(tasks) == sorted(stages)
     for name, task in tasks.items():
         cached = task.get("cachingOptions", {}).get("enableCache", False)
-        assert cached == (name not in ("plan", "register")), name
+        assert cached == (name not in ("plan", "serve-sampler", "stop-sampler", "register")), name
+    stop = tasks["stop-sampler"]
+    assert stop["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED", "runs even when label failed"
+    assert set(stop["dependentTasks"]) == {"serve-sampler", "sample", "label"}
+    assert tasks["sample"]["inputs"]["parameters"]["sampler"]["taskOutputParameter"]["producerTask"] == "serve-sampler"
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert all(p.get("description") for p in params.values()), "every parameter is documented"
     assert params["base_model_uri"]["defaultValue"] == "nano"
@@ -65,7 +72,8 @@ def test_compiled_pipeline_structure() -> None:
         assert secrets == {"mlflow_secret", "s3_secret"}, "secret names are pipeline parameters"
         container = spec["deploymentSpec"]["executors"][f"exec-{stage}"]["container"]
         gpus = container["resources"]["accelerator"]["resourceCount"]
-        assert gpus == "{{$.inputs.parameters['pipelinechannel--gpus']}}"
+        param = "gpus" if stage == "eval-policy" else "training_task_gpus"
+        assert gpus == f"{{{{$.inputs.parameters['pipelinechannel--{param}']}}}}"
         assert container["image"].startswith("ghcr.io/salmon-mlops/salmon-runtime:")
     text = (GOLDEN / "salmon.yaml").read_text()
     assert "pip install" not in text, "install_kfp_package=False: the image already has everything"
@@ -102,12 +110,39 @@ def test_plan_checks_parameters_before_any_work() -> None:
     from salmon.task import validate_pipeline_params
 
     validate_pipeline_params({"sft_executor": "local", "label_backend": "rules"})
-    with pytest.raises(SalmonInputError, match="set the executor parameters to 'local'"):
-        validate_pipeline_params({"ppo_executor": "trainjob"})
+    validate_pipeline_params({"ppo_executor": "trainjob", "sft_executor": "pytorchjob"})
+    with pytest.raises(SalmonInputError, match="unknown; use one of local, trainjob, pytorchjob"):
+        validate_pipeline_params({"ppo_executor": "slurm"})
     with pytest.raises(SalmonInputError, match="unknown backend"):
         validate_pipeline_params({"label_backend": "gpt"})
+    with pytest.raises(SalmonInputError, match="set sampler=deploy"):
+        validate_pipeline_params({"label_backend": "openai", "sampler": "none"})
+    with pytest.raises(SalmonInputError, match="not an http"):
+        validate_pipeline_params({"sample_backend": "openai", "sampler": "endpoint", "sampler_endpoint": "vllm:8000"})
+    validate_pipeline_params({"sample_backend": "openai", "sampler": "endpoint",
+                              "sampler_endpoint": "http://vllm.kubeflow.svc:8000/v1"})
+    with pytest.raises(SalmonInputError, match="sampler='gpu'"):
+        validate_pipeline_params({"sampler": "gpu"})
     with pytest.raises(SalmonInputError, match="unknown keys"):
         validate_pipeline_params({"stage_overrides": {"ppo": {"kl_coeff": 1}}})
+
+
+def test_only_remote_training_stages_carry_the_cluster_settings() -> None:
+    from salmon.core.errors import SalmonInputError
+    from salmon.task import plan_task
+
+    def plans(cluster: dict[str, Any], **executors: str) -> dict[str, dict[str, Any]]:
+        out = plan_task(preset="nano", stage_overrides={}, selfalign_rules="", label_principles="",
+                        rl_principles="", params=dict(executors), cluster=cluster, register=False)
+        return {k: json.loads(v) for k, v in out.items()}
+
+    local = plans({"gpus": 8}, sft_executor="local")
+    assert all("cluster" not in p for p in local.values()), "a local stage's cache key ignores job settings"
+    remote = plans({"gpus": 8, "nodes": 2}, train_rm_executor="trainjob")
+    assert remote["train_rm"]["cluster"] == {"gpus": 8, "nodes": 2}
+    assert "cluster" not in remote["sft"] and "cluster" not in remote["ppo"]
+    with pytest.raises(SalmonInputError, match="nodes"):
+        plans({"nodes": 0}, ppo_executor="pytorchjob")
 
 
 def _principles_copy(tmp_path: Path, edit: bool) -> Path:
@@ -407,8 +442,9 @@ def test_submit_uploads_a_version_and_starts_a_run(monkeypatch: pytest.MonkeyPat
             return SimpleNamespace(experiment_id="e-1")
 
         def run_pipeline(self, experiment_id: str, job_name: str, params: dict[str, Any], pipeline_id: str,
-                         version_id: str, enable_caching: bool) -> SimpleNamespace:
+                         version_id: str, enable_caching: bool, service_account: str | None) -> SimpleNamespace:
             calls.append(("run", (pipeline_id, version_id, params, enable_caching)))
+            assert service_account == kw.get("service_account")
             return SimpleNamespace(run_id="r-1")
 
     monkeypatch.setattr(kfp, "Client", RecordingClient)
@@ -418,6 +454,8 @@ def test_submit_uploads_a_version_and_starts_a_run(monkeypatch: pytest.MonkeyPat
     assert [c[0] for c in calls] == ["init", "upload_pipeline", "run", "init", "upload_pipeline_version", "run"]
     assert calls[2][1] == ("p-1", "v-1", {"rm_epochs": 2.0}, True)
     assert calls[4][1] == "salmon-v2" and calls[5][1][1] == "v-2"
+    kw["service_account"] = "salmon-pipeline-runner"
+    assert cli.submit("http://kfp", {}, version="v3", **kw) == "r-1"
 
 
 def test_a_principle_set_is_registered_once_per_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,73 @@
+"""Dry runs: render a training job or a vLLM server from ``key=value`` overrides, validate the
+manifests offline (``salmon.cluster.validate``), and return them as YAML. What ``salmon job
+render`` and ``salmon sampler render`` print; nothing is sent to a cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from salmon.core.config import parse_overrides
+from salmon.core.errors import SalmonInputError
+
+
+def _build(cls: type[BaseModel], what: str, values: dict[str, Any]) -> Any:
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or what
+        fix = f"the keys are: {', '.join(cls.model_fields)}" if err["type"] == "extra_forbidden" else ""
+        raise SalmonInputError(f"{what} {where}", err["msg"], fix) from None
+
+
+def _as_yaml(docs: list[dict[str, Any]]) -> str:
+    import yaml
+
+    return "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs)
+
+
+def _validated(docs: list[dict[str, Any]], what: str, validate: bool) -> str:
+    if validate:
+        from salmon.cluster.validate import validate_manifests
+
+        errors = validate_manifests(docs)
+        if errors:
+            raise SalmonInputError(what, "the rendered manifest does not validate: " + "; ".join(errors[:5]),
+                                   "fix the overrides (or report a bug if they are valid)")
+    return _as_yaml(docs)
+
+
+def render_job_yaml(stage: str, executor: str, overrides: list[str], *, name: str | None = None,
+                    validate: bool = True) -> str:
+    """The TrainJob / PyTorchJob that the pipeline's ``stage`` task would launch with these job
+    settings (``ClusterSettings`` keys: nodes, gpus, image, pvc, ...)."""
+    from salmon.cluster.executor import ClusterSettings, job_spec
+    from salmon.cluster.render import render_job
+    from salmon.cluster.spec import TRAINING_STAGES, job_name
+
+    if stage not in TRAINING_STAGES:
+        raise SalmonInputError(f"--stage {stage}", "not a training stage", f"use one of {', '.join(TRAINING_STAGES)}")
+    if executor not in ("trainjob", "pytorchjob"):
+        raise SalmonInputError(f"--executor {executor}", "unknown", "use trainjob or pytorchjob")
+    values = {"namespace": "kubeflow", **parse_overrides(overrides)}
+    settings = _build(ClusterSettings, "job setting", values)
+    job = name or job_name(stage, "dry-run", stage)
+    spec = job_spec(stage, settings, name=job, work=Path(settings.mount_path) / "salmon-jobs" / job,
+                    executor=executor)
+    return _validated([render_job(spec, executor)], f"{executor} for {stage}", validate)
+
+
+def render_sampler_yaml(overrides: list[str], *, validate: bool = True) -> str:
+    """The vLLM Deployment + Service for these ``VLLMServerSpec`` keys (model=... is required)."""
+    from salmon.cluster.render import render_vllm_server
+    from salmon.cluster.spec import VLLMServerSpec
+
+    values = {"name": "salmon-vllm", "namespace": "kubeflow", **parse_overrides(overrides)}
+    if "model" not in values:
+        raise SalmonInputError("sampler render", "no model given",
+                               "add model=/mnt/models/<folder> (on the PVC) or model=s3://bucket/prefix")
+    spec = _build(VLLMServerSpec, "sampler setting", values)
+    return _validated(render_vllm_server(spec), "vLLM server", validate)

@@ -1,0 +1,272 @@
+"""Render the typed specs of ``salmon.cluster.spec`` to Kubernetes manifests (plain dicts).
+
+- :func:`render_trainjob`: Kubeflow Trainer v2 ``TrainJob`` (``trainer.kubeflow.org/v1alpha1``)
+  against a torch ClusterTrainingRuntime; pod-level settings go into ``runtimePatches``.
+- :func:`render_pytorchjob`: training-operator v1 ``PyTorchJob`` (``kubeflow.org/v1``), Master plus
+  ``nodes - 1`` Workers, container ``pytorch``.
+- :func:`render_vllm_server`: a Deployment and a ClusterIP Service for a vLLM OpenAI server.
+
+Every pod runs as non-root without privilege escalation and with all capabilities dropped.
+Secrets enter only through ``secretKeyRef``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from salmon.cluster.spec import OwnerRef, SecretEnv, Toleration, TrainingJobSpec, VLLMServerSpec, Volume
+
+MANAGER = "salmon.ai/launcher"
+"""The runtimePatches manager key of the patches salmon writes."""
+RUN_AS_USER = 1000
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_STAGE = "salmon.ai/stage"
+TRAINJOB_CONTAINER = "node"
+"""The trainer container in the torch runtimes (and in salmon-torch-distributed)."""
+PYTORCHJOB_CONTAINER = "pytorch"
+READY_PROBE = ("import os, urllib.request as r; r.urlopen(r.Request('http://127.0.0.1:{port}/v1/models', "
+               "headers={{'Authorization': 'Bearer ' + os.environ['VLLM_API_KEY']}}), timeout=4)")
+"""Exits 0 when the server lists its models to a client holding the API key."""
+
+
+def _metadata(name: str, namespace: str, labels: dict[str, str], annotations: dict[str, str] | None = None,
+              owner: OwnerRef | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(sorted(labels.items()))}
+    if annotations:
+        meta["annotations"] = dict(sorted(annotations.items()))
+    if owner is not None:
+        meta["ownerReferences"] = [{"apiVersion": owner.api_version, "kind": owner.kind, "name": owner.name,
+                                    "uid": owner.uid, "controller": False, "blockOwnerDeletion": False}]
+    return meta
+
+
+def _env(plain: dict[str, str], secrets: list[SecretEnv]) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(plain.items())]
+    env += [{"name": s.env, "valueFrom": {"secretKeyRef": {"name": s.secret, "key": s.key, "optional": s.optional}}}
+            for s in secrets]
+    return env
+
+
+def _volumes(volumes: list[Volume]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    pod, mounts = [], []
+    for v in volumes:
+        if v.pvc is not None:
+            pod.append({"name": v.name, "persistentVolumeClaim": {"claimName": v.pvc, "readOnly": v.read_only}})
+        else:
+            pod.append({"name": v.name, "emptyDir": {"medium": "Memory", "sizeLimit": v.memory}})
+        mounts.append({"name": v.name, "mountPath": v.mount_path, "readOnly": v.read_only})
+    return pod, mounts
+
+
+def _tolerations(items: list[Toleration]) -> list[dict[str, Any]]:
+    return [t.model_dump(exclude_none=True) for t in items]
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER, "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security_context() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "privileged": False, "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]}}
+
+
+def _resources(spec: TrainingJobSpec | VLLMServerSpec) -> dict[str, Any]:
+    amounts: dict[str, Any] = {"cpu": spec.cpu, "memory": spec.memory}
+    if spec.gpus:
+        amounts[spec.gpu_resource] = str(spec.gpus)
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _job_labels(spec: TrainingJobSpec) -> dict[str, str]:
+    return {LABEL_PART_OF: "salmon", LABEL_COMPONENT: "training", LABEL_STAGE: spec.stage.replace("_", "-"),
+            **spec.labels}
+
+
+def _job_env(spec: TrainingJobSpec) -> dict[str, str]:
+    # DeepSpeed picks its accelerator from the device; on CPU jobs say so explicitly.
+    base = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    if not spec.gpus:
+        base["DS_ACCELERATOR"] = "cpu"
+    return {**base, **spec.env}
+
+
+def render_trainjob(spec: TrainingJobSpec) -> dict[str, Any]:
+    """A ``TrainJob`` running ``spec.command()`` on ``spec.nodes`` pods of the torch runtime."""
+    pod_volumes, mounts = _volumes(spec.volumes)
+    labels = _job_labels(spec)
+    if spec.priority_class:
+        labels["kueue.x-k8s.io/priority-class"] = spec.priority_class
+    pod_spec: dict[str, Any] = {
+        "securityContext": pod_security_context(),
+        "containers": [{"name": TRAINJOB_CONTAINER, "volumeMounts": mounts,
+                        "securityContext": container_security_context()}],
+    }
+    if pod_volumes:
+        pod_spec["volumes"] = pod_volumes
+    if spec.tolerations:
+        pod_spec["tolerations"] = _tolerations(spec.tolerations)
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(sorted(spec.node_selector.items()))
+    if spec.service_account:
+        pod_spec["serviceAccountName"] = spec.service_account
+    job: dict[str, Any] = {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": "TrainJob",
+        "metadata": _metadata(spec.name, spec.namespace, labels, spec.annotations, spec.owner),
+        "spec": {
+            "runtimeRef": {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
+                           "name": spec.runtime},
+            "trainer": {
+                "image": spec.image,
+                "command": spec.command(),
+                "env": _env(_job_env(spec), spec.secret_env),
+                "numNodes": spec.nodes,
+                "numProcPerNode": spec.procs_per_node,
+                "resourcesPerNode": _resources(spec),
+            },
+            "runtimePatches": [{
+                "manager": MANAGER,
+                "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{
+                    "name": TRAINJOB_CONTAINER,
+                    "template": {"spec": {"template": {"metadata": {"labels": labels}, "spec": pod_spec}}},
+                }]}}},
+            }],
+        },
+    }
+    if spec.deadline_seconds:
+        job["spec"]["activeDeadlineSeconds"] = spec.deadline_seconds
+    return job
+
+
+def render_pytorchjob(spec: TrainingJobSpec) -> dict[str, Any]:
+    """A ``PyTorchJob`` with one Master and ``nodes - 1`` Workers running ``spec.command()``."""
+    pod_volumes, mounts = _volumes(spec.volumes)
+    labels = _job_labels(spec)
+    container = {
+        "name": PYTORCHJOB_CONTAINER, "image": spec.image, "imagePullPolicy": "IfNotPresent",
+        "command": spec.command(), "env": _env(_job_env(spec), spec.secret_env),
+        "resources": _resources(spec), "volumeMounts": mounts,
+        "securityContext": container_security_context(),
+    }
+    pod_spec: dict[str, Any] = {"securityContext": pod_security_context(), "containers": [container]}
+    if pod_volumes:
+        pod_spec["volumes"] = pod_volumes
+    if spec.tolerations:
+        pod_spec["tolerations"] = _tolerations(spec.tolerations)
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(sorted(spec.node_selector.items()))
+    if spec.service_account:
+        pod_spec["serviceAccountName"] = spec.service_account
+
+    def replica(count: int) -> dict[str, Any]:
+        return {"replicas": count, "restartPolicy": "OnFailure" if spec.backoff_limit else "Never",
+                "template": {"metadata": {"labels": labels}, "spec": pod_spec}}
+
+    replicas = {"Master": replica(1)}
+    if spec.nodes > 1:
+        replicas["Worker"] = replica(spec.nodes - 1)
+    run_policy: dict[str, Any] = {"cleanPodPolicy": "All", "backoffLimit": spec.backoff_limit}
+    if spec.deadline_seconds:
+        run_policy["activeDeadlineSeconds"] = spec.deadline_seconds
+    if spec.priority_class:
+        run_policy["schedulingPolicy"] = {"priorityClass": spec.priority_class}
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": _metadata(spec.name, spec.namespace, labels, spec.annotations, spec.owner),
+        "spec": {"nprocPerNode": str(spec.procs_per_node), "runPolicy": run_policy,
+                 "pytorchReplicaSpecs": replicas},
+    }
+
+
+def render_job(spec: TrainingJobSpec, executor: str) -> dict[str, Any]:
+    """The manifest for ``executor`` ('trainjob' or 'pytorchjob')."""
+    if executor == "trainjob":
+        return render_trainjob(spec)
+    if executor == "pytorchjob":
+        return render_pytorchjob(spec)
+    raise ValueError(f"no Kubernetes rendering for executor '{executor}'; use trainjob or pytorchjob")
+
+
+def vllm_labels(spec: VLLMServerSpec) -> dict[str, str]:
+    return {LABEL_PART_OF: "salmon", LABEL_COMPONENT: "vllm-server", "app.kubernetes.io/name": spec.name,
+            **spec.labels}
+
+
+def render_vllm_server(spec: VLLMServerSpec) -> list[dict[str, Any]]:
+    """A Deployment (one replica) and a ClusterIP Service for a vLLM OpenAI server."""
+    labels = vllm_labels(spec)
+    selector = {"app.kubernetes.io/name": spec.name, LABEL_COMPONENT: "vllm-server"}
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": "/tmp/home"},
+        {"name": "HF_HOME", "value": "/tmp/hf"},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": spec.api_key_secret,
+                                                                "key": spec.api_key_key}}},
+    ]
+    if spec.runtime_lora_updates:
+        env.append({"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"})
+    if spec.model.startswith("s3://") and spec.s3_secret:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": spec.s3_secret, "key": key,
+                                                                    "optional": key == "AWS_ENDPOINT_URL"}}})
+        env.append({"name": "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING", "value": "0"})
+    volumes: list[dict[str, Any]] = [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}]
+    if spec.model_pvc:
+        volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": spec.model_pvc, "readOnly": True}})
+        mounts.append({"name": "models", "mountPath": spec.model_mount, "readOnly": True})
+    period = 10
+    # vLLM requires the key on every /v1 route once VLLM_API_KEY is set, and an httpGet probe
+    # cannot read a Secret; so startup and readiness run a small exec probe that asks
+    # /v1/models with the key (model loaded), and liveness asks /health (process up).
+    models_probe = {"exec": {"command": ["python3", "-c", READY_PROBE.format(port=spec.port)]},
+                    "periodSeconds": period, "timeoutSeconds": 5}
+    container = {
+        "name": "vllm",
+        "image": spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "args": spec.server_args(),
+        "env": env,
+        "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
+        "resources": _resources(spec),
+        "volumeMounts": mounts,
+        "securityContext": {**container_security_context(), "readOnlyRootFilesystem": True},
+        "startupProbe": {**models_probe, "failureThreshold": max(1, spec.startup_budget_seconds // period)},
+        "readinessProbe": {**models_probe, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 30,
+                          "timeoutSeconds": 5, "failureThreshold": 3},
+    }
+    pod_spec: dict[str, Any] = {"securityContext": pod_security_context(), "containers": [container],
+                                "volumes": volumes, "automountServiceAccountToken": False}
+    if spec.tolerations:
+        pod_spec["tolerations"] = _tolerations(spec.tolerations)
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(sorted(spec.node_selector.items()))
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(spec.name, spec.namespace, labels, owner=spec.owner),
+        "spec": {"replicas": 1, "selector": {"matchLabels": selector}, "strategy": {"type": "Recreate"},
+                 "template": {"metadata": {"labels": labels}, "spec": pod_spec}},
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(spec.name, spec.namespace, labels, owner=spec.owner),
+        "spec": {"type": "ClusterIP", "selector": selector,
+                 "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}]},
+    }
+    return [deployment, service]
+
+
+def service_url(spec: VLLMServerSpec) -> str:
+    """The in-cluster base URL of the server's OpenAI API."""
+    return f"http://{spec.name}.{spec.namespace}.svc:{spec.port}/v1"

@@ -1,0 +1,438 @@
+"""salmon.cluster: job and server rendering (validated offline), the launcher against a
+Kubernetes emulator (create, wait, adopt on retry, failure reasons, deadline, SIGTERM), the vLLM
+server launcher, and a training stage run end to end through the TrainJob executor."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytest.importorskip("kubernetes")
+
+from salmon.cluster.launch import (  # noqa: E402
+    KINDS,
+    JobConflict,
+    JobFailed,
+    JobTimeout,
+    Launcher,
+    job_state,
+    launch_and_wait,
+    spec_digest,
+    workflow_owner,
+)
+from salmon.cluster.render import render_job, render_pytorchjob, render_trainjob, render_vllm_server  # noqa: E402
+from salmon.cluster.spec import TrainingJobSpec, VLLMServerSpec, Volume, job_name  # noqa: E402
+
+NS = "kubeflow"
+TRAINJOBS = {"group": "trainer.kubeflow.org", "version": "v1alpha1", "namespace": NS, "plural": "trainjobs"}
+
+
+def _spec(**kw: Any) -> TrainingJobSpec:
+    values: dict[str, Any] = dict(name="salmon-sft-test", namespace=NS, stage="sft",
+                                  stage_args=["--config", "/mnt/models/w/config.yaml"],
+                                  volumes=[Volume(name="shared", mount_path="/mnt/models", pvc="cache")])
+    values.update(kw)
+    return TrainingJobSpec(**values)
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def test_both_job_kinds_run_the_same_torchrun_command() -> None:
+    spec = _spec(nodes=2, procs_per_node=4, gpus=4)
+    tj, pj = render_trainjob(spec), render_pytorchjob(spec)
+    command = ["torchrun", "--nnodes=2", "--nproc_per_node=4", "-m", "salmon.stages.sft",
+               "--config", "/mnt/models/w/config.yaml"]
+    assert tj["spec"]["trainer"]["command"] == command
+    assert tj["spec"]["trainer"]["numNodes"] == 2 and tj["spec"]["trainer"]["numProcPerNode"] == 4
+    master = pj["spec"]["pytorchReplicaSpecs"]["Master"]
+    assert master["replicas"] == 1 and pj["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+    container = master["template"]["spec"]["containers"][0]
+    assert container["name"] == "pytorch" and container["command"] == command
+    assert pj["spec"]["nprocPerNode"] == "4"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert tj["spec"]["trainer"]["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
+
+
+def test_job_spec_is_checked() -> None:
+    with pytest.raises(ValueError, match="procs_per_node"):
+        _spec(gpus=8, procs_per_node=2)
+    with pytest.raises(ValueError, match="DNS label"):
+        _spec(name="Salmon_SFT")
+    with pytest.raises(ValueError, match="exactly one of pvc or memory"):
+        Volume(name="x", mount_path="/x")
+    with pytest.raises(ValueError, match="no Kubernetes rendering"):
+        render_job(_spec(), "local")
+
+
+def test_job_names_are_deterministic_and_dns_safe() -> None:
+    a = job_name("train_rm", "run-1", "train-rm")
+    assert a == job_name("train_rm", "run-1", "train-rm")
+    assert a != job_name("train_rm", "run-2", "train-rm")
+    assert a.startswith("salmon-train-rm-") and len(a) <= 40
+    _spec(name=a, stage="train_rm")  # passes the spec's own name check
+
+
+def test_rendered_manifests_validate_offline() -> None:
+    from salmon.cluster.validate import validate_manifest
+
+    spec = _spec(nodes=2, procs_per_node=2, gpus=2, deadline_seconds=3600, priority_class="high",
+                 volumes=[Volume(name="shared", mount_path="/mnt/models", pvc="cache"),
+                          Volume(name="dshm", mount_path="/dev/shm", memory="8Gi")])
+    server = VLLMServerSpec(name="salmon-vllm-test", model="/mnt/models/base", gpus=2, tensor_parallel_size=2,
+                            lora_modules={"sft": "/mnt/models/sft"}, runtime_lora_updates=True, max_model_len=4096)
+    for doc in [render_trainjob(spec), render_pytorchjob(spec), *render_vllm_server(server)]:
+        assert validate_manifest(doc) == [], doc["kind"]
+    broken = render_trainjob(spec)
+    broken["spec"]["trainer"]["numProcPerNode"] = 0
+    assert validate_manifest(broken), "numProcPerNode >= 1 is a CEL rule of the TrainJob CRD"
+
+
+def test_vllm_server_renders_what_sampling_needs() -> None:
+    server = VLLMServerSpec(name="salmon-vllm-test", model="s3://models/base", model_pvc=None, gpus=1,
+                            lora_modules={"sft": "/mnt/models/sft"}, runtime_lora_updates=True)
+    deployment, service = render_vllm_server(server)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert "--enable-prefix-caching" in args and args[args.index("--max-logprobs") + 1] == "20"
+    assert args[args.index("--lora-modules") + 1] == "sft=/mnt/models/sft"
+    assert args[args.index("--load-format") + 1] == "runai_streamer"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "salmon-vllm-api-key", "key": "api-key"}
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]["value"] == "True"
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 1800
+    assert "/v1/models" in container["readinessProbe"]["exec"]["command"][-1]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    with pytest.raises(ValueError, match="tensor_parallel_size"):
+        VLLMServerSpec(name="x", model="/m", gpus=1, tensor_parallel_size=2)
+
+
+def test_job_state_and_workflow_owner() -> None:
+    tj, pj = KINDS["trainjob"], KINDS["pytorchjob"]
+    assert job_state({}, tj) == ("running", "")
+    done = {"status": {"conditions": [{"type": "Created", "status": "True"},
+                                      {"type": "Complete", "status": "True", "reason": "JobsCompleted"}]}}
+    assert job_state(done, tj)[0] == "succeeded"
+    assert job_state(done, pj)[0] == "running", "PyTorchJob says Succeeded, not Complete"
+    failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                         "message": "pod OOMKilled"}]}}
+    assert job_state(failed, pj) == ("failed", "BackoffLimitExceeded: pod OOMKilled")
+    assert job_state({"status": {"conditions": [{"type": "Failed", "status": "False"}]}}, pj)[0] == "running"
+    pod = {"metadata": {"ownerReferences": [{"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+                                             "name": "salmon-abc", "uid": "u-1"}]}}
+    assert workflow_owner(pod) == {"api_version": "argoproj.io/v1alpha1", "kind": "Workflow",
+                                   "name": "salmon-abc", "uid": "u-1"}
+    assert workflow_owner({"metadata": {}}) is None
+
+
+def test_remap_paths_rewrites_paths_and_paths_below_them() -> None:
+    from salmon.cluster.executor import remap_paths
+
+    cfg = {"data": "/in/a.jsonl", "model": "/in/model", "adapter": "/in/model/adapter", "other": "/in/modelx",
+           "list": ["/in/a.jsonl", 3], "nested": {"out": "/out/sft"}}
+    got = remap_paths(cfg, {"/in/a.jsonl": "/pvc/a.jsonl", "/in/model": "/pvc/m", "/out/sft": "/pvc/o"})
+    assert got == {"data": "/pvc/a.jsonl", "model": "/pvc/m", "adapter": "/pvc/m/adapter", "other": "/in/modelx",
+                   "list": ["/pvc/a.jsonl", 3], "nested": {"out": "/pvc/o"}}
+
+
+def test_job_render_cli_prints_a_valid_manifest_and_refuses_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    from salmon.cli import main
+
+    assert main(["job", "render", "--stage", "ppo", "--executor", "pytorchjob", "nodes=2", "gpus=8"]) == 0
+    doc = yaml.safe_load(capsys.readouterr().out)
+    assert doc["kind"] == "PyTorchJob" and doc["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+    assert main(["job", "render", "--stage", "ppo", "nodez=2"]) == 2
+    err = capsys.readouterr().err
+    assert "nodez" in err and "nodes" in err, err
+    assert main(["sampler", "render", "model=/mnt/models/base", "gpus=0"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["kind"] for d in docs] == ["Deployment", "Service"]
+    cpu_args = docs[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--no-enable-chunked-prefill" in cpu_args, "seeded sampling on the CPU build needs whole prefills"
+    assert main(["sampler", "render"]) == 2
+    assert "model=" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the emulator
+
+@pytest.fixture()
+def emu():  # type: ignore[no-untyped-def]
+    pytest.importorskip("kmock")
+    from k8s_emulator import emulator
+
+    with emulator() as e:
+        yield e
+
+
+def _custom(emu: Any) -> Any:
+    from kubernetes import client
+
+    return client.CustomObjectsApi(emu.api_client())
+
+
+def _set_condition(emu: Any, name: str, ctype: str, reason: str = "", message: str = "") -> None:
+    cond = {"type": ctype, "status": "True", "reason": reason, "message": message}
+    _custom(emu).patch_namespaced_custom_object(name=name, body={"status": {"conditions": [cond]}}, **TRAINJOBS)
+
+
+def _when_created(emu: Any, name: str, action: Any, timeout: float = 20.0) -> threading.Thread:
+    """Play the controller: once the job exists, run ``action()``."""
+    def watch() -> None:
+        api = _custom(emu)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                api.get_namespaced_custom_object(name=name, **TRAINJOBS)
+                action()
+                return
+            except Exception:
+                time.sleep(0.05)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def _trainjob(name: str = "salmon-sft-emu") -> dict[str, Any]:
+    return render_trainjob(_spec(name=name))
+
+
+def test_launcher_creates_waits_streams_the_master_log_and_succeeds(emu: Any) -> None:
+    from kubernetes import client
+
+    name = "salmon-sft-emu"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-node-0-0", "namespace": NS,
+           "labels": KINDS["trainjob"].master_labels(name)}, "spec": {"containers": [{"name": "node", "image": "x"}]}}
+    client.CoreV1Api(emu.api_client()).create_namespaced_pod(NS, pod)
+    emu.serve_log(NS, f"{name}-node-0-0", "[sft] rank 0 of 2\n[sft] step 1 loss 2.3\n")
+    lines: list[str] = []
+    t = _when_created(emu, name, lambda: (time.sleep(0.3), _set_condition(emu, name, "Complete", "JobsCompleted")))
+    job = launch_and_wait(_trainjob(name), "trainjob", api_client=emu.api_client(), poll_seconds=0.1,
+                          out=lines.append)
+    t.join()
+    assert job_state(job, KINDS["trainjob"])[0] == "succeeded"
+    assert any("created" in line for line in lines)
+    assert f"[{name}-node-0-0] [sft] step 1 loss 2.3" in lines
+    assert sum("step 1 loss" in line for line in lines) == 1, "each log line is printed once"
+    stored = _custom(emu).get_namespaced_custom_object(name=name, **TRAINJOBS)
+    assert stored["metadata"]["annotations"]["salmon.ai/spec-digest"] == spec_digest(_trainjob(name))
+
+
+def test_a_retry_adopts_the_running_job_and_recreates_a_failed_one(emu: Any) -> None:
+    name = "salmon-sft-retry"
+    launcher = Launcher("trainjob", NS, api_client=emu.api_client(), poll_seconds=0.1, out=lambda _: None)
+    first, how = launcher.create_or_adopt(_trainjob(name))
+    assert how == "created"
+    uid = first["metadata"].get("uid")
+    again, how = launcher.create_or_adopt(_trainjob(name))
+    assert how == "adopted" and again["metadata"].get("uid") == uid
+    other = _trainjob(name)
+    other["spec"]["trainer"]["image"] = "ghcr.io/salmon-mlops/salmon-runtime:other"
+    with pytest.raises(JobConflict, match="different spec"):
+        launcher.create_or_adopt(other)
+    _set_condition(emu, name, "Failed", "PodFailed", "exit code 1")
+    fresh, how = launcher.create_or_adopt(_trainjob(name))
+    assert how == "recreated"
+    assert job_state(fresh, KINDS["trainjob"])[0] == "running", "the recreated job starts without conditions"
+
+
+def test_a_failed_job_raises_with_the_controllers_reason(emu: Any) -> None:
+    name = "salmon-sft-fails"
+    t = _when_created(emu, name, lambda: _set_condition(emu, name, "Failed", "BackoffLimitExceeded",
+                                                        "node-0 OOMKilled (exit code 137)"))
+    with pytest.raises(JobFailed, match="BackoffLimitExceeded: node-0 OOMKilled"):
+        launch_and_wait(_trainjob(name), "trainjob", api_client=emu.api_client(), poll_seconds=0.1,
+                        out=lambda _: None)
+    t.join()
+
+
+def test_a_job_past_its_deadline_is_deleted(emu: Any) -> None:
+    name = "salmon-sft-slow"
+    with pytest.raises(JobTimeout, match="deadline"):
+        launch_and_wait(_trainjob(name), "trainjob", api_client=emu.api_client(), poll_seconds=0.1,
+                        deadline_seconds=0.5, out=lambda _: None)
+    launcher = Launcher("trainjob", NS, api_client=emu.api_client())
+    assert launcher.get(name) is None
+
+
+SIGTERM_SCRIPT = """
+import sys, yaml
+from kubernetes import client
+from salmon.cluster.launch import launch_and_wait
+cfg = client.Configuration(); cfg.host = sys.argv[1]
+launch_and_wait(yaml.safe_load(open(sys.argv[2])), sys.argv[3], api_client=client.ApiClient(cfg), poll_seconds=0.1)
+"""
+
+
+@pytest.mark.parametrize("executor", ["trainjob", "pytorchjob"])
+def test_sigterm_deletes_the_job_before_the_step_exits(emu: Any, tmp_path: Path, executor: str) -> None:
+    name = f"salmon-sft-cancel-{executor}"
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump(render_job(_spec(name=name), executor)))
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT, emu.url, str(manifest), executor],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launcher = Launcher(executor, NS, api_client=emu.api_client())
+    end = time.monotonic() + 60
+    while launcher.get(name) is None:
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < end, "the job was never created"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 143, out
+    assert "SIGTERM: deleting" in out
+    assert launcher.get(name) is None, "a cancelled step leaves no job behind"
+
+
+def test_the_vllm_server_launcher_waits_for_ready_and_cleans_up_only_its_run(emu: Any) -> None:
+    from kubernetes import client
+
+    from salmon.cluster.sampler import RUN_LABEL, delete_servers, deploy_server, run_label
+
+    apps = client.AppsV1Api(emu.api_client())
+    spec = VLLMServerSpec(name="salmon-vllm-emu", namespace=NS, model="/mnt/models/base", gpus=0)
+
+    def become_ready() -> None:
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            try:
+                apps.read_namespaced_deployment(spec.name, NS)
+                apps.patch_namespaced_deployment(spec.name, NS, {"status": {"readyReplicas": 1}})
+                return
+            except Exception:
+                time.sleep(0.05)
+
+    t = threading.Thread(target=become_ready, daemon=True)
+    t.start()
+    url = deploy_server(spec, api_client=emu.api_client(), run_id="run-a", poll_seconds=0.1, timeout_seconds=30,
+                        out=lambda _: None)
+    t.join()
+    assert url == "http://salmon-vllm-emu.kubeflow.svc:8000/v1"
+    dep = apps.read_namespaced_deployment(spec.name, NS)
+    assert dep.metadata.labels[RUN_LABEL] == run_label("run-a")
+    other = render_vllm_server(VLLMServerSpec(name="salmon-vllm-other", namespace=NS, model="/m", gpus=0,
+                                              labels={RUN_LABEL: run_label("run-b")}))[0]
+    apps.create_namespaced_deployment(NS, other)
+    removed = delete_servers(api_client=emu.api_client(), namespace=NS, run_id="run-a", out=lambda _: None)
+    assert sorted(removed) == ["deployments/salmon-vllm-emu", "services/salmon-vllm-emu"]
+    names = [d.metadata.name for d in apps.list_namespaced_deployment(NS).items]
+    assert names == ["salmon-vllm-other"], "another run's server is left alone"
+
+
+def test_a_training_stage_runs_end_to_end_through_the_trainjob_executor(
+        emu: Any, tmp_path: Path, tiny_model: str) -> None:
+    """The launcher side for real: inputs copied to the shared volume, the resolved config written
+    there, the TrainJob created; a stand-in controller runs the job's command (torchrun, one
+    process) and marks it Complete; outputs come back to the step's artifact paths."""
+    pytest.importorskip("torch")
+    from salmon.cluster.executor import ClusterSettings, run_stage_remote
+    from salmon.core.config import SFTConfig, build_config
+    from salmon.core.io import write_jsonl
+    from salmon.core.records import SFTExample
+    from salmon.nano.world import make_prompts
+
+    step = tmp_path / "step"
+    data = step / "sft_data"
+    write_jsonl(data, [SFTExample(example_id=p.prompt_id, instruction=p.instruction, prompt_type=p.prompt_type,
+                                  response="A short answer.\n\n### User\n", source="nano")
+                       for p in make_prompts(8, seed=1)])
+    out_dir = step / "sft"
+    cfg = build_config(SFTConfig, stage="sft", preset="nano", values={
+        "data": str(data), "base_model": tiny_model, "output_dir": str(out_dir), "max_steps": 2, "batch_size": 4,
+        "micro_batch_size": 4, "lora_r": 2})
+    shared = tmp_path / "pvc"
+    settings = ClusterSettings(namespace=NS, mount_path=str(shared), gpus=0, poll_seconds=0.1)
+
+    def controller() -> None:
+        api = _custom(emu)
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            jobs = api.list_namespaced_custom_object(**TRAINJOBS)["items"]
+            if jobs:
+                job = jobs[0]
+                command = job["spec"]["trainer"]["command"]
+                env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+                env.update({e["name"]: e["value"] for e in job["spec"]["trainer"]["env"] if "value" in e})
+                env["HOME"] = str(tmp_path)
+                rc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *command[1:]], env=env,
+                                    capture_output=True, text=True).returncode
+                kind = "Complete" if rc == 0 else "Failed"
+                _set_condition(emu, job["metadata"]["name"], kind, f"exit {rc}")
+                return
+            time.sleep(0.1)
+
+    t = threading.Thread(target=controller, daemon=True)
+    t.start()
+    manifest = step / "job.yaml"
+    result = run_stage_remote("sft", cfg, "trainjob", settings, run_id="task-key", task="sft",
+                              inputs={"sft_data": str(data), "base_model": tiny_model},
+                              outputs={"sft": str(out_dir)}, manifest_out=str(manifest),
+                              api_client=emu.api_client(), out=lambda _: None)
+    t.join()
+    name = job_name("sft", "task-key", "sft")
+    work = shared / "salmon-jobs" / name
+    resolved = yaml.safe_load((work / "config.yaml").read_text())
+    assert resolved["data"] == str(work / "in" / "sft_data" / "sft_data")
+    assert resolved["base_model"] == str(work / "in" / "base_model" / Path(tiny_model).name)
+    assert resolved["output_dir"] == str(work / "out" / "sft" / "sft")
+    assert (out_dir / "adapter" / "adapter_config.json").is_file(), "the adapter came back to the step"
+    assert result["metrics"]["steps"] == 2
+    assert result["outputs"]["adapter"].startswith(str(out_dir))
+    assert yaml.safe_load(manifest.read_text())["metadata"]["name"] == name
+    assert json.loads((work / "result.json").read_text())["metrics"]["steps"] == 2
+
+
+def test_serve_and_stop_sampler_tasks_in_deploy_mode(emu: Any, tmp_path: Path) -> None:
+    """What the pipeline's serve_sampler / stop_sampler tasks do with sampler=deploy: copy the base
+    model and the SFT adapter to the shared volume, serve them (adapter as LoRA 'sft') under a
+    content-derived name, hand sample/label the endpoint, and remove the server at the end."""
+    from kubernetes import client
+
+    from salmon.task import serve_sampler_task, stop_sampler_task
+
+    base, adapter = tmp_path / "base", tmp_path / "sft" / "adapter"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    apps = client.AppsV1Api(emu.api_client())
+    cluster = {"namespace": NS, "mount_path": str(tmp_path / "pvc"), "gpus": 0}
+    assert serve_sampler_task("none", endpoint="", base_model=str(base), adapter=str(adapter), run_id="r",
+                              cluster=cluster, api_key_secret="k") == "{}"
+
+    def become_ready() -> None:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            items = apps.list_namespaced_deployment(NS).items
+            if items:
+                apps.patch_namespaced_deployment(items[0].metadata.name, NS, {"status": {"readyReplicas": 1}})
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=become_ready, daemon=True)
+    t.start()
+    info = json.loads(serve_sampler_task("deploy", endpoint="", base_model=str(base), adapter=str(adapter),
+                                         run_id="run-x", cluster=cluster, api_key_secret="my-key",
+                                         api_client=emu.api_client()))
+    t.join()
+    [dep] = apps.list_namespaced_deployment(NS).items
+    name = dep.metadata.name
+    assert info == {"endpoint": f"http://{name}.{NS}.svc:8000/v1", "served_model": "sft"}
+    args = dep.spec.template.spec.containers[0].args
+    assert args[args.index("--lora-modules") + 1] == f"sft={tmp_path / 'pvc' / 'salmon-serve' / name / 'sft'}"
+    assert (tmp_path / "pvc" / "salmon-serve" / name / "base" / "config.json").is_file()
+    assert stop_sampler_task("endpoint", run_id="run-x") == []
+    assert stop_sampler_task("deploy", run_id="run-x", namespace=NS, api_client=emu.api_client()) == [
+        f"deployments/{name}", f"services/{name}"]
+    assert apps.list_namespaced_deployment(NS).items == []
