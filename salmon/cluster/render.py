@@ -80,6 +80,21 @@ def _resources(spec: TrainingJobSpec | VLLMServerSpec) -> dict[str, Any]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
+def _pod_placement(spec: TrainingJobSpec, pod_volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pod-spec fields both job kinds set the same way: volumes, tolerations, node selector,
+    service account (only those that are set)."""
+    extra: dict[str, Any] = {}
+    if pod_volumes:
+        extra["volumes"] = pod_volumes
+    if spec.tolerations:
+        extra["tolerations"] = _tolerations(spec.tolerations)
+    if spec.node_selector:
+        extra["nodeSelector"] = dict(sorted(spec.node_selector.items()))
+    if spec.service_account:
+        extra["serviceAccountName"] = spec.service_account
+    return extra
+
+
 def _job_labels(spec: TrainingJobSpec) -> dict[str, str]:
     return {LABEL_PART_OF: "salmon", LABEL_COMPONENT: "training", LABEL_STAGE: spec.stage.replace("_", "-"),
             **spec.labels}
@@ -104,14 +119,7 @@ def render_trainjob(spec: TrainingJobSpec) -> dict[str, Any]:
         "containers": [{"name": TRAINJOB_CONTAINER, "volumeMounts": mounts,
                         "securityContext": container_security_context()}],
     }
-    if pod_volumes:
-        pod_spec["volumes"] = pod_volumes
-    if spec.tolerations:
-        pod_spec["tolerations"] = _tolerations(spec.tolerations)
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(sorted(spec.node_selector.items()))
-    if spec.service_account:
-        pod_spec["serviceAccountName"] = spec.service_account
+    pod_spec.update(_pod_placement(spec, pod_volumes))
     job: dict[str, Any] = {
         "apiVersion": "trainer.kubeflow.org/v1alpha1",
         "kind": "TrainJob",
@@ -152,14 +160,7 @@ def render_pytorchjob(spec: TrainingJobSpec) -> dict[str, Any]:
         "securityContext": container_security_context(),
     }
     pod_spec: dict[str, Any] = {"securityContext": pod_security_context(), "containers": [container]}
-    if pod_volumes:
-        pod_spec["volumes"] = pod_volumes
-    if spec.tolerations:
-        pod_spec["tolerations"] = _tolerations(spec.tolerations)
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(sorted(spec.node_selector.items()))
-    if spec.service_account:
-        pod_spec["serviceAccountName"] = spec.service_account
+    pod_spec.update(_pod_placement(spec, pod_volumes))
 
     def replica(count: int) -> dict[str, Any]:
         return {"replicas": count, "restartPolicy": "OnFailure" if spec.backoff_limit else "Never",

@@ -33,18 +33,9 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class SampleConfig(_Config):
-    """``sample``: two responses per prompt from the policy (method §2.1)."""
+class _ServerClient(_Config):
+    """Fields of the ``openai`` backend shared by ``sample`` and ``label``."""
 
-    prompts: str = Field(description="PromptRecord JSONL to answer.")
-    output: str = Field(description="ResponsePair JSONL to write.")
-    backend: Literal["hf", "openai", "nano"] = Field(
-        default="hf", description="hf: generate with a local HF model; openai: an OpenAI-compatible server "
-                                  "(vLLM); nano: the nano response generator.")
-    model: str | None = Field(default=None, description="HF model folder (hf backend).")
-    adapter: str | None = Field(
-        default=None, description="PEFT adapter merged into the model (the SFT policy); with openai, the server "
-                                  "serves it as a LoRA model (see served_model).")
     endpoint: str | None = Field(
         default=None, description="openai backend: base URL of an OpenAI-compatible server, e.g. http://vllm:8000/v1.")
     api_key_env: str = Field(
@@ -60,6 +51,20 @@ class SampleConfig(_Config):
         default=5, ge=0, description="openai backend: retries of a request after connection errors, 429 or 5xx.")
     ready_timeout_s: float = Field(
         default=600.0, ge=0, description="openai backend: how long to wait for /v1/models to list a model.")
+
+
+class SampleConfig(_ServerClient):
+    """``sample``: two responses per prompt from the policy (method §2.1)."""
+
+    prompts: str = Field(description="PromptRecord JSONL to answer.")
+    output: str = Field(description="ResponsePair JSONL to write.")
+    backend: Literal["hf", "openai", "nano"] = Field(
+        default="hf", description="hf: generate with a local HF model; openai: an OpenAI-compatible server "
+                                  "(vLLM); nano: the nano response generator.")
+    model: str | None = Field(default=None, description="HF model folder (hf backend).")
+    adapter: str | None = Field(
+        default=None, description="PEFT adapter merged into the model (the SFT policy); with openai, the server "
+                                  "serves it as a LoRA model (see served_model).")
     seeds: tuple[int, int] = Field(default=(42, 43), description="One sampling seed per response.")
     temperature: float = Field(default=0.7, gt=0, description="Sampling temperature.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
@@ -73,7 +78,7 @@ class SampleConfig(_Config):
     limit: int | None = Field(default=None, ge=1, description="Use only the first N prompts.")
 
 
-class LabelConfig(_Config):
+class LabelConfig(_ServerClient):
     """``label``: the judge compares each pair under each principle, in both orders (method §2.2)."""
 
     pairs: str = Field(description="ResponsePair JSONL to judge.")
@@ -89,21 +94,6 @@ class LabelConfig(_Config):
     adapter: str | None = Field(
         default=None, description="PEFT adapter merged into the judge (the SFT policy); with openai, the server "
                                   "serves it as a LoRA model (see served_model).")
-    endpoint: str | None = Field(
-        default=None, description="openai backend: base URL of an OpenAI-compatible server, e.g. http://vllm:8000/v1.")
-    api_key_env: str = Field(
-        default="SALMON_SAMPLER_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="openai backend: NAME of the environment variable holding the API key (no key sent if unset).")
-    served_model: str | None = Field(
-        default=None,
-        description="openai backend: model name to request; default: the first listed by /v1/models, or the one "
-                    "LoRA adapter listed when adapter is set.")
-    concurrency: int = Field(default=8, ge=1, description="openai backend: requests in flight at once.")
-    request_timeout_s: float = Field(default=300.0, gt=0, description="openai backend: timeout of one request.")
-    max_retries: int = Field(
-        default=5, ge=0, description="openai backend: retries of a request after connection errors, 429 or 5xx.")
-    ready_timeout_s: float = Field(
-        default=600.0, ge=0, description="openai backend: how long to wait for /v1/models to list a model.")
     letter_logprobs: Literal["token_ids", "top", "echo"] = Field(
         default="token_ids",
         description="openai backend: how log P(a) and log P(b) are read: token_ids asks for the two letters by id "

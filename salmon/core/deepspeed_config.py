@@ -178,3 +178,14 @@ def render_deepspeed_config(*, mode: DeepSpeedMode, layout: BatchLayout, max_gra
         "wall_clock_breakdown": False,
     }
     return _merge(config, overrides or {})
+
+
+def stage_deepspeed_config(cfg: Any, *, world_size: int, device_type: str) -> tuple[dict[str, Any], int]:
+    """The DeepSpeed config of a stage whose config has ``batch_size`` and ``micro_batch_size``
+    (sft, train_rm) plus the DeepSpeed fields, and the per-rank micro-batch it implies."""
+    layout = batch_layout(cfg.batch_size, cfg.micro_batch_size, world_size)
+    config = render_deepspeed_config(
+        mode=cfg.deepspeed, layout=layout, max_grad_norm=cfg.max_grad_norm, device_type=device_type,
+        precision=cfg.precision, offload_optimizer=cfg.offload_optimizer, offload_param=cfg.offload_param,
+        overrides=cfg.deepspeed_overrides)
+    return config, layout.micro_batch_size

@@ -118,7 +118,7 @@ def _train(cfg: SFTConfig, ctx: Any) -> StageResult:
     import torch
 
     from salmon.checkpoints import load_checkpoint, publish_adapter, save_checkpoint
-    from salmon.core.deepspeed_config import batch_layout, render_deepspeed_config
+    from salmon.core.deepspeed_config import stage_deepspeed_config
 
     examples = read_jsonl(cfg.data, SFTExample)
     if not examples:
@@ -140,12 +140,8 @@ def _train(cfg: SFTConfig, ctx: Any) -> StageResult:
     n_params = sum(p.numel() for p in params)
     forward, micro_size = model, cfg.micro_batch_size
     if ctx.deepspeed:
-        layout = batch_layout(cfg.batch_size, cfg.micro_batch_size, ctx.world_size)
-        forward = ctx.initialize(model, opt, render_deepspeed_config(
-            mode=cfg.deepspeed, layout=layout, max_grad_norm=cfg.max_grad_norm, device_type=device.type,
-            precision=cfg.precision, offload_optimizer=cfg.offload_optimizer, offload_param=cfg.offload_param,
-            overrides=cfg.deepspeed_overrides))
-        micro_size = layout.micro_batch_size
+        ds_config, micro_size = stage_deepspeed_config(cfg, world_size=ctx.world_size, device_type=device.type)
+        forward = ctx.initialize(model, opt, ds_config)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"

@@ -149,7 +149,7 @@ def run(cfg: TrainRMConfig) -> StageResult:
 def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
     import torch
 
-    from salmon.core.deepspeed_config import batch_layout, render_deepspeed_config
+    from salmon.core.deepspeed_config import stage_deepspeed_config
     from salmon.reward.loss import bradley_terry_loss
     from salmon.reward.model import (
         RM_FORMAT,
@@ -198,12 +198,8 @@ def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
         forward, micro_size = model, cfg.micro_batch_size
         first = 0
         if ctx.deepspeed:
-            layout = batch_layout(cfg.batch_size, cfg.micro_batch_size, ctx.world_size)
-            forward = ctx.initialize(model, opt, render_deepspeed_config(
-                mode=cfg.deepspeed, layout=layout, max_grad_norm=cfg.max_grad_norm, device_type=device.type,
-                precision=cfg.precision, offload_optimizer=cfg.offload_optimizer, offload_param=cfg.offload_param,
-                overrides=cfg.deepspeed_overrides))
-            micro_size = layout.micro_batch_size
+            ds_config, micro_size = stage_deepspeed_config(cfg, world_size=ctx.world_size, device_type=device.type)
+            forward = ctx.initialize(model, opt, ds_config)
             state = ctx.load_engine_checkpoint(ds_ckpt_dir)
             if state is not None:
                 first = int(state["step"])
