@@ -192,6 +192,30 @@ def _sampler_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from salmon.bench.runner import run_benches
+
+    report = run_benches(args.names, quick=args.quick, json_path=args.json, markdown_path=args.markdown,
+                         work=args.work)
+    return 1 if report["failed"] else 0
+
+
+def _bench_command(sub: Any) -> None:
+    from salmon.bench import BENCHES
+
+    lines = "\n".join(f"  {name:<10} {what}" for name, (_, what) in BENCHES.items())
+    b = sub.add_parser("bench", help="measure salmon against the baselines users would pick",
+                       description="Run benchmarks side by side against their baselines and print a table of "
+                                   "figures and ratios.", epilog=f"benchmarks:\n{lines}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run, or all (default all)")
+    b.add_argument("--quick", action="store_true", help="laptop sizes: all of them in under ten minutes on 2 cores")
+    b.add_argument("--json", metavar="FILE", help="write every figure, ratio and the machine to FILE")
+    b.add_argument("--markdown", metavar="FILE", help="write the table to FILE")
+    b.add_argument("--work", metavar="DIR", help="keep the benchmarks' models and data in DIR (default: a temp dir)")
+    b.set_defaults(func=_bench)
+
+
 def _cluster_commands(sub: Any) -> None:
     job = sub.add_parser("job", help="Kubernetes training jobs (TrainJob / PyTorchJob)")
     jobs = job.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -228,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _pipeline_commands(sub)
     _cluster_commands(sub)
+    _bench_command(sub)
     reg = sub.add_parser("registry", help="the MLflow model registry")
     regs = reg.add_subparsers(dest="action", required=True, metavar="ACTION")
     pm = regs.add_parser("promote", help="point an alias (default champion) at a model version, by hand",
