@@ -195,6 +195,10 @@ def _sampler_render(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from salmon.bench.runner import run_benches
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     report = run_benches(args.names, quick=args.quick, json_path=args.json, markdown_path=args.markdown,
                          work=args.work)
     return 1 if report["failed"] else 0
@@ -213,6 +217,9 @@ def _bench_command(sub: Any) -> None:
     b.add_argument("--json", metavar="FILE", help="write every figure, ratio and the machine to FILE")
     b.add_argument("--markdown", metavar="FILE", help="write the table to FILE")
     b.add_argument("--work", metavar="DIR", help="keep the benchmarks' models and data in DIR (default: a temp dir)")
+    b.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="torch CPU threads (default: torch's choice); on a shared or busy CPU, 1 gives steadier "
+                        "figures")
     b.set_defaults(func=_bench)
 
 

@@ -64,6 +64,9 @@ def run_benches(names: list[str], *, quick: bool, json_path: str | None = None, 
     report = {"machine": machine(), "quick": quick, "seconds": round(time.monotonic() - started, 1),
               "results": [r.as_dict() for r in results], "skipped": skipped, "failed": failed}
     print(table)
+    for r in results:
+        if r.figures:
+            print(f"\n{r.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.figures.items()))
     for name, reason in skipped.items():
         print(f"\n{name}: skipped ({reason})")
     for name, reason in failed.items():
