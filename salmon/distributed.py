@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from salmon.core.deepspeed_config import DeepSpeedMode
 from salmon.core.errors import SalmonInputError
+from salmon.processes import free_port
 
 if TYPE_CHECKING:
     import torch
@@ -72,13 +72,6 @@ def launch_info(environ: Mapping[str, str] | None = None) -> LaunchInfo:
         raise SalmonInputError("torchrun environment", f"RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local}",
                                "launch with torchrun")
     return LaunchInfo(rank, world, local, True)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def shard_of(items: Sequence[T], rank: int, world_size: int) -> list[T]:

@@ -3,74 +3,17 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from salmon.processes import free_port, stop_process_tree, wait_http
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _children(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (from /proc), deepest last."""
-    out: list[int] = []
-    try:
-        kids = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    except OSError:
-        return out
-    for k in kids.split():
-        out.append(int(k))
-        out += _children(int(k))
-    return out
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process and all its descendants by PID; SIGKILL what is left after 10 s."""
-    pids = [proc.pid, *_children(proc.pid)]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 10
-    for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            if pid == proc.pid and proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        else:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    proc.wait(timeout=10)
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            detail = log.read_text()[-2000:] if log and log.is_file() else ""
-            raise RuntimeError(f"server exited with {proc.returncode}: {detail}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
+# One implementation of the process plumbing, shared with `salmon bench` (salmon.processes).
+stop = stop_process_tree
+_wait_http = wait_http
 
 
 @contextmanager

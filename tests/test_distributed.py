@@ -35,7 +35,7 @@ TIMINGS: dict[str, float] = {}
 
 
 def _free_port() -> int:
-    from salmon.distributed import free_port
+    from salmon.processes import free_port
 
     return free_port()
 

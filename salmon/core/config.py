@@ -7,7 +7,7 @@ values; the ``nano`` presets (``salmon/configs/nano/<stage>.yaml``) shrink them 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -31,6 +31,22 @@ DType = Literal["float32", "bfloat16", "float16"]
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class _DeepSpeedSettings(_Config):
+    """The DeepSpeed fields shared by ``sft``, ``train_rm`` and ``ppo`` (docs/distributed.md)."""
+
+    deepspeed: DeepSpeedMode = deepspeed_field()
+    offload_optimizer: bool = offload_optimizer_field()
+    offload_param: bool = offload_param_field()
+    precision: Precision = precision_field()
+    deepspeed_overrides: dict[str, Any] = deepspeed_overrides_field()
+
+    @model_validator(mode="after")
+    def _deepspeed_settings(self) -> Self:
+        check_deepspeed_settings(self.deepspeed, self.offload_optimizer, self.offload_param, self.precision,
+                                 self.deepspeed_overrides)
+        return self
 
 
 class _ServerClient(_Config):
@@ -142,7 +158,7 @@ class AggregateConfig(_Config):
         default=True, description="Also write <output>.preferences.jsonl in prompt/chosen/rejected form.")
 
 
-class TrainRMConfig(_Config):
+class TrainRMConfig(_DeepSpeedSettings):
     """``train_rm``: the principle-following reward model, Bradley-Terry loss (method §3)."""
 
     instances: str = Field(description="RMInstance JSONL from aggregate.")
@@ -178,17 +194,6 @@ class TrainRMConfig(_Config):
     pmp_model_max_length: int = Field(default=1024, ge=32, description="PMP longest input.")
     pmp_query_len: int = Field(default=256, ge=1, description="PMP instruction tokens kept.")
     pmp_response_len: int = Field(default=640, ge=1, description="PMP response tokens kept.")
-    deepspeed: DeepSpeedMode = deepspeed_field()
-    offload_optimizer: bool = offload_optimizer_field()
-    offload_param: bool = offload_param_field()
-    precision: Precision = precision_field()
-    deepspeed_overrides: dict[str, Any] = deepspeed_overrides_field()
-
-    @model_validator(mode="after")
-    def _deepspeed_settings(self) -> TrainRMConfig:
-        check_deepspeed_settings(self.deepspeed, self.offload_optimizer, self.offload_param, self.precision,
-                                 self.deepspeed_overrides)
-        return self
 
 
 class EvalRMConfig(_Config):
@@ -222,7 +227,7 @@ class EvalRMConfig(_Config):
     min_flip_rate: float | None = Field(default=None, ge=0, le=1, description="Fail (exit 1) below this flip rate.")
 
 
-class PPOConfig(_Config):
+class PPOConfig(_DeepSpeedSettings):
     """``ppo``: RL against the principle-following reward model (method §4). Defaults: the method."""
 
     prompts: str = Field(description="PromptRecord JSONL to roll out on.")
@@ -291,17 +296,6 @@ class PPOConfig(_Config):
                     "schedule still spans the whole run.")
     seed: int = Field(default=42, description="Seed of sampling, principle draws and data order.")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
-    deepspeed: DeepSpeedMode = deepspeed_field()
-    offload_optimizer: bool = offload_optimizer_field()
-    offload_param: bool = offload_param_field()
-    precision: Precision = precision_field()
-    deepspeed_overrides: dict[str, Any] = deepspeed_overrides_field()
-
-    @model_validator(mode="after")
-    def _deepspeed_settings(self) -> PPOConfig:
-        check_deepspeed_settings(self.deepspeed, self.offload_optimizer, self.offload_param, self.precision,
-                                 self.deepspeed_overrides)
-        return self
 
 
 class PromptSource(_Config):
@@ -384,7 +378,7 @@ class SelfAlignConfig(_Config):
     device: Device = Field(default="auto", description="auto picks cuda when available.")
 
 
-class SFTConfig(_Config):
+class SFTConfig(_DeepSpeedSettings):
     """``sft``: principle engraving, LoRA (or QLoRA) SFT on instruction -> answer (method §1.4)."""
 
     data: str = Field(description="SFTExample JSONL (selfalign's output).")
@@ -416,17 +410,6 @@ class SFTConfig(_Config):
     seed: int = Field(default=42, description="Seed of the data order and adapter init.")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
     dtype: DType = Field(default="float32", description="Base weights dtype.")
-    deepspeed: DeepSpeedMode = deepspeed_field()
-    offload_optimizer: bool = offload_optimizer_field()
-    offload_param: bool = offload_param_field()
-    precision: Precision = precision_field()
-    deepspeed_overrides: dict[str, Any] = deepspeed_overrides_field()
-
-    @model_validator(mode="after")
-    def _deepspeed_settings(self) -> SFTConfig:
-        check_deepspeed_settings(self.deepspeed, self.offload_optimizer, self.offload_param, self.precision,
-                                 self.deepspeed_overrides)
-        return self
 
 
 class EvalPolicyConfig(_Config):
