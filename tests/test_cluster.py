@@ -1,6 +1,9 @@
 """salmon.cluster: job and server rendering (validated offline), the launcher against a
-Kubernetes emulator (create, wait, adopt on retry, failure reasons, deadline, SIGTERM), the vLLM
-server launcher, and a training stage run end to end through the TrainJob executor."""
+Kubernetes emulator (create, wait, adopt on retry, failure reasons from the controller and from
+the pods, deadline, SIGTERM), the vLLM server launcher, cancellation (a cancelled run leaves no
+job, Deployment or Service behind: SIGTERM, the sweeper, the Workflow ownerReference), the verbs
+the code uses against what its Roles grant, and a training stage run end to end through the
+TrainJob executor."""
 
 from __future__ import annotations
 
@@ -162,6 +165,10 @@ def test_job_render_cli_prints_a_valid_manifest_and_refuses_bad_settings(capsys:
     assert "--no-enable-chunked-prefill" in cpu_args, "seeded sampling on the CPU build needs whole prefills"
     assert main(["sampler", "render"]) == 2
     assert "model=" in capsys.readouterr().err
+    assert main(["job", "render", "--stage", "sft", "image=ghcr.io/salmon-mlops/salmon-runtime:latest"]) == 2
+    assert "deployment policy" in capsys.readouterr().err
+    assert main(["sampler", "render", "model=/m", "image=vllm/vllm-openai"]) == 2
+    assert "has no tag" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- the emulator
@@ -181,23 +188,32 @@ def _custom(emu: Any) -> Any:
     return client.CustomObjectsApi(emu.api_client())
 
 
-def _set_condition(emu: Any, name: str, ctype: str, reason: str = "", message: str = "") -> None:
+def _job_api(executor: str) -> dict[str, str]:
+    kind = KINDS[executor]
+    return {"group": kind.group, "version": kind.version, "namespace": NS, "plural": kind.plural}
+
+
+def _set_condition(emu: Any, name: str, ctype: str, reason: str = "", message: str = "",
+                   executor: str = "trainjob") -> None:
     cond = {"type": ctype, "status": "True", "reason": reason, "message": message}
-    _custom(emu).patch_namespaced_custom_object(name=name, body={"status": {"conditions": [cond]}}, **TRAINJOBS)
+    _custom(emu).patch_namespaced_custom_object(name=name, body={"status": {"conditions": [cond]}},
+                                                **_job_api(executor))
 
 
-def _when_created(emu: Any, name: str, action: Any, timeout: float = 20.0) -> threading.Thread:
+def _when_created(emu: Any, name: str, action: Any, timeout: float = 20.0,
+                  executor: str = "trainjob") -> threading.Thread:
     """Play the controller: once the job exists, run ``action()``."""
     def watch() -> None:
         api = _custom(emu)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             try:
-                api.get_namespaced_custom_object(name=name, **TRAINJOBS)
-                action()
-                return
+                api.get_namespaced_custom_object(name=name, **_job_api(executor))
             except Exception:
                 time.sleep(0.05)
+                continue
+            action()
+            return
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
@@ -436,3 +452,416 @@ def test_serve_and_stop_sampler_tasks_in_deploy_mode(emu: Any, tmp_path: Path) -
     assert stop_sampler_task("deploy", run_id="run-x", namespace=NS, api_client=emu.api_client()) == [
         f"deployments/{name}", f"services/{name}"]
     assert apps.list_namespaced_deployment(NS).items == []
+
+
+# ------------------------------------------------------------------- pod reasons on failure
+
+def _pod(name: str, labels: dict[str, str], status: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": labels},
+            "spec": {"containers": [{"name": "node", "image": "x"}]}, "status": status}
+
+
+OOM_KILLED = {"phase": "Running", "containerStatuses": [{
+    "name": "pytorch", "ready": False, "restartCount": 1, "image": "x", "imageID": "", "state": {"waiting": {
+        "reason": "CrashLoopBackOff", "message": "back-off 10s restarting failed container"}},
+    "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}
+
+
+@pytest.mark.parametrize("executor", ["trainjob", "pytorchjob"])
+def test_a_failed_job_names_the_pods_reason_not_just_the_controllers(emu: Any, executor: str) -> None:
+    """The controllers' Failed conditions rarely say why (JobSet: 'jobset failed'; PyTorchJob: '1
+    Master replica(s) failed'); the launcher adds what the pods said, even when the controller
+    deleted the pods before marking the job Failed (PyTorchJob cleanPodPolicy: All)."""
+    from kubernetes import client
+
+    name = f"salmon-sft-oom-{executor}"
+    core = client.CoreV1Api(emu.api_client())
+    pod = f"{name}-master-0"
+    message = {"trainjob": ("JobSetFailed", "jobset failed"),
+               "pytorchjob": ("PyTorchJobFailed", f"PyTorchJob {name} is failed because 1 Master replica(s) failed.")}
+
+    def controller() -> None:
+        core.create_namespaced_pod(NS, _pod(pod, KINDS[executor].master_labels(name), OOM_KILLED))
+        time.sleep(0.4)  # the launcher polls every 0.1 s
+        if executor == "pytorchjob":
+            core.delete_namespaced_pod(pod, NS)
+        _set_condition(emu, name, "Failed", *message[executor], executor=executor)
+
+    lines: list[str] = []
+    t = _when_created(emu, name, controller, executor=executor)
+    with pytest.raises(JobFailed) as failed:
+        launch_and_wait(render_job(_spec(name=name), executor), executor, api_client=emu.api_client(),
+                        poll_seconds=0.1, out=lines.append)
+    t.join()
+    text = str(failed.value)
+    assert message[executor][1] in text, text
+    assert f"pod {pod}: container pytorch OOMKilled (exit code 137)" in text, text
+    assert f"pod {pod}: container pytorch CrashLoopBackOff: back-off 10s restarting failed container" in text
+    assert sum("OOMKilled" in line for line in lines if line.startswith("[launcher]")) == 1, lines
+
+
+def test_a_pod_stuck_pulling_its_image_is_reported_and_named_at_the_deadline(emu: Any) -> None:
+    from kubernetes import client
+
+    name = "salmon-sft-pull"
+    core = client.CoreV1Api(emu.api_client())
+    pulling = {"phase": "Pending", "containerStatuses": [{
+        "name": "node", "ready": False, "restartCount": 0, "image": "x", "imageID": "", "state": {"waiting": {
+            "reason": "ImagePullBackOff",
+            "message": 'Back-off pulling image "ghcr.io/salmon-mlops/salmon-runtime:0.1.0"'}}}]}
+    unschedulable = {"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}
+    core.create_namespaced_pod(NS, _pod(f"{name}-node-0-0", KINDS["trainjob"].master_labels(name), pulling))
+    core.create_namespaced_pod(NS, _pod(f"{name}-node-0-1", {"jobset.sigs.k8s.io/jobset-name": name}, unschedulable))
+    core.create_namespaced_pod(NS, _pod("someone-else", {"jobset.sigs.k8s.io/jobset-name": "other"}, unschedulable))
+    lines: list[str] = []
+    with pytest.raises(JobTimeout) as timeout:
+        launch_and_wait(_trainjob(name), "trainjob", api_client=emu.api_client(), poll_seconds=0.1,
+                        deadline_seconds=0.5, out=lines.append)
+    text = str(timeout.value)
+    assert f'pod {name}-node-0-0: container node ImagePullBackOff: Back-off pulling image "ghcr.io/' in text
+    assert f"pod {name}-node-0-1: Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu." in text
+    assert "someone-else" not in text, "only the job's own pods"
+    assert any("ImagePullBackOff" in line for line in lines), "reported while waiting, not only at the end"
+
+
+def test_pod_problems_reads_every_kind_of_status() -> None:
+    from salmon.cluster.launch import pod_problems
+
+    def pod(status: dict[str, Any]) -> dict[str, Any]:
+        return {"metadata": {"name": "p"}, "status": status}
+
+    assert pod_problems(pod({"phase": "Running", "containerStatuses": [
+        {"name": "c", "state": {"running": {}}}]})) == []
+    assert pod_problems(pod({"phase": "Pending", "containerStatuses": [
+        {"name": "c", "state": {"waiting": {"reason": "ContainerCreating"}}}]})) == []
+    assert pod_problems(pod({"phase": "Failed", "reason": "Evicted",
+                             "message": "The node was low on resource: memory."})) == [
+        "pod p: Evicted: The node was low on resource: memory."]
+    assert pod_problems(pod({"containerStatuses": [{"name": "c", "state": {"waiting": {
+        "reason": "CreateContainerConfigError", "message": 'secret "salmon-s3" not found'}}}]})) == [
+        'pod p: container c CreateContainerConfigError: secret "salmon-s3" not found']
+    assert pod_problems(pod({"containerStatuses": [{"name": "c", "state": {"terminated": {
+        "reason": "Error", "exitCode": 1, "message": "Traceback ...\nValueError: bad"}}}]})) == [
+        "pod p: container c Error (exit code 1): Traceback ... ValueError: bad"]
+    assert pod_problems(pod({"containerStatuses": [{"name": "c", "state": {"terminated": {
+        "reason": "Completed", "exitCode": 0}}}]})) == []
+
+
+# ---------------------------------------------------------------------- cancellation, cleanup
+
+RUN = "salmon-pipeline-abc12"
+RUN_UID = "3f6a1c2e-run-uid"
+
+
+def _start_run(emu: Any, name: str = RUN, uid: str = RUN_UID) -> dict[str, str]:
+    """A KFP run as Kubernetes sees it: the Argo Workflow (Running) and one step pod it owns.
+    Returns the step's environment (KFP_POD_NAME, as KFP sets it)."""
+    from kubernetes import client
+
+    _custom(emu).create_namespaced_custom_object(
+        "argoproj.io", "v1alpha1", NS, "workflows",
+        {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+         "metadata": {"name": name, "namespace": NS, "uid": uid}, "spec": {}, "status": {"phase": "Running"}})
+    step = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": f"{name}-system-container-impl-1", "namespace": NS,
+        "ownerReferences": [{"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": name, "uid": uid,
+                             "controller": True, "blockOwnerDeletion": True}]},
+        "spec": {"containers": [{"name": "main", "image": "x"}]}}
+    client.CoreV1Api(emu.api_client()).create_namespaced_pod(NS, step)
+    return {"KFP_POD_NAME": step["metadata"]["name"]}
+
+
+def _cancel_run(emu: Any, name: str = RUN) -> None:
+    """What KFP does to cancel a run: terminate its Workflow (activeDeadlineSeconds: 0); Argo then
+    fails it (and signals the running steps, which the tests do themselves)."""
+    _custom(emu).patch_namespaced_custom_object("argoproj.io", "v1alpha1", NS, "workflows", name,
+                                                {"spec": {"activeDeadlineSeconds": 0}, "status": {"phase": "Failed"}})
+
+
+def _owned_by(emu: Any, uid: str = RUN_UID) -> list[str]:
+    """Every Deployment, Service, TrainJob and PyTorchJob the Workflow ``uid`` owns."""
+    from kubernetes import client
+
+    api = emu.api_client()
+    apps, core, custom = client.AppsV1Api(api), client.CoreV1Api(api), client.CustomObjectsApi(api)
+    found = []
+    for kind, items in (("deployments", apps.list_namespaced_deployment(NS).items),
+                        ("services", core.list_namespaced_service(NS).items)):
+        found += [f"{kind}/{x.metadata.name}" for x in items
+                  if any(r.uid == uid for r in x.metadata.owner_references or [])]
+    for executor in KINDS:
+        a = _job_api(executor)
+        for x in custom.list_namespaced_custom_object(a["group"], a["version"], NS, a["plural"])["items"]:
+            if any(r["uid"] == uid for r in x["metadata"].get("ownerReferences") or []):
+                found.append(f"{a['plural']}/{x['metadata']['name']}")
+    return found
+
+
+def _serve(emu: Any, name: str, run_id: str, owner: dict[str, str] | None) -> None:
+    """What serve_sampler does on a cluster: deploy the server (owned by the run's Workflow) and
+    return once it is ready; the test plays the Deployment controller."""
+    from kubernetes import client
+
+    from salmon.cluster.sampler import deploy_server
+    from salmon.cluster.spec import OwnerRef
+
+    apps = client.AppsV1Api(emu.api_client())
+
+    def become_ready() -> None:
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            try:
+                apps.patch_namespaced_deployment(name, NS, {"status": {"readyReplicas": 1}})
+                return
+            except Exception:
+                time.sleep(0.05)
+
+    t = threading.Thread(target=become_ready, daemon=True)
+    t.start()
+    spec = VLLMServerSpec(name=name, namespace=NS, model="/mnt/models/base", gpus=0,
+                          owner=OwnerRef(**owner) if owner else None)
+    deploy_server(spec, api_client=emu.api_client("launcher"), run_id=run_id, poll_seconds=0.1,
+                  timeout_seconds=20, out=lambda _: None)
+    t.join()
+
+
+CANCEL_SCRIPT = """
+import os, sys, yaml
+from kubernetes import client
+from salmon.cluster.launch import launch_and_wait, own_pod_owner
+from salmon.cluster.render import render_job
+from salmon.cluster.spec import OwnerRef, TrainingJobSpec
+cfg = client.Configuration(); cfg.host = sys.argv[1]
+api = client.ApiClient(cfg)
+owner = own_pod_owner(api, "kubeflow", os.environ["KFP_POD_NAME"])
+spec = TrainingJobSpec(name=sys.argv[2], namespace="kubeflow", stage="sft", owner=OwnerRef(**owner))
+launch_and_wait(render_job(spec, sys.argv[3]), sys.argv[3], api_client=api, poll_seconds=0.1)
+"""
+
+
+def _launch_in_a_step(emu: Any, env: dict[str, str], name: str, executor: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", CANCEL_SCRIPT, emu.url, name, executor],
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launcher = Launcher(executor, NS, api_client=emu.api_client())
+    end = time.monotonic() + 60
+    while launcher.get(name) is None:
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < end, "the job was never created"
+        time.sleep(0.1)
+    return proc
+
+
+@pytest.mark.parametrize("what", ["trainjob", "pytorchjob", "vllm"])
+def test_a_cancelled_run_leaves_nothing_behind(emu: Any, what: str) -> None:
+    """Cancel a run while its TrainJob / PyTorchJob runs (the launching step is alive: Argo's
+    SIGTERM makes it delete the job), or after serve_sampler has returned with the vLLM server
+    up (no step of ours is alive: the sweeper removes the Deployment and Service because their
+    Workflow is terminated). Another run's server and an unowned one are left alone."""
+    from salmon.cluster.sweep import sweep
+
+    env = _start_run(emu)
+    if what == "vllm":
+        from salmon.cluster.launch import own_pod_owner
+
+        owner = own_pod_owner(emu.api_client(), NS, env["KFP_POD_NAME"])
+        _serve(emu, "salmon-vllm-cancelled", "run-a", owner)
+        other = _start_run(emu, "salmon-pipeline-other", "other-uid")
+        _serve(emu, "salmon-vllm-other-run", "run-b", own_pod_owner(emu.api_client(), NS, other["KFP_POD_NAME"]))
+        _serve(emu, "salmon-vllm-unowned", "run-c", None)
+        assert sorted(_owned_by(emu)) == ["deployments/salmon-vllm-cancelled", "services/salmon-vllm-cancelled"]
+        assert sweep(emu.api_client(), NS, out=lambda _: None) == [], "nothing is swept while the run goes on"
+        _cancel_run(emu)  # sample or label is running; serve_sampler is long gone
+    else:
+        name = f"salmon-sft-{what}-cancelled"
+        proc = _launch_in_a_step(emu, env, name, what)
+        assert _owned_by(emu) == [f"{what}s/{name}"], "the job is owned by the run's Workflow"
+        _cancel_run(emu)
+        proc.send_signal(signal.SIGTERM)  # Argo signals the running step
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 143 and "SIGTERM: deleting" in out, out
+    removed = sweep(emu.api_client(), NS, out=lambda _: None)  # the CronJob's next round
+    assert _owned_by(emu) == [], "a cancelled run leaves nothing behind"
+    if what == "vllm":
+        assert sorted(removed) == ["deployments/salmon-vllm-cancelled", "services/salmon-vllm-cancelled"]
+        from kubernetes import client
+
+        left = sorted(d.metadata.name for d in client.AppsV1Api(emu.api_client()).list_namespaced_deployment(NS).items)
+        assert left == ["salmon-vllm-other-run", "salmon-vllm-unowned"]
+    else:
+        assert removed == [], "the step had already deleted its job"
+
+
+def test_a_step_killed_before_its_handler_ran_is_backed_up_by_the_sweeper(emu: Any) -> None:
+    """SIGKILL (grace period over, node lost): the job outlives its step. The sweeper leaves it
+    while the run goes on (a retry of the step adopts it) and deletes it once the run is over."""
+    from salmon.cluster.sweep import sweep
+
+    env = _start_run(emu)
+    name = "salmon-sft-killed"
+    proc = _launch_in_a_step(emu, env, name, "trainjob")
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert _owned_by(emu) == [f"trainjobs/{name}"]
+    assert sweep(emu.api_client(), NS, out=lambda _: None) == []
+    again, how = Launcher("trainjob", NS, api_client=emu.api_client()).create_or_adopt(
+        _custom(emu).get_namespaced_custom_object(name=name, **TRAINJOBS))
+    assert how == "adopted", "a retry of the step adopts the job"
+    _cancel_run(emu)
+    lines: list[str] = []
+    assert sweep(emu.api_client(), NS, out=lines.append) == [f"trainjobs/{name}"]
+    assert f"deleted trainjobs/{name} (Workflow {RUN}: terminated)" in "\n".join(lines)
+    assert _owned_by(emu) == []
+
+
+def test_sigterm_while_the_vllm_server_starts_removes_it(emu: Any, tmp_path: Path) -> None:
+    """Cancelled during serve_sampler (the server is loading its model): the step removes it."""
+    from kubernetes import client
+
+    script = """
+import sys
+from kubernetes import client
+from salmon.cluster.sampler import deploy_server
+from salmon.cluster.spec import VLLMServerSpec
+cfg = client.Configuration(); cfg.host = sys.argv[1]
+deploy_server(VLLMServerSpec(name="salmon-vllm-starting", namespace="kubeflow", model="/m", gpus=0),
+              api_client=client.ApiClient(cfg), run_id="run-s", poll_seconds=0.1)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script, emu.url], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    apps, core = client.AppsV1Api(emu.api_client()), client.CoreV1Api(emu.api_client())
+    end = time.monotonic() + 60
+    while not core.list_namespaced_service(NS).items:
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < end, "the server was never created"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 143, out
+    assert "removed deployments/salmon-vllm-starting, services/salmon-vllm-starting" in out
+    assert apps.list_namespaced_deployment(NS).items == [] and core.list_namespaced_service(NS).items == []
+
+
+def test_the_vllm_launcher_adopts_its_server_on_retry_and_names_pod_problems(emu: Any) -> None:
+    from kubernetes import client
+
+    from salmon.cluster.sampler import deploy_server
+
+    _serve(emu, "salmon-vllm-retry", "run-r", None)
+    lines: list[str] = []
+    assert deploy_server(VLLMServerSpec(name="salmon-vllm-retry", namespace=NS, model="/mnt/models/base", gpus=0),
+                         api_client=emu.api_client(), run_id="run-r", poll_seconds=0.1, out=lines.append)
+    assert "[sampler] deployments/salmon-vllm-retry adopted; waiting for a ready replica" in lines
+    assert len(client.AppsV1Api(emu.api_client()).list_namespaced_deployment(NS).items) == 1
+
+    spec = VLLMServerSpec(name="salmon-vllm-crashing", namespace=NS, model="/mnt/models/base", gpus=0)
+    labels = render_vllm_server(spec)[0]["spec"]["selector"]["matchLabels"]
+    crash = {"phase": "Running", "containerStatuses": [{
+        "name": "vllm", "ready": False, "restartCount": 3, "image": "x", "imageID": "",
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+        "lastState": {"terminated": {"reason": "Error", "exitCode": 1,
+                                     "message": "ValueError: head_size 32 is not supported"}}}]}
+    client.CoreV1Api(emu.api_client()).create_namespaced_pod(NS, _pod("salmon-vllm-crashing-5d8-x", labels, crash))
+    with pytest.raises(TimeoutError, match="container vllm Error \\(exit code 1\\): ValueError: head_size 32"):
+        deploy_server(spec, api_client=emu.api_client(), run_id="run-r", poll_seconds=0.1, timeout_seconds=0.5,
+                      out=lambda _: None)
+
+
+def test_deleting_the_runs_workflow_garbage_collects_what_it_owns(emu: Any) -> None:
+    """The last line of defence, Kubernetes' own: every job and server carries an ownerReference
+    to the run's Workflow, so deleting the run (or KFP's TTL) removes them. The emulator plays the
+    garbage collector; what is tested is that the references point at the Workflow's uid."""
+    from salmon.cluster.launch import own_pod_owner
+    from salmon.cluster.spec import OwnerRef
+
+    env = _start_run(emu)
+    owner = own_pod_owner(emu.api_client(), NS, env["KFP_POD_NAME"])
+    assert owner == {"api_version": "argoproj.io/v1alpha1", "kind": "Workflow", "name": RUN, "uid": RUN_UID}
+    for executor in KINDS:
+        Launcher(executor, NS, api_client=emu.api_client()).create_or_adopt(
+            render_job(_spec(name=f"salmon-sft-gc-{executor}", owner=OwnerRef(**owner)), executor))
+    _serve(emu, "salmon-vllm-gc", "run-gc", owner)
+    _serve(emu, "salmon-vllm-unowned", "run-x", None)
+    assert len(_owned_by(emu)) == 4
+    assert emu.collect_garbage() == [], "nothing is collected while the Workflow exists"
+    _custom(emu).delete_namespaced_custom_object("argoproj.io", "v1alpha1", NS, "workflows", RUN)
+    collected = emu.collect_garbage()
+    assert _owned_by(emu) == [] and len(collected) == 5, collected  # 2 jobs, Deployment, Service, the step pod
+    assert Launcher("trainjob", NS, api_client=emu.api_client()).get("salmon-sft-gc-trainjob") is None
+
+
+def test_run_over_reads_the_workflow() -> None:
+    from salmon.cluster.sweep import run_over
+
+    def wf(spec: dict[str, Any] | None = None, phase: str = "Running", uid: str = "u") -> dict[str, Any]:
+        return {"metadata": {"uid": uid}, "spec": spec or {}, "status": {"phase": phase}}
+
+    assert run_over(wf(), "u") == ""
+    assert run_over(wf(phase="Pending"), "u") == ""
+    assert run_over(wf({"activeDeadlineSeconds": 3600}), "u") == "", "a deadline is not a cancel"
+    assert run_over(None, "u") == "deleted"
+    assert run_over(wf(uid="v"), "u").startswith("replaced")
+    assert run_over(wf({"activeDeadlineSeconds": 0}), "u") == "terminated"
+    assert run_over(wf({"shutdown": "Terminate"}), "u") == "shutdown Terminate"
+    for phase in ("Succeeded", "Failed", "Error"):
+        assert run_over(wf(phase=phase), "u") == f"phase {phase}"
+
+
+# ------------------------------------------------------------- verbs used vs verbs granted
+
+def _role_rules(path: str, role: str) -> set[tuple[str, str, str]]:
+    docs = yaml.safe_load_all((Path(__file__).resolve().parents[1] / path).read_text())
+    rules = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == role)["rules"]
+    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+def test_the_launchers_and_the_sweeper_use_exactly_the_verbs_their_roles_grant(emu: Any) -> None:
+    """Run every launcher path (create, log streaming, pod problems, adopt, recreate a failed job,
+    deadline, SIGTERM cleanup, own pod lookup, vLLM deploy and removal) and every sweeper path
+    against the emulator, record the requests, and compare with the Roles in manifests/base and
+    salmon.cluster.policy.ROLE_RULES: nothing used is missing, nothing granted is unused."""
+    from kubernetes import client
+
+    from salmon.cluster.launch import own_pod_owner
+    from salmon.cluster.policy import ROLE_RULES
+    from salmon.cluster.sampler import delete_servers
+    from salmon.cluster.sweep import sweep
+
+    api = emu.api_client("launcher")
+    env = _start_run(emu)
+    own_pod_owner(api, NS, env["KFP_POD_NAME"])
+    for executor in KINDS:
+        name = f"salmon-sft-verbs-{executor}"
+        client.CoreV1Api(emu.api_client()).create_namespaced_pod(
+            NS, _pod(f"{name}-0", KINDS[executor].master_labels(name), {"phase": "Running"}))
+        emu.serve_log(NS, f"{name}-0", "[sft] step 1\n")
+        t = _when_created(emu, name, lambda n=name, e=executor: (time.sleep(0.3), _set_condition(
+            emu, n, "Failed", "Failed", executor=e)), executor=executor)
+        with pytest.raises(JobFailed):
+            launch_and_wait(render_job(_spec(name=name), executor), executor, api_client=api, poll_seconds=0.1,
+                            out=lambda _: None)
+        t.join()
+        launcher = Launcher(executor, NS, api_client=api, poll_seconds=0.1, out=lambda _: None)
+        assert launcher.create_or_adopt(render_job(_spec(name=name), executor))[1] == "recreated"
+        assert launcher.create_or_adopt(render_job(_spec(name=name), executor))[1] == "adopted"
+        with pytest.raises(JobTimeout):
+            launcher.wait(name, deadline_seconds=0.2)
+    _serve(emu, "salmon-vllm-verbs", "run-v", None)
+    delete_servers(api_client=api, namespace=NS, run_id="run-v", out=lambda _: None)
+    used = emu.verbs("launcher")
+    assert used == _role_rules("manifests/base/rbac.yaml", "salmon-pipeline-runner")
+    assert used == {(g, r, v) for (g, r), verbs in ROLE_RULES["salmon-pipeline-runner"].items() for v in verbs}
+
+    owner = own_pod_owner(emu.api_client(), NS, env["KFP_POD_NAME"])
+    from salmon.cluster.spec import OwnerRef
+
+    for executor in KINDS:
+        Launcher(executor, NS, api_client=emu.api_client()).create_or_adopt(
+            render_job(_spec(name=f"salmon-sft-swept-{executor}", owner=OwnerRef(**owner)), executor))
+    _serve(emu, "salmon-vllm-swept", "run-w", owner)
+    _cancel_run(emu)
+    assert len(sweep(emu.api_client("sweeper"), NS, out=lambda _: None)) == 4
+    swept = emu.verbs("sweeper")
+    assert swept == _role_rules("manifests/base/sweeper.yaml", "salmon-sweeper")
+    assert swept == {(g, r, v) for (g, r), verbs in ROLE_RULES["salmon-sweeper"].items() for v in verbs}

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from salmon.cluster import policy
 from salmon.cluster import validate as v
 from salmon.cluster.validate import load_yaml_documents, validate_manifest, validate_manifests
 
@@ -31,19 +32,6 @@ KUBECTL = BIN / "kubectl"
 HADOLINT = BIN / "hadolint"
 OVERLAYS = ("local-cpu", "gpu")
 DOCKERFILES = sorted(REPO.glob("images/*/Dockerfile"))
-SECRET_LIKE = re.compile(r"PASSWORD|SECRET|KEY|TOKEN", re.IGNORECASE)
-
-ROLE_RULES = {
-    ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "list", "watch", "delete", "patch"},
-    ("kubeflow.org", "pytorchjobs"): {"create", "get", "list", "watch", "delete", "patch"},
-    ("apps", "deployments"): {"create", "get", "list", "watch", "delete"},
-    ("", "services"): {"create", "get", "list", "watch", "delete"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("", "pods/log"): {"get"},
-    ("", "events"): {"list", "watch"},
-}
-
-
 # ------------------------------------------------------------------------------------ fixtures
 
 def kustomize(path: Path) -> list[dict[str, Any]]:
@@ -63,19 +51,6 @@ def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict
     hits = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
     assert len(hits) == 1, f"expected one {kind}/{name}, found {len(hits)}"
     return hits[0]
-
-
-def pod_specs(doc: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every pod spec (a mapping with ``containers``) anywhere inside an object."""
-    if isinstance(doc, dict):
-        if isinstance(doc.get("containers"), list):
-            yield path, doc
-        for key, value in doc.items():
-            if key != "pipelineSpec":  # KFP IR: containers there are not pod specs
-                yield from pod_specs(value, f"{path}.{key}")
-    elif isinstance(doc, list):
-        for i, item in enumerate(doc):
-            yield from pod_specs(item, f"{path}[{i}]")
 
 
 def trainjob(**trainer: Any) -> dict[str, Any]:
@@ -434,100 +409,446 @@ def test_dockerignore_sends_only_what_the_images_copy() -> None:
         assert f"!{path}" in text or f"!{path}/" in text, path
 
 
-# ----------------------------------------------------------------------- RBAC and secrets
+# ------------------------------------------------- least privilege and secrets: the checks
+#
+# Every check is a function of salmon.cluster.policy, run over three sets: the kustomize overlays,
+# what salmon renders at run time (TrainJob and PyTorchJob for every training stage in CPU and
+# GPU shapes with several nodes, the vLLM Deployment + Service on CPU and GPU, the training
+# runtime they run on), and the compiled pipeline. test_each_policy_check_fails_on_a_bad_manifest
+# proves that each check fails on a deliberately bad input.
 
-def test_the_role_grants_exactly_what_the_launchers_need(built: dict[str, list[dict[str, Any]]]) -> None:
+JOB_SHAPES: dict[str, dict[str, Any]] = {
+    "cpu": {"gpus": 0, "nodes": 1, "cpu": "2", "memory": "8Gi"},
+    "cpu-2-nodes": {"gpus": 0, "nodes": 2, "procs_per_node": 2},
+    "gpu-4-nodes": {"gpus": 8, "nodes": 4, "service_account": "salmon-pipeline-runner"},
+}
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    """What salmon creates on a cluster at run time."""
+    from salmon.cluster.executor import ClusterSettings, job_spec
+    from salmon.cluster.render import render_job, render_vllm_server
+    from salmon.cluster.sampler import RUN_LABEL, run_label
+    from salmon.cluster.spec import TRAINING_STAGES, OwnerRef, Toleration, VLLMServerSpec, job_name
+
+    owner = OwnerRef(api_version="argoproj.io/v1alpha1", kind="Workflow", name="salmon-run", uid="u-1")
+    docs = []
+    for shape, values in JOB_SHAPES.items():
+        settings = ClusterSettings(namespace="kubeflow", **values)
+        for stage in TRAINING_STAGES:
+            for executor in ("trainjob", "pytorchjob"):
+                name = job_name(stage, shape, executor)
+                spec = job_spec(stage, settings, name=name, work=Path(settings.mount_path) / "salmon-jobs" / name,
+                                executor=executor).model_copy(update={"owner": owner})
+                docs.append(render_job(spec, executor))
+    run = {RUN_LABEL: run_label("run-1")}
+    for server in (VLLMServerSpec(name="salmon-vllm-cpu", model="/mnt/models/salmon-serve/x/base", gpus=0,
+                                  lora_modules={"sft": "/mnt/models/salmon-serve/x/sft"}, labels=run, owner=owner),
+                   VLLMServerSpec(name="salmon-vllm-gpu", model="s3://models/base", model_pvc=None, gpus=2,
+                                  tensor_parallel_size=2, runtime_lora_updates=True, labels=run,
+                                  tolerations=[Toleration(key="nvidia.com/gpu")])):
+        docs += render_vllm_server(server)
+    return docs
+
+
+def runtimes(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterTrainingRuntime"}
+
+
+def test_rendered_objects_validate_in_every_shape(rendered: list[dict[str, Any]]) -> None:
+    kinds = [d["kind"] for d in rendered]
+    assert kinds.count("TrainJob") == kinds.count("PyTorchJob") == 9 and kinds.count("Deployment") == 2
+    assert validate_manifests(rendered) == []
+
+
+def test_every_pod_is_locked_down_and_sized(built: dict[str, list[dict[str, Any]]],
+                                            rendered: list[dict[str, Any]]) -> None:
+    """No privileged container or privilege escalation, non-root, RuntimeDefault seccomp, all
+    capabilities dropped, read-only root with a writable /tmp, no hostPath, no token unless the
+    pod uses the API, CPU and memory requests and limits, pinned images: for every pod of the
+    overlays, and every pod salmon makes at run time (a TrainJob's pods as the Trainer makes them
+    from the overlay's runtime)."""
+    checked = 0
     for docs in built.values():
-        assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
-        role = find(docs, "Role", "salmon-pipeline-runner")
-        granted: dict[tuple[str, str], set[str]] = {}
-        for rule in role["rules"]:
-            assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
-            for group in rule["apiGroups"]:
-                for resource in rule["resources"]:
-                    granted.setdefault((group, resource), set()).update(rule["verbs"])
-        assert granted == ROLE_RULES
-        binding = find(docs, "RoleBinding", "salmon-pipeline-runner")
-        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                      "name": "salmon-pipeline-runner"}
+        for doc in [*docs, *rendered]:
+            assert policy.workload_errors(doc, runtimes(docs)) == [], policy.label(doc)
+            checked += 1 if doc["kind"] == "TrainJob" else len(list(policy.pod_specs(doc)))
+    assert checked >= 2 * (6 + 18 + 2)  # overlays: runtime, MLflow, sweeper (+ postgres); 18 jobs; 2 servers
+    tokens = [(d["metadata"]["name"], spec.get("serviceAccountName")) for docs in built.values() for d in docs
+              for _, spec in policy.pod_specs(d) if spec.get("automountServiceAccountToken") is not False]
+    assert set(tokens) == {("salmon-sweeper", "salmon-sweeper")}, "only the sweeper talks to the API"
+    pod = policy.effective_trainjob_pod(next(d for d in rendered if d["kind"] == "TrainJob"),
+                                        find(built["gpu"], "ClusterTrainingRuntime"))
+    node = pod["containers"][0]
+    assert {m["mountPath"] for m in node["volumeMounts"]} >= {"/mnt/models", "/tmp", "/home/salmon", "/dev/shm"}
+    assert node["image"] == "ghcr.io/salmon-mlops/salmon-runtime:0.1.0" and node["resources"]["limits"]
 
 
-def secret_literals(docs: list[dict[str, Any]]) -> list[str]:
-    found = []
-    for doc in docs:
-        label = f"{doc['kind']}/{doc['metadata']['name']}"
-        if doc["kind"] == "Secret" and (doc.get("data") or doc.get("stringData")):
-            found.append(f"{label}: Secret with literal data")
-        for where, spec in pod_specs(doc):
-            for container in spec.get("containers", []) + spec.get("initContainers", []):
-                for env in container.get("env", []):
-                    if SECRET_LIKE.search(env["name"]) and "value" in env:
-                        found.append(f"{label}{where}: env {env['name']} has a literal value")
-    return found
+def test_every_image_is_pinned(built: dict[str, list[dict[str, Any]]], rendered: list[dict[str, Any]]) -> None:
+    """An explicit tag that is not latest, or a digest: in the overlays, in what salmon renders
+    (the TrainJob's trainer image included) and in the compiled pipeline's executors."""
+    compiled = load_yaml_documents((REPO / "manifests/base/pipeline/salmon-k8s.yaml").read_text())
+    images = set()
+    for doc in [*built["gpu"], *built["local-cpu"], *rendered, *compiled]:
+        images |= set(re.findall(r'"image": "([^"]*)"', json.dumps(doc)))
+    assert len(images) >= 4, images
+    assert {"ghcr.io/salmon-mlops/salmon-runtime:0.1.0", "ghcr.io/salmon-mlops/salmon-vllm:0.1.0",
+            "ghcr.io/salmon-mlops/salmon-mlflow:0.1.0", "postgres:17.6-bookworm"} <= images
+    assert [e for image in sorted(images) for e in policy.image_errors(image)] == []
 
 
-def test_no_manifest_carries_a_literal_secret(built: dict[str, list[dict[str, Any]]]) -> None:
-    for docs in built.values():
-        assert secret_literals(docs) == []
-    leaky = copy.deepcopy(built["gpu"])
-    mlflow = find(leaky, "Deployment", "salmon-mlflow")
-    mlflow["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "AWS_SECRET_ACCESS_KEY",
-                                                                       "value": "x"})
-    leaky.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "eA=="}})
-    assert len(secret_literals(leaky)) == 2
+def test_no_manifest_carries_a_literal_secret(built: dict[str, list[dict[str, Any]]],
+                                              rendered: list[dict[str, Any]]) -> None:
+    for docs in [*built.values(), rendered]:
+        assert [e for doc in docs for e in policy.secret_literal_errors(doc)] == []
+        assert not [d for d in docs if d["kind"] == "Secret"], "Secrets are created out of band (docs/deploy.md)"
     env = {e["name"]: e for e in find(built["gpu"], "Deployment", "salmon-mlflow")["spec"]["template"]["spec"]
            ["containers"][0]["env"]}
     assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["name"] == "salmon-mlflow-db"
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "salmon-s3",
                                                                           "key": "AWS_SECRET_ACCESS_KEY"}
-    assert "salmon-mlflow:*" in env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"]
+    job = next(d for d in rendered if d["kind"] == "TrainJob")
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in job["spec"]["trainer"]["env"]
+            if "valueFrom" in e}
+    assert refs["AWS_SECRET_ACCESS_KEY"] == "salmon-s3" and refs["MLFLOW_TRACKING_PASSWORD"] == "salmon-mlflow"
 
 
-# ---------------------------------------------------------------------------- pod security
+def compiled_pipelines(tmp_path: Path) -> dict[str, str]:
+    """The deployed PipelineVersion, the golden files and a pipeline compiled now."""
+    texts = {str(p.relative_to(REPO)): p.read_text() for p in (REPO / "manifests/base/pipeline/salmon-k8s.yaml",
+                                                                REPO / "tests/golden/salmon.yaml",
+                                                                REPO / "tests/golden/salmon-k8s.yaml")}
+    pytest.importorskip("kfp")
+    from pipelines.cli import compile_pipeline
 
-def test_every_pod_is_locked_down_and_sized(built: dict[str, list[dict[str, Any]]]) -> None:
-    checked = 0
+    for path in compile_pipeline(tmp_path):
+        texts[f"compiled now: {path.name}"] = path.read_text()
+    return texts
+
+
+def test_the_compiled_pipeline_holds_no_secret_values(tmp_path: Path) -> None:
+    """Only Secret references by name: every secret-like parameter is a Secret name, tasks get
+    credentials through secretAsEnv, and nothing in the YAML (component source included) looks
+    like a key, a password or a token."""
+    for where, text in compiled_pipelines(tmp_path).items():
+        docs = load_yaml_documents(text)
+        assert policy.pipeline_secret_errors(docs, text, where) == []
+        root = next(d for d in _walk_dicts(docs) if "root" in d and "deploymentSpec" in d)["root"]
+        params = root["inputDefinitions"]["parameters"]
+        secret_params = sorted(p for p in params if policy.SECRET_LIKE.search(p))
+        assert secret_params == ["mlflow_secret", "s3_secret", "sampler_api_key_secret"], where
+        assert {params[p].get("defaultValue") for p in secret_params} == {"salmon-mlflow", "salmon-s3",
+                                                                           "salmon-vllm-api-key"}
+        refs = {ref["secretNameParameter"]["componentInputParameter"]
+                for d in _walk_dicts(docs) for ref in d.get("secretAsEnv") or []}
+        assert refs == set(secret_params), where
+
+
+def _walk_dicts(value: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(value, dict):
+        yield value
+        for v in value.values():
+            yield from _walk_dicts(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _walk_dicts(v)
+
+
+def test_the_roles_grant_exactly_what_the_code_uses_and_nothing_is_cluster_wide(
+        built: dict[str, list[dict[str, Any]]]) -> None:
+    """The Roles equal salmon.cluster.policy.ROLE_RULES, the verbs the launchers and the sweeper
+    were seen to use against the emulator (tests/test_cluster.py); ClusterRoles and
+    ClusterRoleBindings: exactly the allow-list, which is empty; the only cluster-scoped object
+    is the training runtime, with its reason."""
+    assert policy.CLUSTER_RBAC_ALLOWED == {}
     for docs in built.values():
-        for doc in docs:
-            for where, spec in pod_specs(doc):
-                label = f"{doc['kind']}/{doc['metadata']['name']}{where}"
-                pod = spec.get("securityContext", {})
-                assert pod.get("runAsNonRoot") is True, label
-                assert isinstance(pod.get("runAsUser"), int) and pod["runAsUser"] > 0, label
-                assert pod.get("seccompProfile") == {"type": "RuntimeDefault"}, label
-                assert spec.get("automountServiceAccountToken") is False, label
-                emptydirs = {vol["name"] for vol in spec.get("volumes", []) if "emptyDir" in vol}
-                for container in spec["containers"]:
-                    sc = container.get("securityContext", {})
-                    assert sc.get("allowPrivilegeEscalation") is False, label
-                    assert sc.get("capabilities", {}).get("drop") == ["ALL"], label
-                    assert sc.get("readOnlyRootFilesystem") is True, label
-                    assert "/tmp" in {m["mountPath"] for m in container.get("volumeMounts", [])
-                                      if m["name"] in emptydirs}, label
-                    resources = container.get("resources", {})
-                    assert {"cpu", "memory"} <= set(resources.get("requests", {})), label
-                    assert {"cpu", "memory"} <= set(resources.get("limits", {})), label
-                    checked += 1
-    assert checked >= 5
+        assert policy.rbac_errors(docs) == []
+        assert {(d["kind"], d["metadata"]["name"]) for d in docs
+                if d["kind"] in ("ClusterRole", "ClusterRoleBinding")} == set(policy.CLUSTER_RBAC_ALLOWED)
+        assert {(d["kind"], d["metadata"]["name"]) for d in docs
+                if "namespace" not in d["metadata"]} == set(policy.CLUSTER_SCOPED_ALLOWED)
+        assert {d["metadata"]["name"] for d in docs if d["kind"] == "Role"} == set(policy.ROLE_RULES)
+        for name in policy.ROLE_RULES:
+            assert find(docs, "RoleBinding", name)["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                                                  "kind": "Role", "name": name}
+        assert find(docs, "RoleBinding", "salmon-sweeper")["subjects"] == [
+            {"kind": "ServiceAccount", "name": "salmon-sweeper", "namespace": "kubeflow"}]
+        sweeper = find(docs, "CronJob", "salmon-sweeper")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        assert sweeper["serviceAccountName"] == "salmon-sweeper"
+        assert sweeper["containers"][0]["command"] == ["python", "-m", "salmon.cluster.sweep"]
 
 
-def test_network_policies_fence_the_salmon_pods(built: dict[str, list[dict[str, Any]]]) -> None:
-    policies = {d["metadata"]["name"]: d["spec"] for d in built["gpu"] if d["kind"] == "NetworkPolicy"}
-    deny = policies["salmon-default-deny-ingress"]
-    assert deny["podSelector"] == {"matchLabels": {"app.kubernetes.io/part-of": "salmon"}}
-    assert deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
-    by_port = {}
-    for spec in policies.values():
-        for rule in spec.get("ingress", []):
-            for port in rule.get("ports", []):
-                by_port[port["port"]] = (spec["podSelector"], rule["from"])
-    assert by_port[5000] == ({"matchLabels": {"app.kubernetes.io/name": "mlflow",
-                                              "app.kubernetes.io/component": "tracking-server"}},
-                             [{"podSelector": {}}])
-    assert by_port[8000] == ({"matchLabels": {"app.kubernetes.io/component": "vllm-server"}},
-                             [{"podSelector": {}}])
-    mlflow = find(built["gpu"], "Deployment", "salmon-mlflow")["spec"]["template"]["metadata"]["labels"]
-    assert mlflow["app.kubernetes.io/part-of"] == "salmon"
+def test_network_policies_admit_only_the_pipeline_namespace_to_mlflow_and_vllm(
+        built: dict[str, list[dict[str, Any]]], rendered: list[dict[str, Any]]) -> None:
+    """MLflow (5000) and every vLLM server salmon renders (8000) are selected by the overlay's
+    policies and admit pods of the pipeline namespace only, on their serving port only; the dev
+    PostgreSQL admits MLflow only; the default policy denies all other ingress to salmon's pods."""
+    for overlay, docs in built.items():
+        policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+        mlflow = find(docs, "Deployment", "salmon-mlflow")["spec"]["template"]["metadata"]["labels"]
+        assert policy.ingress_errors(policies, mlflow, 5000, "kubeflow", "mlflow") == []
+        servers = [d for d in rendered if d["kind"] == "Deployment"]
+        for server in servers:
+            labels = server["spec"]["template"]["metadata"]["labels"]
+            assert policy.ingress_errors(policies, labels, 8000, "kubeflow", policy.label(server)) == []
+        for pod_labels in (mlflow, servers[0]["spec"]["template"]["metadata"]["labels"]):
+            sources = [rule["from"] for p in policies if policy.selects(p["spec"]["podSelector"], pod_labels)
+                       for rule in p["spec"].get("ingress", [])]
+            assert sources == [[{"podSelector": {}}]], "pods of the policy's own namespace, the pipeline's"
+        deny = find(docs, "NetworkPolicy", "salmon-default-deny-ingress")["spec"]
+        assert deny == {"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "salmon"}},
+                        "policyTypes": ["Ingress"]}
+        if overlay == "local-cpu":
+            db = find(docs, "NetworkPolicy", "salmon-postgres-from-mlflow")["spec"]["ingress"]
+            assert db == [{"from": [{"podSelector": {"matchLabels": {
+                "app.kubernetes.io/name": "mlflow", "app.kubernetes.io/component": "tracking-server"}}}],
+                "ports": [{"protocol": "TCP", "port": 5432}]}]
+
+
+def test_mlflow_checks_host_headers_and_vllm_requires_an_api_key_from_a_secret(
+        built: dict[str, list[dict[str, Any]]], rendered: list[dict[str, Any]]) -> None:
+    for docs in built.values():
+        mlflow = find(docs, "Deployment", "salmon-mlflow")
+        assert policy.mlflow_allowed_hosts_errors(mlflow) == []
+        hosts = {e["name"]: e for e in mlflow["spec"]["template"]["spec"]["containers"][0]["env"]}[
+            "MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
+        assert "salmon-mlflow.$(POD_NAMESPACE).svc.cluster.local:*" in hosts and "localhost:*" in hosts
+    for server in (d for d in rendered if d["kind"] == "Deployment"):
+        assert policy.vllm_api_key_errors(server) == []
+        env = {e["name"]: e for e in server["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "salmon-vllm-api-key", "key": "api-key"}
+
+
+# ------------------------------------------- least privilege and secrets: the checks bite
+
+def _container(doc: dict[str, Any]) -> dict[str, Any]:
+    return next(spec for _, spec in policy.pod_specs(doc))["containers"][0]
+
+
+def _pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    return next(spec for _, spec in policy.pod_specs(doc))
+
+
+SECRET_VALUE = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # AWS's documentation example
+
+
+def _env(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return _container(doc).setdefault("env", [])
+
+
+def _role(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return find(docs, "Role", "salmon-pipeline-runner")
+
+
+def _mlflow(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return find(docs, "Deployment", "salmon-mlflow")
+
+
+def _mlflow_env(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in _container(_mlflow(docs))["env"]}
+
+
+def _policy(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return find(docs, "NetworkPolicy", name)["spec"]
+
+
+# (what is wrong, which document to start from, how to break it, the check, what it must say)
+BAD_PODS: list[tuple[str, str, Any, str]] = [
+    ("privileged", "mlflow", lambda d: _container(d)["securityContext"].update(privileged=True), "privileged"),
+    ("escalation missing", "mlflow", lambda d: _container(d)["securityContext"].pop("allowPrivilegeEscalation"),
+     "allowPrivilegeEscalation must be false"),
+    ("runs as root", "mlflow", lambda d: _pod_spec(d)["securityContext"].update(runAsUser=0, runAsNonRoot=False),
+     "runAsNonRoot must be true"),
+    ("capability added", "mlflow", lambda d: _container(d)["securityContext"]["capabilities"].update(
+        add=["NET_ADMIN"]), "adds capabilities"),
+    ("writable root", "mlflow", lambda d: _container(d)["securityContext"].pop("readOnlyRootFilesystem"),
+     "readOnlyRootFilesystem"),
+    ("no seccomp", "mlflow", lambda d: _pod_spec(d)["securityContext"].pop("seccompProfile"), "seccompProfile"),
+    ("hostPath volume", "mlflow", lambda d: _pod_spec(d)["volumes"].append(
+        {"name": "host", "hostPath": {"path": "/var/run"}}), "hostPath volume host"),
+    ("host network", "mlflow", lambda d: _pod_spec(d).update(hostNetwork=True), "hostNetwork"),
+    ("token mounted", "mlflow", lambda d: _pod_spec(d).pop("automountServiceAccountToken"),
+     "automountServiceAccountToken"),
+    ("no limits", "mlflow", lambda d: _container(d)["resources"].pop("limits"), "no limits for cpu, memory"),
+    ("image latest", "mlflow", lambda d: _container(d).update(image="ghcr.io/mlflow/mlflow:latest"), "latest"),
+    ("image without tag", "mlflow", lambda d: _container(d).update(image="ghcr.io/mlflow/mlflow"), "no tag"),
+    ("trainjob patch privileged", "trainjob", lambda d: d["spec"]["runtimePatches"][0]["trainingRuntimeSpec"][
+        "template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0][
+        "securityContext"].update(privileged=True), "privileged"),
+    ("trainjob image latest", "trainjob", lambda d: d["spec"]["trainer"].update(image="salmon-runtime:latest"),
+     "latest"),
+    ("trainjob without limits", "trainjob", lambda d: d["spec"]["trainer"]["resourcesPerNode"].pop("limits"),
+     "no limits"),
+    ("pytorchjob hostPath", "pytorchjob", lambda d: _pod_spec(d)["volumes"].append(
+        {"name": "h", "hostPath": {"path": "/"}}), "hostPath"),
+    ("vllm escalation missing", "vllm", lambda d: _container(d)["securityContext"].pop("allowPrivilegeEscalation"),
+     "allowPrivilegeEscalation"),
+]
+
+BAD_SECRETS: list[tuple[str, str, Any, str]] = [
+    ("literal secret env", "mlflow", lambda d: _env(d).append({"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}),
+     "env AWS_SECRET_ACCESS_KEY has a literal value"),
+    ("credentials in a URI", "mlflow", lambda d: _env(d).append(
+        {"name": "DATABASE_URL", "value": "postgresql://mlflow:hunter2@db:5432/mlflow"}), "credentials in a URI"),
+    ("trainjob literal token", "trainjob", lambda d: d["spec"]["trainer"]["env"].append(
+        {"name": "HF_TOKEN", "value": "hf_" + "a" * 34}), "env HF_TOKEN has a literal value"),
+    ("api key on the command line", "vllm", lambda d: _container(d)["args"].append("--api-key=" + SECRET_VALUE),
+     "--api-key passes a secret on the command line"),
+    ("secret with data", "secret", lambda d: d.update(data={"api-key": "c2VjcmV0"}), "Secret with literal data"),
+    ("configmap password", "configmap", lambda d: d["data"].update(POSTGRES_PASSWORD="x"), "looks like a secret"),
+    ("aws key id in a configmap", "configmap", lambda d: d["data"].update(note="AKIAIOSFODNN7EXAMPLE"),
+     "AWS access key id"),
+]
+
+
+def _start(kind: str, built: dict[str, list[dict[str, Any]]], rendered: list[dict[str, Any]]) -> dict[str, Any]:
+    docs = built["gpu"]
+    start = {
+        "mlflow": lambda: find(docs, "Deployment", "salmon-mlflow"),
+        "trainjob": lambda: next(d for d in rendered if d["kind"] == "TrainJob"),
+        "pytorchjob": lambda: next(d for d in rendered if d["kind"] == "PyTorchJob"),
+        "vllm": lambda: next(d for d in rendered if d["kind"] == "Deployment"),
+        "secret": lambda: {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "salmon-s3"}},
+        "configmap": lambda: copy.deepcopy(find(docs, "ConfigMap")),
+    }[kind]()
+    return copy.deepcopy(start)
+
+
+@pytest.mark.parametrize(("start", "breaks", "says"), [b[1:] for b in BAD_PODS], ids=[b[0] for b in BAD_PODS])
+def test_the_pod_check_fails_on_a_bad_pod(built: dict[str, list[dict[str, Any]]], rendered: list[dict[str, Any]],
+                                          start: str, breaks: Any, says: str) -> None:
+    doc = _start(start, built, rendered)
+    assert policy.workload_errors(doc, runtimes(built["gpu"])) == []
+    breaks(doc)
+    errors = policy.workload_errors(doc, runtimes(built["gpu"]))
+    assert errors and any(says in e for e in errors), errors
+
+
+@pytest.mark.parametrize(("start", "breaks", "says"), [b[1:] for b in BAD_SECRETS], ids=[b[0] for b in BAD_SECRETS])
+def test_the_secret_check_fails_on_a_literal_secret(built: dict[str, list[dict[str, Any]]],
+                                                    rendered: list[dict[str, Any]],
+                                                    start: str, breaks: Any, says: str) -> None:
+    doc = _start(start, built, rendered)
+    assert policy.secret_literal_errors(doc) == []
+    breaks(doc)
+    errors = policy.secret_literal_errors(doc)
+    assert errors and any(says in e for e in errors), errors
+
+
+BAD_RBAC: list[tuple[str, Any, str]] = [
+    ("wildcard verb", lambda docs: _role(docs)["rules"][0]["verbs"].append("*"), "wildcard in verbs"),
+    ("extra verb", lambda docs: _role(docs)["rules"][0]["verbs"].append("patch"), "extra"),
+    ("missing verb", lambda docs: _role(docs)["rules"][0]["verbs"].remove("delete"), "missing"),
+    ("reads secrets", lambda docs: _role(docs)["rules"].append(
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}), "grants access to secrets"),
+    ("wildcard resource", lambda docs: _role(docs)["rules"].append(
+        {"apiGroups": ["apps"], "resources": ["*"], "verbs": ["get"]}), "wildcard in resources"),
+    ("escalate", lambda docs: _role(docs)["rules"].append(
+        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["escalate"]}), "escalate"),
+    ("cluster role", lambda docs: docs.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                                               "metadata": {"name": "salmon"}, "rules": []}),
+     "cluster-wide RBAC is not in the allow-list"),
+    ("binding to cluster-admin", lambda docs: find(docs, "RoleBinding", "salmon-pipeline-runner").update(
+        roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"}),
+     "binds ClusterRole/cluster-admin"),
+    ("unlisted cluster-scoped object", lambda docs: docs.append(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "salmon"}}), "not in the allow-list"),
+]
+
+
+@pytest.mark.parametrize(("breaks", "says"), [b[1:] for b in BAD_RBAC], ids=[b[0] for b in BAD_RBAC])
+def test_the_rbac_check_fails_on_a_bad_role(built: dict[str, list[dict[str, Any]]], breaks: Any, says: str) -> None:
+    docs = copy.deepcopy(built["gpu"])
+    breaks(docs)
+    errors = policy.rbac_errors(docs)
+    assert errors and any(says in e for e in errors), errors
+
+
+BAD_FENCES: list[tuple[str, Any, str]] = [
+    ("all namespaces", lambda docs: _policy(docs, "salmon-mlflow-from-namespace")["ingress"][0]["from"].append(
+        {"namespaceSelector": {}}), "admits other namespaces"),
+    ("another namespace", lambda docs: _policy(docs, "salmon-mlflow-from-namespace")["ingress"][0].update(
+        {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "default"}}}]}),
+     "admits other namespaces"),
+    ("no from", lambda docs: _policy(docs, "salmon-mlflow-from-namespace")["ingress"][0].pop("from"),
+     "admits every source"),
+    ("an ipBlock", lambda docs: _policy(docs, "salmon-mlflow-from-namespace")["ingress"][0]["from"].append(
+        {"ipBlock": {"cidr": "0.0.0.0/0"}}), "ipBlock"),
+    ("every port", lambda docs: _policy(docs, "salmon-mlflow-from-namespace")["ingress"][0].pop("ports"),
+     "admits every port"),
+    ("another port", lambda docs: _policy(docs, "salmon-mlflow-from-namespace")["ingress"][0]["ports"].append(
+        {"protocol": "TCP", "port": 22}), "admits port 22/TCP"),
+    ("no policy", lambda docs: [docs.remove(d) for d in list(docs) if d["kind"] == "NetworkPolicy"],
+     "no NetworkPolicy selects it"),
+]
+
+
+@pytest.mark.parametrize(("breaks", "says"), [b[1:] for b in BAD_FENCES], ids=[b[0] for b in BAD_FENCES])
+def test_the_network_check_fails_on_a_loose_policy(built: dict[str, list[dict[str, Any]]], breaks: Any,
+                                                   says: str) -> None:
+    docs = copy.deepcopy(built["gpu"])
+    labels = _mlflow(docs)["spec"]["template"]["metadata"]["labels"]
+    assert policy.ingress_errors(docs, labels, 5000, "kubeflow", "mlflow") == []
+    breaks(docs)
+    errors = policy.ingress_errors(docs, labels, 5000, "kubeflow", "mlflow")
+    assert errors and any(says in e for e in errors), errors
+
+
+def _api_key(doc: dict[str, Any]) -> dict[str, Any]:
+    return next(e for e in _container(doc)["env"] if e["name"] == "VLLM_API_KEY")
+
+
+BAD_SERVERS: list[tuple[str, str, Any, str]] = [
+    ("allowed hosts unset", "mlflow", lambda d: _container(d)["env"].remove(
+        next(e for e in _container(d)["env"] if e["name"] == "MLFLOW_SERVER_ALLOWED_HOSTS")), "is not set"),
+    ("any host allowed", "mlflow", lambda d: next(e for e in _container(d)["env"] if e["name"] ==
+                                                  "MLFLOW_SERVER_ALLOWED_HOSTS").update(value="*"), "'*'"),
+    ("allowed hosts overridden", "mlflow", lambda d: _container(d)["args"].extend(["--allowed-hosts", "*"]),
+     "--allowed-hosts"),
+    ("no api key", "vllm", lambda d: _container(d)["env"].remove(
+        next(e for e in _container(d)["env"] if e["name"] == "VLLM_API_KEY")), "VLLM_API_KEY is not set"),
+    ("literal api key", "vllm", lambda d: _api_key(d).update({"value": "k"}) or _api_key(d).pop("valueFrom"),
+     "does not come from a Secret"),
+    ("optional api key", "vllm", lambda d: _api_key(d)["valueFrom"]["secretKeyRef"].update(optional=True),
+     "optional"),
+    ("api key as an argument", "vllm", lambda d: _container(d)["args"].extend(["--api-key", "k"]), "--api-key"),
+]
+
+
+@pytest.mark.parametrize(("start", "breaks", "says"), [b[1:] for b in BAD_SERVERS], ids=[b[0] for b in BAD_SERVERS])
+def test_the_server_guard_checks_fail_on_an_open_server(built: dict[str, list[dict[str, Any]]],
+                                                        rendered: list[dict[str, Any]],
+                                                        start: str, breaks: Any, says: str) -> None:
+    check = policy.mlflow_allowed_hosts_errors if start == "mlflow" else policy.vllm_api_key_errors
+    doc = _start(start, built, rendered)
+    assert check(doc) == []
+    breaks(doc)
+    errors = check(doc)
+    assert errors and any(says in e for e in errors), errors
+
+
+def test_the_pipeline_check_fails_on_a_literal_secret() -> None:
+    text = (REPO / "tests/golden/salmon.yaml").read_text()
+    docs = load_yaml_documents(text)
+    assert policy.pipeline_secret_errors(docs, text) == []
+    params = copy.deepcopy(docs)
+    params[0]["root"]["inputDefinitions"]["parameters"]["mlflow_password"] = {
+        "defaultValue": "hunter2hunter2", "parameterType": "STRING", "isOptional": True}
+    params[0]["root"]["inputDefinitions"]["parameters"]["s3_secret"]["defaultValue"] = SECRET_VALUE
+    errors = policy.pipeline_secret_errors(params)
+    assert any("mlflow_password" in e for e in errors) and any("s3_secret" in e for e in errors), errors
+    env = copy.deepcopy(docs)
+    first = next(iter(env[0]["deploymentSpec"]["executors"].values()))["container"]
+    first["env"] = [{"name": "AWS_SECRET_ACCESS_KEY", "value": SECRET_VALUE}]
+    assert any("AWS_SECRET_ACCESS_KEY has a literal value" in e for e in policy.pipeline_secret_errors(env))
+    code = text.replace("import json", 'import json\n    API_KEY = "' + SECRET_VALUE + '"', 1)
+    assert any("quoted secret assignment" in e for e in policy.pipeline_secret_errors(docs, code))
+    assert any("AWS access key id" in e for e in policy.pipeline_secret_errors(docs, text + "\n# AKIAIOSFODNN7EXAMPLE"))
+    unnamed = copy.deepcopy(docs)
+    next(iter(unnamed[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()))["secretAsEnv"][0].pop(
+        "secretNameParameter")
+    assert any("without a Secret name" in e for e in policy.pipeline_secret_errors(unnamed))
 
 
 # ------------------------------------------------------------------------- vendored schemas

@@ -1,5 +1,7 @@
 """Dry runs: render a training job or a vLLM server from ``key=value`` overrides, validate the
-manifests offline (``salmon.cluster.validate``), and return them as YAML. What ``salmon job
+manifests offline (``salmon.cluster.validate``) and against the deployment policy
+(``salmon.cluster.policy``: pinned images, locked-down pods, no literal secrets), and return them
+as YAML. What ``salmon job
 render`` and ``salmon sampler render`` print; nothing is sent to a cluster."""
 
 from __future__ import annotations
@@ -19,14 +21,27 @@ def _build(cls: type[BaseModel], what: str, values: dict[str, Any]) -> Any:
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or what
-        fix = f"the keys are: {', '.join(cls.model_fields)}" if err["type"] == "extra_forbidden" else ""
-        raise SalmonInputError(f"{what} {where}", err["msg"], fix) from None
+        command = "salmon job render --help" if what == "job setting" else "salmon sampler render --help"
+        fix = (f"the keys are: {', '.join(cls.model_fields)}" if err["type"] == "extra_forbidden"
+               else f"see `{command}` for the settings")
+        raise SalmonInputError(f"{what} {where}", err["msg"].removeprefix("Value error, "), fix) from None
 
 
 def _as_yaml(docs: list[dict[str, Any]]) -> str:
     import yaml
 
     return "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs)
+
+
+def _policy_errors(doc: dict[str, Any]) -> list[str]:
+    """``salmon.cluster.policy`` checks that need no other object (a TrainJob's pods are checked
+    in full only against its runtime, in tests/test_manifests.py; here its image)."""
+    from salmon.cluster import policy
+
+    errors = policy.secret_literal_errors(doc)
+    if doc["kind"] == "TrainJob":
+        return errors + policy.image_errors(doc["spec"]["trainer"].get("image"), f"{policy.label(doc)} image")
+    return errors + policy.workload_errors(doc)
 
 
 def _validated(docs: list[dict[str, Any]], what: str, validate: bool) -> str:
@@ -37,6 +52,10 @@ def _validated(docs: list[dict[str, Any]], what: str, validate: bool) -> str:
         if errors:
             raise SalmonInputError(what, "the rendered manifest does not validate: " + "; ".join(errors[:5]),
                                    "fix the overrides (or report a bug if they are valid)")
+        errors = [e for doc in docs for e in _policy_errors(doc)]
+        if errors:
+            raise SalmonInputError(what, "the rendered manifest breaks the deployment policy: " + "; ".join(errors[:5]),
+                                   "pin the image to a version tag or digest (docs/deploy.md)")
     return _as_yaml(docs)
 
 

@@ -6,13 +6,18 @@ What :func:`launch_and_wait` guarantees:
   the job it created before instead of failing on AlreadyExists; a job left Failed by the earlier
   attempt is deleted and created again (that is what a retry asks for); a job of the same name
   with a different spec (``salmon.ai/spec-digest``) is refused;
-- the master pod's log is streamed into the step's log while the job runs;
-- a Failed condition becomes :class:`JobFailed` with the controller's reason and message, and the
-  command exits non-zero;
-- past ``deadline_seconds`` the job is deleted and :class:`JobTimeout` raised;
-- SIGTERM (the pipeline run was cancelled) deletes the job before the step exits, so no GPU job
-  outlives its run; an ownerReference to the run's Argo Workflow (``workflow_owner``) covers a
-  deleted run too.
+- the master pod's log is streamed into the step's log while the job runs, and so is every pod
+  problem as it appears (:func:`pod_problems`: ImagePullBackOff, CrashLoopBackOff, OOMKilled, a
+  non-zero exit, Unschedulable, Evicted, each with the kubelet's or scheduler's message);
+- a Failed condition becomes :class:`JobFailed` with the controller's reason and message *and*
+  the pods' problems (the controllers' conditions rarely name them; a PyTorchJob may have
+  deleted its pods by then, so problems seen earlier are kept), and the command exits non-zero;
+- past ``deadline_seconds`` the job is deleted and :class:`JobTimeout` raised, with the problems;
+- SIGTERM (the pipeline run was cancelled: KFP terminates the Argo Workflow and Argo signals the
+  step) deletes the job before the step exits, so no GPU job outlives its run. Backstops for a
+  step that dies without running its handler: the ownerReference to the run's Argo Workflow
+  (``workflow_owner``; Kubernetes deletes the job with the Workflow) and the sweeper
+  (``salmon.cluster.sweep``: it deletes the job as soon as the Workflow is finished or terminated).
 
 Works with any Kubernetes API the official client can reach (a cluster, or an emulator in tests).
 """
@@ -43,6 +48,8 @@ class JobKind:
     succeeded: str
     failed: str
     master_labels: Callable[[str], dict[str, str]]
+    pod_labels: Callable[[str], dict[str, str]]
+    """Labels every pod of the job carries (set by the controller)."""
 
 
 KINDS = {
@@ -50,11 +57,15 @@ KINDS = {
                         # JobSet labels of the first pod of the trainer's replicated job
                         lambda name: {"jobset.sigs.k8s.io/jobset-name": name,
                                       "jobset.sigs.k8s.io/replicatedjob-name": "node",
-                                      "batch.kubernetes.io/job-completion-index": "0"}),
+                                      "batch.kubernetes.io/job-completion-index": "0"},
+                        lambda name: {"jobset.sigs.k8s.io/jobset-name": name}),
     "pytorchjob": JobKind("pytorchjob", "kubeflow.org", "v1", "pytorchjobs", "Succeeded", "Failed",
                           lambda name: {"training.kubeflow.org/job-name": name,
-                                        "training.kubeflow.org/replica-type": "master"}),
+                                        "training.kubeflow.org/replica-type": "master"},
+                          lambda name: {"training.kubeflow.org/job-name": name}),
 }
+QUIET_WAITING = ("ContainerCreating", "PodInitializing")
+"""Waiting reasons that are progress, not problems."""
 
 
 class JobFailed(RuntimeError):
@@ -94,6 +105,53 @@ def job_state(obj: Mapping[str, Any], kind: JobKind) -> tuple[str, str]:
     return "running", ""
 
 
+def _short(text: Any, limit: int = 300) -> str:
+    flat = " ".join(str(text or "").split())
+    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
+
+
+def pod_problems(pod: Mapping[str, Any]) -> list[str]:
+    """Why a pod is not running (well), from its status, one line each with the reason and the
+    kubelet's or scheduler's message: the pod's own reason (Evicted, DeadlineExceeded), an
+    unschedulable pod (Insufficient nvidia.com/gpu, untolerated taint), a waiting container
+    (ImagePullBackOff, CrashLoopBackOff, CreateContainerConfigError for a missing Secret) and a
+    container that ended or last ended with a non-zero exit (OOMKilled, Error)."""
+    status = pod.get("status") or {}
+    found = []
+    if status.get("reason"):
+        found.append(f"{status['reason']}: {_short(status.get('message'))}".rstrip(": "))
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and str(cond.get("status")) == "False" and cond.get("reason"):
+            found.append(f"{cond['reason']}: {_short(cond.get('message'))}".rstrip(": "))
+    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        state, last = cs.get("state") or {}, cs.get("lastState") or cs.get("last_state") or {}
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") and waiting["reason"] not in QUIET_WAITING:
+            found.append(f"container {cs.get('name')} {waiting['reason']}: {_short(waiting.get('message'))}"
+                         .rstrip(": "))
+        for ended in (state.get("terminated"), last.get("terminated")):
+            code = (ended or {}).get("exitCode", (ended or {}).get("exit_code"))
+            if ended and code:
+                message = f": {_short(ended['message'])}" if ended.get("message") else ""
+                found.append(f"container {cs.get('name')} {ended.get('reason') or 'Error'} (exit code {code}){message}")
+    name = (pod.get("metadata") or {}).get("name", "?")
+    return [f"pod {name}: {line}" for line in dict.fromkeys(found)]
+
+
+def pods_with_labels(core: Any, namespace: str, wanted: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Pods carrying all of ``wanted`` as plain dicts (the label filter is applied again here, for
+    APIs that ignore the selector)."""
+    selector = ",".join(f"{k}={v}" for k, v in wanted.items())
+    pods = core.list_namespaced_pod(namespace, label_selector=selector)
+    out = []
+    for pod in pods.items:
+        doc = core.api_client.sanitize_for_serialization(pod)
+        labels = (doc.get("metadata") or {}).get("labels") or {}
+        if all(labels.get(k) == v for k, v in wanted.items()):
+            out.append(doc)
+    return out
+
+
 def workflow_owner(pod: Mapping[str, Any]) -> dict[str, str] | None:
     """The Argo Workflow that owns a pipeline step's pod (``metadata.ownerReferences``), if any."""
     for ref in (pod.get("metadata") or {}).get("ownerReferences") or []:
@@ -119,6 +177,8 @@ class Launcher:
         self.poll_seconds = poll_seconds
         self.out = out or (lambda line: print(line, file=sys.stderr, flush=True))
         self._log_seen: dict[str, int] = {}
+        self.problems: dict[str, None] = {}
+        """Every pod problem seen so far (ordered, each once)."""
 
     # --- single API calls --------------------------------------------------------------
 
@@ -184,22 +244,38 @@ class Launcher:
             return dict(self.custom.create_namespaced_custom_object(body=body, **self._api_args())), "recreated"
         return existing, "adopted"
 
-    def master_pod(self, name: str) -> str | None:
+    def pods(self, name: str) -> list[dict[str, Any]]:
+        """The job's pods (as dicts)."""
+        return pods_with_labels(self.core, self.namespace, self.kind.pod_labels(name))
+
+    def master_pod(self, name: str, pods: list[dict[str, Any]] | None = None) -> str | None:
         """Name of the job's first (rank-0) pod, if it exists yet."""
         wanted = self.kind.master_labels(name)
-        selector = ",".join(f"{k}={v}" for k, v in wanted.items())
-        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector)
-        for pod in pods.items:
-            labels = pod.metadata.labels or {}
+        for pod in self.pods(name) if pods is None else pods:
+            labels = pod["metadata"].get("labels") or {}
             if all(labels.get(k) == v for k, v in wanted.items()):
-                return str(pod.metadata.name)
+                return str(pod["metadata"]["name"])
         return None
 
-    def stream_logs(self, name: str) -> None:
+    def watch_pods(self, name: str, pods: list[dict[str, Any]] | None = None) -> list[str]:
+        """Print the pod problems not printed yet; returns the problems of the pods now."""
+        now = [p for pod in (self.pods(name) if pods is None else pods) for p in pod_problems(pod)]
+        for problem in now:
+            if problem not in self.problems:
+                self.problems[problem] = None
+                self.out(f"[launcher] {problem}")
+        return now
+
+    def _with_problems(self, message: str) -> str:
+        if not self.problems:
+            return message
+        return f"{message}; pods: " + "; ".join(self.problems)
+
+    def stream_logs(self, name: str, pods: list[dict[str, Any]] | None = None) -> None:
         """Print the master pod's log lines not printed yet."""
         from kubernetes.client.exceptions import ApiException
 
-        pod = self.master_pod(name)
+        pod = self.master_pod(name, pods)
         if pod is None:
             return
         try:
@@ -221,8 +297,11 @@ class Launcher:
         while True:
             job = self.get(name)
             if job is None:
-                raise JobFailed(f"{self.kind.plural}/{name} disappeared (deleted by someone else?)")
-            self.stream_logs(name)
+                raise JobFailed(self._with_problems(
+                    f"{self.kind.plural}/{name} disappeared (deleted by someone else?)"))
+            pods = self.pods(name)
+            self.stream_logs(name, pods)
+            self.watch_pods(name, pods)
             state, reason = job_state(job, self.kind)
             if state != last_state:
                 self.out(f"[launcher] {self.kind.plural}/{name}: {state}")
@@ -230,27 +309,45 @@ class Launcher:
             if state == "succeeded":
                 return job
             if state == "failed":
-                raise JobFailed(f"{self.kind.plural}/{name} failed: {reason}")
+                raise JobFailed(self._with_problems(f"{self.kind.plural}/{name} failed: {reason}"))
             if deadline_seconds is not None and time.monotonic() - start > deadline_seconds:
                 self.delete(name)
-                raise JobTimeout(f"{self.kind.plural}/{name} ran past its {deadline_seconds:.0f} s deadline; deleted")
+                raise JobTimeout(self._with_problems(
+                    f"{self.kind.plural}/{name} ran past its {deadline_seconds:.0f} s deadline; deleted"))
             time.sleep(self.poll_seconds)
 
     @contextmanager
     def deleted_on_sigterm(self, name: str) -> Iterator[None]:
         """While inside, SIGTERM deletes the job and exits with 143 (128 + SIGTERM)."""
-        def handler(signum: int, frame: Any) -> None:
+        def cleanup() -> None:
             self.out(f"[launcher] SIGTERM: deleting {self.kind.plural}/{name}")
-            try:
-                self.delete(name)
-            finally:
-                raise SystemExit(128 + signum)
+            self.delete(name)
 
-        previous = signal.signal(signal.SIGTERM, handler)
-        try:
+        with on_sigterm(cleanup):
             yield
+
+
+@contextmanager
+def on_sigterm(cleanup: Callable[[], Any]) -> Iterator[None]:
+    """While inside, SIGTERM runs ``cleanup()`` and exits with 143 (128 + SIGTERM). Outside the
+    main thread (where Python cannot install signal handlers) this does nothing."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        try:
+            cleanup()
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def launch_and_wait(manifest: Mapping[str, Any], kind: str, *, api_client: Any = None,

@@ -6,8 +6,10 @@
   ``nodes - 1`` Workers, container ``pytorch``.
 - :func:`render_vllm_server`: a Deployment and a ClusterIP Service for a vLLM OpenAI server.
 
-Every pod runs as non-root without privilege escalation and with all capabilities dropped.
-Secrets enter only through ``secretKeyRef``.
+Every pod runs as non-root, without privilege escalation, with all capabilities dropped, a
+read-only root filesystem (writable ``emptyDir`` folders for ``/tmp`` and ``$HOME``) and no
+service-account token. Secrets enter only through ``secretKeyRef``. ``salmon.cluster.policy``
+checks all of this on every rendered object (tests/test_manifests.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ LABEL_STAGE = "salmon.ai/stage"
 TRAINJOB_CONTAINER = "node"
 """The trainer container in the torch runtimes (and in salmon-torch-distributed)."""
 PYTORCHJOB_CONTAINER = "pytorch"
+SCRATCH = {"tmp": "/tmp", "home": "/home/salmon"}
+"""Writable emptyDir folders of a PyTorchJob's pods (the root filesystem is read-only): the runtime
+image's HOME and its caches live under /home/salmon. salmon-torch-distributed mounts the same."""
+SCRATCH_SIZE = "20Gi"
 READY_PROBE = ("import os, urllib.request as r; r.urlopen(r.Request('http://127.0.0.1:{port}/v1/models', "
                "headers={{'Authorization': 'Bearer ' + os.environ['VLLM_API_KEY']}}), timeout=4)")
 """Exits 0 when the server lists its models to a client holding the API key."""
@@ -70,7 +76,7 @@ def pod_security_context() -> dict[str, Any]:
 
 def container_security_context() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "privileged": False, "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]}}
+            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
 
 
 def _resources(spec: TrainingJobSpec | VLLMServerSpec) -> dict[str, Any]:
@@ -119,6 +125,8 @@ def render_trainjob(spec: TrainingJobSpec) -> dict[str, Any]:
         "containers": [{"name": TRAINJOB_CONTAINER, "volumeMounts": mounts,
                         "securityContext": container_security_context()}],
     }
+    # /tmp, $HOME and automountServiceAccountToken: false come from the runtime (a runtime patch
+    # cannot set the last one)
     pod_spec.update(_pod_placement(spec, pod_volumes))
     job: dict[str, Any] = {
         "apiVersion": "trainer.kubeflow.org/v1alpha1",
@@ -152,6 +160,8 @@ def render_trainjob(spec: TrainingJobSpec) -> dict[str, Any]:
 def render_pytorchjob(spec: TrainingJobSpec) -> dict[str, Any]:
     """A ``PyTorchJob`` with one Master and ``nodes - 1`` Workers running ``spec.command()``."""
     pod_volumes, mounts = _volumes(spec.volumes)
+    pod_volumes += [{"name": name, "emptyDir": {"sizeLimit": SCRATCH_SIZE}} for name in SCRATCH]
+    mounts += [{"name": name, "mountPath": path} for name, path in SCRATCH.items()]
     labels = _job_labels(spec)
     container = {
         "name": PYTORCHJOB_CONTAINER, "image": spec.image, "imagePullPolicy": "IfNotPresent",
@@ -159,7 +169,8 @@ def render_pytorchjob(spec: TrainingJobSpec) -> dict[str, Any]:
         "resources": _resources(spec), "volumeMounts": mounts,
         "securityContext": container_security_context(),
     }
-    pod_spec: dict[str, Any] = {"securityContext": pod_security_context(), "containers": [container]}
+    pod_spec: dict[str, Any] = {"securityContext": pod_security_context(), "automountServiceAccountToken": False,
+                                "containers": [container]}
     pod_spec.update(_pod_placement(spec, pod_volumes))
 
     def replica(count: int) -> dict[str, Any]:
@@ -239,7 +250,7 @@ def render_vllm_server(spec: VLLMServerSpec) -> list[dict[str, Any]]:
         "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
         "resources": _resources(spec),
         "volumeMounts": mounts,
-        "securityContext": {**container_security_context(), "readOnlyRootFilesystem": True},
+        "securityContext": container_security_context(),
         "startupProbe": {**models_probe, "failureThreshold": max(1, spec.startup_budget_seconds // period)},
         "readinessProbe": {**models_probe, "failureThreshold": 3},
         "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 30,

@@ -3,14 +3,24 @@
 
 The server's name derives from what it serves (the digests of the base model and the adapter), so
 its in-cluster URL is the same in every run that serves the same model and the sample/label
-tasks stay cacheable. Objects carry the label ``salmon.ai/kfp-run`` of the run that created them;
-the pipeline's exit handler removes them with :func:`delete_servers`, whether the run succeeded,
-failed or was cancelled.
+tasks stay cacheable. Objects carry the label ``salmon.ai/kfp-run`` of the run that created them.
+Who removes them:
+
+- the pipeline's ``stop_sampler`` task (:func:`delete_servers`), once ``label`` is done, whether
+  ``sample`` and ``label`` succeeded or failed;
+- :func:`deploy_server` itself on SIGTERM while it waits for the server (the run was cancelled
+  during ``serve_sampler``);
+- when the run is cancelled after ``serve_sampler`` finished, no task of the run is left to do it
+  (KFP terminates the Workflow and schedules nothing more): the sweeper
+  (``salmon.cluster.sweep``, a CronJob) deletes the server once the Workflow that owns it
+  (ownerReference) is terminated or finished, and Kubernetes' garbage collector deletes it with
+  the Workflow.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import sys
 import time
 from collections.abc import Callable
@@ -47,28 +57,48 @@ def _create_or_keep(create: Callable[[], Any]) -> str:
 def deploy_server(spec: VLLMServerSpec, *, api_client: Any, run_id: str, timeout_seconds: float = 3600,
                   poll_seconds: float = 10, out: Callable[[str], None] | None = None) -> str:
     """Create (or adopt) the server's Deployment and Service and wait until the Deployment has a
-    ready replica (its readiness probe lists the model with the API key). Returns the base URL."""
+    ready replica (its readiness probe lists the model with the API key). Returns the base URL.
+
+    While waiting, the server pods' problems (ImagePullBackOff, CrashLoopBackOff, OOMKilled,
+    Unschedulable, ...) are printed as they appear and named in the timeout's message. SIGTERM
+    (the run was cancelled) removes this run's servers (:func:`delete_servers`) and exits 143."""
     from kubernetes import client
+
+    from salmon.cluster.launch import on_sigterm, pod_problems, pods_with_labels
 
     say = out or (lambda line: print(line, file=sys.stderr, flush=True))
     spec = spec.model_copy(update={"labels": {**spec.labels, RUN_LABEL: run_label(run_id)}})
     deployment, service = render_vllm_server(spec)
     apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
-    how = _create_or_keep(lambda: apps.create_namespaced_deployment(spec.namespace, deployment))
-    _create_or_keep(lambda: core.create_namespaced_service(spec.namespace, service))
-    say(f"[sampler] deployments/{spec.name} {how}; waiting for a ready replica")
-    end = time.monotonic() + timeout_seconds
-    while True:
-        dep = apps.read_namespaced_deployment(spec.name, spec.namespace)
-        ready = (dep.status.ready_replicas or 0) if dep.status else 0
-        if ready >= 1:
-            url = service_url(spec)
-            say(f"[sampler] {spec.name} ready at {url}")
-            return url
-        if time.monotonic() > end:
-            raise TimeoutError(f"vLLM server {spec.name} not ready after {timeout_seconds:.0f} s; "
-                               f"see `kubectl -n {spec.namespace} describe deployment {spec.name}`")
-        time.sleep(poll_seconds)
+
+    def cleanup() -> None:
+        say("[sampler] SIGTERM: removing the servers of this run")
+        delete_servers(api_client=api_client, namespace=spec.namespace, run_id=run_id, out=say)
+
+    seen: dict[str, None] = {}
+    with on_sigterm(cleanup):
+        how = _create_or_keep(lambda: apps.create_namespaced_deployment(spec.namespace, deployment))
+        _create_or_keep(lambda: core.create_namespaced_service(spec.namespace, service))
+        say(f"[sampler] deployments/{spec.name} {how}; waiting for a ready replica")
+        end = time.monotonic() + timeout_seconds
+        for attempt in itertools.count():
+            dep = apps.read_namespaced_deployment(spec.name, spec.namespace)
+            ready = (dep.status.ready_replicas or 0) if dep.status else 0
+            if ready >= 1:
+                url = service_url(spec)
+                say(f"[sampler] {spec.name} ready at {url}")
+                return url
+            for pod in pods_with_labels(core, spec.namespace, deployment["spec"]["selector"]["matchLabels"]):
+                for problem in pod_problems(pod):
+                    if problem not in seen:
+                        seen[problem] = None
+                        say(f"[sampler] {problem}")
+            if time.monotonic() > end:
+                problems = f"; pods: {'; '.join(seen)}" if seen else ""
+                raise TimeoutError(f"vLLM server {spec.name} not ready after {timeout_seconds:.0f} s{problems}; "
+                                   f"see `kubectl -n {spec.namespace} describe deployment {spec.name}`")
+            time.sleep(min(poll_seconds, 0.25 * 2 ** min(attempt, 16)))  # quick first looks, then every poll_seconds
+    raise AssertionError("unreachable")
 
 
 def delete_servers(*, api_client: Any, namespace: str, run_id: str,
