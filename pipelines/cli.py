@@ -56,7 +56,8 @@ def parse_params(items: list[str]) -> dict[str, Any]:
         try:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError as e:
-            raise SalmonInputError(f"parameter '{key}'", f"not a YAML value ({e})".replace("\n", " ")) from None
+            raise SalmonInputError(f"parameter '{key}'", f"not a YAML value ({e})".replace("\n", " "),
+                                   "quote the value, or fix its YAML syntax") from None
         default = known[key].default
         if isinstance(default, str) and not isinstance(value, str):
             value = raw
@@ -64,9 +65,18 @@ def parse_params(items: list[str]) -> dict[str, Any]:
             value = float(value)
         if default is not inspect.Parameter.empty and type(value) is not type(default):
             raise SalmonInputError(f"parameter '{key}={raw}'",
-                                   f"expected {type(default).__name__}, got {type(value).__name__}")
+                                   f"expected {type(default).__name__}, got {type(value).__name__}",
+                                   f"e.g. {key}={json.dumps(default)}; see `salmon pipeline params`")
         out[key] = value
     return out
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """The plan task's parameter checks, on the parameters with the pipeline's defaults filled in."""
+    from salmon.task import validate_pipeline_params
+
+    defaults = {name: p.default for name, p in pipeline_parameters().items()}
+    validate_pipeline_params({**defaults, **params})
 
 
 def compile_pipeline(out_dir: str | Path, *, namespace: str | None = None, version: str = "v0-1-0") -> list[Path]:
@@ -201,6 +211,7 @@ def main(args: argparse.Namespace) -> int:
             if args.rm_epochs is not None:
                 params["rm_epochs"] = args.rm_epochs
             params.update(parse_params(args.params))
+            check_params(params)
             return _run(args.out, params, cache=not args.no_cache)
         if args.action == "compile":
             for path in compile_pipeline(args.out, namespace=args.namespace, version=args.version):
@@ -210,6 +221,7 @@ def main(args: argparse.Namespace) -> int:
             _print_params()
             return 0
         params = parse_params(args.params)
+        check_params(params)  # before anything starts: no output folder, no upload
         if args.action == "run":
             return _run(args.out, params, cache=not args.no_cache)
         run_id = submit(args.host, params, experiment=args.experiment, version=args.version, token=args.token,

@@ -7,10 +7,10 @@ values; the ``nano`` presets (``salmon/configs/nano/<stage>.yaml``) shrink them 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from salmon.core.deepspeed_config import (
     DeepSpeedMode,
@@ -27,6 +27,16 @@ from salmon.core.templates import DROMEDARY_SYSTEM, DROMEDARY_SYSTEM_STANDARD
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["float32", "bfloat16", "float16"]
+
+
+def _ends_with_user_turn(value: str) -> str:
+    if not value.rstrip().endswith("### User"):
+        raise ValueError("must end with '### User' (the instruction follows the user-turn header)")
+    return value
+
+
+SystemPrompt = Annotated[str, AfterValidator(_ends_with_user_turn)]
+"""Text before the instruction in the Dromedary turn format: it ends with ``### User``."""
 
 
 class _Config(BaseModel):
@@ -87,7 +97,7 @@ class SampleConfig(_ServerClient):
     max_new_tokens: int = Field(default=768, ge=1, description="Longest response in tokens.")
     min_chars: int = Field(default=16, ge=0, description="Drop a prompt if either response is shorter.")
     stop: str = Field(default="###", description="Responses are cut before this marker.")
-    system_prompt: str = Field(
+    system_prompt: SystemPrompt = Field(
         default=DROMEDARY_SYSTEM, description="Text before the instruction; must end with '### User'.")
     batch_size: int = Field(default=8, ge=1, description="Prompts per generate call (hf) or per request (openai).")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
@@ -249,7 +259,7 @@ class PPOConfig(_DeepSpeedSettings):
     intervention_ids: list[str] | None = Field(
         default=None, description="Use only these principles of interventions; null for all.")
     principles_per_rollout: int = Field(default=3, ge=0, description="Principles drawn by weight per RM call.")
-    system_prompt: str = Field(
+    system_prompt: SystemPrompt = Field(
         default=DROMEDARY_SYSTEM, description="Text before the instruction; must end with '### User'.")
     prompt_splits: list[Literal["train", "heldout"]] | None = Field(
         default=None, description="Roll out only on prompts of these splits; null for all.")
@@ -384,7 +394,7 @@ class SFTConfig(_DeepSpeedSettings):
     data: str = Field(description="SFTExample JSONL (selfalign's output).")
     base_model: str = Field(description="HF causal LM folder to train an adapter on.")
     output_dir: str = Field(description="Folder for the adapter (adapter/), checkpoints and the train log.")
-    system_prompts: list[str] = Field(
+    system_prompts: list[SystemPrompt] = Field(
         default=[DROMEDARY_SYSTEM, DROMEDARY_SYSTEM_STANDARD], min_length=1,
         description="Distilled system prompts, alternated by example index; each ends with '### User'.")
     quantize: Literal["none", "4bit"] = Field(
@@ -430,7 +440,7 @@ class EvalPolicyConfig(_Config):
         default=[], description="Nano principle ids whose checker adherence rates are reported.")
     splits: list[Literal["train", "heldout"]] = Field(default=["heldout"], description="Prompts to use.")
     limit: int | None = Field(default=None, ge=1, description="Use only the first N prompts.")
-    system_prompt: str = Field(
+    system_prompt: SystemPrompt = Field(
         default=DROMEDARY_SYSTEM, description="Text before the instruction; must end with '### User'.")
     stop: str = Field(default="\n\n### User", description="End-of-turn string.")
     temperature: float = Field(default=0.7, ge=0, description="Sampling temperature (0: greedy); KL uses it.")
@@ -488,12 +498,17 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
         raise SalmonInputError(str(p), "config file not found", "check the path")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise SalmonInputError(str(p), f"not valid YAML ({e})".replace("\n", " ")) from None
+    except UnicodeDecodeError as e:
+        raise SalmonInputError(str(p), f"not UTF-8 text ({e.reason} at byte {e.start})",
+                               "save the file as UTF-8") from None
+    except yaml.YAMLError as e:
+        raise SalmonInputError(str(p), f"not valid YAML ({e})".replace("\n", " "),
+                               "fix the YAML syntax at the line shown") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SalmonInputError(str(p), "a config file must be a mapping of key: value")
+        raise SalmonInputError(str(p), f"a config file must be a mapping of key: value, not a {type(data).__name__}",
+                               "write one key: value per line")
     return data
 
 
@@ -529,7 +544,9 @@ def build_config(
                 parts.append(f"unknown key '{loc}'")
             elif err["type"] == "missing":
                 parts.append(f"missing required key '{loc}'")
+            elif not loc:  # a check across keys
+                parts.append(err["msg"].removeprefix("Value error, "))
             else:
-                parts.append(f"key '{loc}': {err['msg']}")
+                parts.append(f"key '{loc}': {err['msg'].removeprefix('Value error, ')}")
         raise SalmonInputError(f"{stage} config", "; ".join(parts),
                                f"see `salmon {stage} --help` for the keys") from None

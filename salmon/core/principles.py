@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -39,7 +39,7 @@ class Principle(BaseModel):
         default=None, description="The opposite text, shown to the RM when the principle is negated."
     )
     weight: float = Field(default=1.0, ge=0, description="Sampling weight at RL time.")
-    boosts: dict[PromptType, float] = Field(
+    boosts: dict[PromptType, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict,
         description="Extra sampling weight for prompts of a type (the method uses +128).",
     )
@@ -130,9 +130,12 @@ def _format_error(e: ValidationError) -> str:
 
 def parse_principle_set(data: Any, source: str) -> PrincipleSet:
     """Validate already-parsed YAML/JSON data as a principle set."""
+    if data is None:
+        raise SalmonInputError(source, "the file is empty",
+                               "write a principle set as in principles/README.md")
     if not isinstance(data, dict):
         raise SalmonInputError(source, "a principle set must be a mapping with name, version, "
-                               "kind, description and principles")
+                               "kind, description and principles", "see principles/README.md for the schema")
     try:
         return PrincipleSet.model_validate(data)
     except ValidationError as e:
@@ -158,5 +161,6 @@ def load_principle_set(name_or_path: str | Path) -> PrincipleSet:
     except UnicodeDecodeError:
         raise SalmonInputError(str(path), "not UTF-8 text", "save the file as UTF-8") from None
     except yaml.YAMLError as e:
-        raise SalmonInputError(str(path), f"not valid YAML ({e})".replace("\n", " ")) from None
+        raise SalmonInputError(str(path), f"not valid YAML ({e})".replace("\n", " "),
+                               "fix the YAML syntax at the line shown") from None
     return parse_principle_set(data, str(path))

@@ -100,6 +100,24 @@ class JudgeTokenizer:
                 self.tokenizer, templates.judge_principle(principle.name, principle.definition))
         return self._principle_cache[key]
 
+    def check_fit(self, principles: Sequence[Principle], source: str) -> None:
+        """Every principle's segment must leave room in ``max_length`` for BOS and the outputs'
+        template; checked before any pair is judged, so a too-long principle fails first.
+
+        Raises:
+            SalmonInputError: naming the principle and ``source`` (the set's name or path).
+        """
+        skeleton = len(bos_ids(self.tokenizer)) + len(encode(self.tokenizer, templates.judge_outputs("", "")))
+        for p in principles:
+            need = skeleton + len(self.principle_tokens(p))
+            if need >= self.max_length:
+                raise SalmonInputError(
+                    f"principle '{p.id}' of {source}",
+                    f"its judge prompt needs {need} tokens before any instruction or output, more than the "
+                    f"judge's context of {self.max_length} tokens",
+                    "shorten the definition, or use a judge with a longer context: label max_length and the "
+                    "model's window")
+
     def pair_tokens(self, pair: ResponsePair, principle_budget: int) -> PairTokens:
         """Segments of one pair, left-truncated so that the longest prompt fits ``max_length``.
 

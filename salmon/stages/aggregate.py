@@ -23,6 +23,9 @@ STAGE = "aggregate"
 
 def training_dimensions(pset: PrincipleSet, dimensions: list[str] | None) -> tuple[str, ...]:
     """The configured dimensions (checked against the set), or the set's rm_training ones."""
+    if dimensions is not None and not dimensions:
+        raise SalmonInputError(f"principle set {pset.name}", "an empty list of dimensions",
+                               "give at least one principle id, or dimensions=null for the rm_training ones")
     if dimensions:
         for d in dimensions:
             pset.get(d)

@@ -29,7 +29,7 @@ from salmon.core.aggregate import AggregateParams, aggregate, index_judgements, 
 from salmon.core.config import EvalRMConfig
 from salmon.core.errors import GateFailed, SalmonInputError
 from salmon.core.io import read_jsonl, write_json, write_text
-from salmon.core.principles import load_principle_set
+from salmon.core.principles import PrincipleSet, load_principle_set
 from salmon.core.records import Judgement, ResponsePair, RMInstance, RMPrinciple
 from salmon.stages.aggregate import training_dimensions
 from salmon.stages.common import StageResult, log, stage_main
@@ -49,6 +49,26 @@ def negate_dominant(inst: RMInstance, negative_text: str) -> RMInstance:
                                              text=negative_text, score=-d.score)
     return inst.model_copy(update={"principles": lines,
                                    "preference": 2 if inst.preference == 1 else 1})
+
+
+def check_principles_fit(cfg: EvalRMConfig, pset: PrincipleSet, ids: list[str],
+                         interventions: PrincipleSet | None, pairs: list[ResponsePair]) -> None:
+    """Each principle (either polarity, and with the intervention lines) must fit the RM's input
+    with the longest instruction: checked from ``rm.json`` and the tokenizer, before the RM loads."""
+    from salmon.modeling import load_tokenizer
+    from salmon.reward.model import RMEncoder, read_rm_meta
+
+    limits = read_rm_meta(cfg.model).limits()
+    encoder = RMEncoder(load_tokenizer(cfg.model), limits)
+    longest = encoder.instruction_tokens([p.prompt.full_instruction() for p in pairs])
+    fixed = [p.definition for p in interventions.principles] if interventions else []
+    for pid in dict.fromkeys(ids):
+        p = pset.get(pid)
+        for text in (p.definition, p.negative_definition or p.definition):
+            encoder.check_fit([text], [], f"principle '{pid}' of {cfg.principles}", longest)
+        if fixed:
+            encoder.check_fit([p.definition], fixed, f"principle '{pid}' of {cfg.principles} with the "
+                              f"interventions of {cfg.intervention_set}", longest)
 
 
 def run(cfg: EvalRMConfig) -> StageResult:
@@ -86,13 +106,17 @@ def run(cfg: EvalRMConfig) -> StageResult:
             if sa * sb < 0:
                 sens_pairs.append(pair)
 
+    check_principles_fit(cfg, pset, [*dims, *cfg.sensitivity], interventions, pairs)
     device = resolve_device(cfg.device)
     model, tokenizer, meta = load_reward_model(cfg.model, device=device)
     encoder = RMEncoder(tokenizer, meta.limits())
     rows: list[list[int]] = []
 
     def add(resp: str, instr: str, lines: list[str], fixed: list[str] | None = None) -> int:
-        rows.append(encoder.encode_rm(resp, instr, lines, fixed or []))
+        try:
+            rows.append(encoder.encode_rm(resp, instr, lines, fixed or []))
+        except SalmonInputError as e:  # several principles shown at once
+            raise SalmonInputError(f"principle set {cfg.principles}", e.message, e.fix) from None
         return len(rows) - 1
 
     def inst_rows(i: RMInstance) -> tuple[int, int]:

@@ -51,7 +51,7 @@ def _previous(path: Path, pair_ids: set[str], principle_ids: list[str]) -> dict[
             if all(p in d for p in principle_ids)}
 
 
-def _make_openai_judge(cfg: LabelConfig):  # type: ignore[no-untyped-def]
+def _make_openai_judge(cfg: LabelConfig, principles: list[Principle]):  # type: ignore[no-untyped-def]
     from salmon.judge.hf import JudgeTokenizer
     from salmon.judge.openai import OpenAIJudge
     from salmon.modeling import load_tokenizer
@@ -64,6 +64,7 @@ def _make_openai_judge(cfg: LabelConfig):  # type: ignore[no-untyped-def]
         raise SalmonInputError("label config", "backend openai needs model=<HF folder> for the judge's tokenizer",
                                "give the folder of the model the server serves")
     tokens = JudgeTokenizer(load_tokenizer(cfg.model), max_length=cfg.max_length)
+    tokens.check_fit(principles, cfg.principles)
     client = OpenAIClient(cfg.endpoint, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
                           timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries)
     models = client.wait_ready(cfg.ready_timeout_s)
@@ -74,19 +75,38 @@ def _make_openai_judge(cfg: LabelConfig):  # type: ignore[no-untyped-def]
         tokens.max_length = served.max_model_len - 2
         log(STAGE, f"{name} serves at most {served.max_model_len} tokens: judge prompts are truncated to "
                    f"{tokens.max_length}")
+        tokens.check_fit(principles, cfg.principles)
     log(STAGE, f"judging with {name} at {client.endpoint}")
     return OpenAIJudge(client, name, tokens, letter_logprobs=cfg.letter_logprobs, top_logprobs=cfg.top_logprobs)
 
 
-def _make_judge(cfg: LabelConfig):  # type: ignore[no-untyped-def]
-    from salmon.judge.hf import HFJudge
-    from salmon.modeling import load_causal_lm, load_tokenizer, resolve_device, with_adapter
+def _make_judge(cfg: LabelConfig, principles: list[Principle]):  # type: ignore[no-untyped-def]
+    """The hf judge; the tokenizer's answer letters and the principles' length are checked before
+    the model is loaded. Judge prompts are capped at the model's window."""
+    from salmon.judge.hf import HFJudge, JudgeTokenizer
+    from salmon.modeling import (
+        check_model_dir,
+        load_causal_lm,
+        load_tokenizer,
+        model_window,
+        resolve_device,
+        with_adapter,
+    )
 
     if not cfg.model:
-        raise SalmonInputError("label config", "backend hf needs model=<HF folder>")
+        raise SalmonInputError("label config", "backend hf needs model=<HF folder>",
+                               "set model=PATH of the judge, or backend=rules in the nano world")
     device = resolve_device(cfg.device)
+    check_model_dir(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
+    max_length = cfg.max_length
+    window = model_window(cfg.model)
+    if window and window < max_length:
+        max_length = window
+        log(STAGE, f"{cfg.model} has a {window}-token window: judge prompts are truncated to {window}")
+    JudgeTokenizer(tokenizer, max_length=max_length).check_fit(principles, cfg.principles)
     return HFJudge(with_adapter(load_causal_lm(cfg.model, device=device, dtype=cfg.dtype), cfg.adapter),
-                   load_tokenizer(cfg.model), max_length=cfg.max_length)
+                   tokenizer, max_length=max_length)
 
 
 def run(cfg: LabelConfig) -> StageResult:
@@ -94,6 +114,9 @@ def run(cfg: LabelConfig) -> StageResult:
     if cfg.limit:
         pairs = pairs[: cfg.limit]
     pset = load_principle_set(cfg.principles)
+    if cfg.principle_ids is not None and not cfg.principle_ids:
+        raise SalmonInputError(f"principle set {pset.name}", "an empty list of principle ids",
+                               "give at least one id, or principle_ids=null for the whole set")
     principles: list[Principle] = (
         [pset.get(i) for i in cfg.principle_ids] if cfg.principle_ids else list(pset.principles))
     ids = [p.id for p in principles]
@@ -115,8 +138,8 @@ def run(cfg: LabelConfig) -> StageResult:
     log(STAGE, f"{len(pairs)} pairs x {len(ids)} principles x 2 orders, backend {cfg.backend}; "
                f"{len(done)} pairs already judged, {len(todo)} to go")
 
-    judge = _make_judge(cfg) if cfg.backend == "hf" and todo else None
-    remote = _make_openai_judge(cfg) if cfg.backend == "openai" and todo else None
+    judge = _make_judge(cfg, principles) if cfg.backend == "hf" and todo else None
+    remote = _make_openai_judge(cfg, principles) if cfg.backend == "openai" and todo else None
     tokens, unshared, requests, echoed = 0, 0, 0, 0
     t0 = time.monotonic()
     output.parent.mkdir(parents=True, exist_ok=True)

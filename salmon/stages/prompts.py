@@ -194,8 +194,10 @@ def run(cfg: PromptsConfig) -> StageResult:
         for kind, topic, question in triples:
             add(question, "", "red_teaming", {"source": "tgrt", "question_type": kind, "topic": topic})
     if not records:
-        raise SalmonInputError("sources", f"no prompt survived cleaning ({stats})",
-                               "check instruction_field, the length bounds and drop_phrases")
+        where = ", ".join(src.uri for src in cfg.sources) or "sources"
+        raise SalmonInputError(where, f"no prompt survived cleaning ({stats})",
+                               "check instruction_field, drop_phrases and the length bounds: "
+                               f"min_words={cfg.min_words}, max_words={cfg.max_words}")
     n = write_jsonl(cfg.output, records)
     log(STAGE, f"wrote {n} prompts ({by_type}); {stats}")
     metrics: dict[str, Any] = {"prompts": n, "by_type": by_type,

@@ -34,6 +34,40 @@ def clean_response(text: str, stop: str) -> str:
     return text.split(stop, 1)[0].strip()
 
 
+def fit_window(cfg: SampleConfig, prompts: list[PromptRecord]) -> tuple[list[PromptRecord], int]:
+    """The prompts whose query leaves room for ``max_new_tokens`` in the hf model's window, and how
+    many were dropped; checked before the model is loaded.
+
+    Raises:
+        SalmonInputError: no model, or no prompt fits.
+    """
+    from salmon.modeling import check_adapter_dir, check_model_dir, load_tokenizer, model_window
+
+    if not cfg.model:
+        raise SalmonInputError("sample config", "backend hf needs model=<HF folder>",
+                               "set model=PATH (or backend=nano in the nano world)")
+    check_model_dir(cfg.model)
+    if cfg.adapter:
+        check_adapter_dir(cfg.adapter)
+    window = model_window(cfg.model)
+    if not window:
+        return prompts, 0
+    tok = load_tokenizer(cfg.model)
+    room = window - cfg.max_new_tokens
+    lengths = [len(tok(templates.policy_query(p.full_instruction(), cfg.system_prompt))["input_ids"])
+               for p in prompts]
+    kept = [p for p, n in zip(prompts, lengths, strict=True) if n <= room]
+    if not kept:
+        raise SalmonInputError(cfg.prompts, f"every prompt is longer than the model's context allows ({window} "
+                               f"tokens of {cfg.model} minus max_new_tokens={cfg.max_new_tokens}; the shortest "
+                               f"query has {min(lengths)})",
+                               "shorten the prompts, lower max_new_tokens or use a model with a longer context")
+    if len(kept) < len(prompts):
+        log(STAGE, f"{len(prompts) - len(kept)} prompts dropped: longer than {room} tokens ({window}-token window "
+                   f"minus max_new_tokens)")
+    return kept, len(prompts) - len(kept)
+
+
 def generate_hf(cfg: SampleConfig, prompts: list[PromptRecord]) -> list[tuple[str, str]]:
     """Two sampled responses per prompt, one generate pass per seed."""
     import torch
@@ -100,6 +134,9 @@ def run(cfg: SampleConfig) -> StageResult:
     prompts = read_jsonl(cfg.prompts, PromptRecord)
     if cfg.limit:
         prompts = prompts[: cfg.limit]
+    too_long = 0
+    if cfg.backend == "hf":
+        prompts, too_long = fit_window(cfg, prompts)
     log(STAGE, f"{len(prompts)} prompts from {cfg.prompts}, backend {cfg.backend}")
     if cfg.backend == "nano":
         from salmon.nano.world import make_pairs
@@ -120,7 +157,7 @@ def run(cfg: SampleConfig) -> StageResult:
     write_jsonl(cfg.output, pairs)
     log(STAGE, f"wrote {len(pairs)} pairs to {cfg.output} ({skipped} prompts skipped as too short)")
     return StageResult(STAGE, outputs={"pairs": cfg.output},
-                       metrics={"pairs": len(pairs), "skipped_short": skipped})
+                       metrics={"pairs": len(pairs), "skipped_short": skipped, "skipped_long": too_long})
 
 
 def main(argv: list[str] | None = None) -> int:
