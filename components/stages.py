@@ -36,16 +36,40 @@ def plan(
     s3_secret: str,
     sampler: str,
     sampler_endpoint: str,
+    base_model_uri: str,
+    prompt_sources: str,
+    nano_prompts: int,
+    nano_pretrain_steps: int,
+    rl_principle_ids: list,
+    rm_epochs: float,
+    ppo_steps: int,
+    eval_limit: int,
+    min_rm_accuracy: float,
+    min_rm_flip_rate: float,
+    min_policy_win_rate: float,
+    max_policy_kl: float,
+    policy_gate_principles: str,
+    training_task_gpus: int,
 ) -> NamedTuple("Plans", [("prompts", str), ("selfalign", str), ("sft", str), ("sample", str), ("label", str),
                           ("aggregate", str), ("train_rm", str), ("eval_rm", str), ("ppo", str),
                           ("eval_policy", str)]):
-    """Validate the parameters, record the principle sets, give each stage its plan."""
+    """Validate every parameter (before any GPU work), record the principle sets, give each stage
+    its plan. Parameters that only the validation reads do not change any plan."""
     from salmon.task import plan_task
 
-    params = {"selfalign_backend": selfalign_backend, "sample_backend": sample_backend,
-              "label_backend": label_backend, "sft_executor": sft_executor,
+    params = {"preset": preset, "selfalign_rules": selfalign_rules, "label_principles": label_principles,
+              "rl_principles": rl_principles, "selfalign_backend": selfalign_backend,
+              "sample_backend": sample_backend, "label_backend": label_backend, "sft_executor": sft_executor,
               "train_rm_executor": train_rm_executor, "ppo_executor": ppo_executor, "sampler": sampler,
-              "sampler_endpoint": sampler_endpoint}
+              "sampler_endpoint": sampler_endpoint, "base_model_uri": base_model_uri,
+              "prompt_sources": prompt_sources, "nano_prompts": nano_prompts,
+              "nano_pretrain_steps": nano_pretrain_steps, "rl_principle_ids": rl_principle_ids,
+              "rm_epochs": rm_epochs, "ppo_steps": ppo_steps, "eval_limit": eval_limit,
+              "min_rm_accuracy": min_rm_accuracy, "min_rm_flip_rate": min_rm_flip_rate,
+              "min_policy_win_rate": min_policy_win_rate, "max_policy_kl": max_policy_kl,
+              "policy_gate_principles": policy_gate_principles, "train_nodes": train_nodes,
+              "train_procs_per_node": train_procs_per_node, "gpus": gpus,
+              "training_task_gpus": training_task_gpus}
     cluster = {"nodes": train_nodes, "procs_per_node": train_procs_per_node, "gpus": gpus,
                "gpu_resource": accelerator_type, "pvc": model_cache_pvc, "mlflow_secret": mlflow_secret,
                "s3_secret": s3_secret}
@@ -115,7 +139,8 @@ def serve_sampler(mode: str, endpoint: str, api_key_secret: str, run_id: str, gp
 
 @_component
 def stop_sampler(mode: str, run_id: str) -> str:
-    """Exit handler: remove the vLLM server this run deployed, however the run ended."""
+    """Remove the vLLM server this run deployed once label succeeded or failed. A cancelled run
+    skips this task; the salmon-sweeper CronJob removes the server then (docs/deploy.md)."""
     from salmon.task import stop_sampler_task
 
     return ", ".join(stop_sampler_task(mode, run_id=run_id))

@@ -106,7 +106,13 @@ def salmon_pipeline(
                   sft_executor=sft_executor, train_rm_executor=train_rm_executor, ppo_executor=ppo_executor,
                   train_nodes=train_nodes, train_procs_per_node=train_procs_per_node, gpus=gpus,
                   accelerator_type=accelerator_type, model_cache_pvc=model_cache_pvc, mlflow_secret=mlflow_secret,
-                  s3_secret=s3_secret, sampler=sampler, sampler_endpoint=sampler_endpoint)
+                  s3_secret=s3_secret, sampler=sampler, sampler_endpoint=sampler_endpoint,
+                  base_model_uri=base_model_uri, prompt_sources=prompt_sources, nano_prompts=nano_prompts,
+                  nano_pretrain_steps=nano_pretrain_steps, rl_principle_ids=rl_principle_ids, rm_epochs=rm_epochs,
+                  ppo_steps=ppo_steps, eval_limit=eval_limit, min_rm_accuracy=min_rm_accuracy,
+                  min_rm_flip_rate=min_rm_flip_rate, min_policy_win_rate=min_policy_win_rate,
+                  max_policy_kl=max_policy_kl, policy_gate_principles=policy_gate_principles,
+                  training_task_gpus=training_task_gpus)
     plans = plan.outputs
     base = c.base_model(uri=base_model_uri, nano_pretrain_steps=nano_pretrain_steps, seed=seed).after(plan)
     model = base.outputs["model"]

@@ -1,6 +1,7 @@
 """Resumable training state on disk: ``<dir>/step-<k>/`` with the trainable tensors, optimizer,
-scheduler, torch RNG and a JSON state, written to a temp folder and renamed (``state.json`` is
-inside before the rename, so a folder that exists is complete). The newest ``keep`` are kept.
+scheduler, torch RNG and a JSON state, written to a temp folder and renamed (``state.json`` and
+``SHA256SUMS`` are inside before the rename, so a folder that exists is complete, and a damaged
+one is refused on load). The newest ``keep`` are kept.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from salmon.core.errors import SalmonInputError
-from salmon.core.io import atomic_dir, write_json
+from salmon.core.io import atomic_dir, check_dir_digests, write_json
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, params: dict[str, Any], opt: Any, sched: Any,
@@ -37,6 +38,7 @@ def load_checkpoint(path: Path, params: dict[str, Any], opt: Any, sched: Any) ->
     import torch
     from safetensors.torch import load_file
 
+    check_dir_digests(path)
     weights = load_file(str(path / "trainable.safetensors"))
     missing = set(params) - set(weights)
     if missing:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from salmon.core.errors import GateFailed, SalmonInputError
+from salmon.core.errors import GateFailed, SalmonInputError, ServiceUnavailable
 
 STAGES: dict[str, tuple[str, str]] = {
     # stage: (config class name in salmon.core.config, one-line help)
@@ -28,6 +28,38 @@ STAGES: dict[str, tuple[str, str]] = {
     "ppo": ("PPOConfig", "RL against the reward model under RL-time principles (ppo, grpo or rloo)"),
     "eval_policy": ("EvalPolicyConfig", "a policy against its baseline: rewards, adherence, KL, length, win rate"),
 }
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse turns the error into usage + exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def _share(text: str) -> float:
+    """argparse type: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {value}")
+    return value
 
 
 def _add_stage_commands(sub: Any) -> None:
@@ -99,13 +131,20 @@ def _principles_list(args: argparse.Namespace) -> int:
 def _rm_score(args: argparse.Namespace) -> int:
     from salmon.core.io import read_jsonl, write_jsonl
     from salmon.core.records import ScoredResponse, ScoreRequest
-    from salmon.modeling import resolve_device
-    from salmon.reward.model import RMEncoder, load_reward_model, score_sequences
+    from salmon.modeling import load_tokenizer, resolve_device
+    from salmon.reward.model import RMEncoder, load_reward_model, read_rm_meta, score_sequences
 
     requests = read_jsonl(args.input, ScoreRequest)
-    model, tok, meta = load_reward_model(args.model, device=resolve_device(args.device))
-    encoder = RMEncoder(tok, meta.limits())
-    rows = [encoder.encode_rm(r.response, r.prompt, r.principles) for r in requests]
+    device = resolve_device(args.device)
+    meta = read_rm_meta(args.model)  # the folder is checked before any weights load
+    encoder = RMEncoder(load_tokenizer(args.model), meta.limits())
+    rows = []
+    for i, r in enumerate(requests, start=1):  # every input is encoded before the model loads
+        try:
+            rows.append(encoder.encode_rm(r.response, r.prompt, r.principles))
+        except SalmonInputError as e:
+            raise SalmonInputError(f"{args.input} (request {i})", e.message, e.fix) from None
+    model, tok, _ = load_reward_model(args.model, device=device)
     rewards = score_sequences(model, rows, int(tok.pad_token_id), args.batch_size)
     write_jsonl(args.output, (ScoredResponse(**r.model_dump(), reward=w)
                               for r, w in zip(requests, rewards, strict=True)))
@@ -217,7 +256,7 @@ def _bench_command(sub: Any) -> None:
     b.add_argument("--json", metavar="FILE", help="write every figure, ratio and the machine to FILE")
     b.add_argument("--markdown", metavar="FILE", help="write the table to FILE")
     b.add_argument("--work", metavar="DIR", help="keep the benchmarks' models and data in DIR (default: a temp dir)")
-    b.add_argument("--threads", type=int, default=0, metavar="N",
+    b.add_argument("--threads", type=_non_negative_int, default=0, metavar="N",
                    help="torch CPU threads (default: torch's choice); on a shared or busy CPU, 1 gives steadier "
                         "figures")
     b.set_defaults(func=_bench)
@@ -294,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--model", required=True, help="RM folder (train_rm's model/)")
     sc.add_argument("--input", required=True, help="JSONL of {prompt, response, principles}")
     sc.add_argument("--output", required=True, help="JSONL to write")
-    sc.add_argument("--batch-size", type=int, default=16, help="sequences per forward (default 16)")
+    sc.add_argument("--batch-size", type=_positive_int, default=16, help="sequences per forward (default 16)")
     sc.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device")
     sc.set_defaults(func=_rm_score)
 
@@ -303,14 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     nb = nas.add_parser("build", help="build and briefly pretrain the nano model + tokenizer",
                         description="Build the nano tokenizer and tiny Llama model into --out.")
     nb.add_argument("--out", required=True, help="output folder (an HF model folder)")
-    nb.add_argument("--pretrain-steps", type=int, default=300, help="pretraining steps (default 300)")
+    nb.add_argument("--pretrain-steps", type=_non_negative_int, default=300, help="pretraining steps (default 300)")
     nb.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     nb.set_defaults(func=_nano_build)
     npr = nas.add_parser("prompts", help="generate nano prompts", description="Generate nano prompts as JSONL.")
     npr.add_argument("--out", required=True, help="JSONL to write")
-    npr.add_argument("--n", type=int, default=1000, help="number of prompts (default 1000)")
+    npr.add_argument("--n", type=_positive_int, default=1000, help="number of prompts (default 1000)")
     npr.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    npr.add_argument("--heldout", type=float, default=0.25, help="held-out share (default 0.25)")
+    npr.add_argument("--heldout", type=_share, default=0.25, help="held-out share in [0, 1) (default 0.25)")
     npr.set_defaults(func=_nano_prompts)
     return parser
 
@@ -327,6 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GateFailed as e:
         print(f"gate failed: {e}", file=sys.stderr)
         return 1
+    except ServiceUnavailable as e:
+        print(f"unavailable: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

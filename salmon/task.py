@@ -157,6 +157,8 @@ def plan_task(*, preset: str, stage_overrides: dict[str, dict[str, Any]], selfal
     preset, its own config overrides and its principle refs. A stage's plan changes only when
     something it reads changes, which is what keeps caching exact."""
     validate_pipeline_params({**params, "stage_overrides": stage_overrides})
+    if register:  # the principle sets go to MLflow's prompt registry
+        require_tracking("plan")
     if cluster is not None and any(params.get(f"{s}_executor") in REMOTE_EXECUTORS for s in TRAINING_STAGES):
         from pydantic import ValidationError
 
@@ -231,6 +233,20 @@ def artifact_digest(path: str | Path) -> str:
     return digest_dir(p) if p.is_dir() else digest_file(p)
 
 
+def checked_input_digest(name: str, art: ArtifactLike) -> str:
+    """The content digest of an input artifact, which must equal the digest its producer stamped
+    on it (a truncated upload, a damaged volume or a hand edit is refused before any work)."""
+    actual = artifact_digest(art.path)
+    recorded = art.metadata.get("digest")
+    if recorded and recorded != actual:
+        raise SalmonInputError(
+            f"input artifact {name} ({art.path})",
+            f"its content digest {actual[:19]} differs from the {recorded[:19]} its producer recorded: it was "
+            "truncated or changed after it was written",
+            "rerun the task that produced it (with caching off for that task)")
+    return actual
+
+
 def _count_lines(path: Path) -> int | None:
     if not path.is_file():
         return None
@@ -261,17 +277,14 @@ def run_stage_task(
     cfg = build_config(CONFIGS[stage], stage=stage, preset=stage_plan.get("preset") or None, values=merged)
     inputs = inputs or {}
     outputs = outputs or {}
-    input_digests = {k: a.metadata.get("digest") or artifact_digest(a.path) for k, a in inputs.items()}
+    input_digests = {k: checked_input_digest(k, a) for k, a in inputs.items()}
     base_source = inputs["base_model"].metadata.get("source", "") if "base_model" in inputs else ""
     task_key = digest_value({"stage": stage, "config": cfg.model_dump(mode="json"), "inputs": input_digests})
     run_tags = {**principle_tags, **(tags or {}), "salmon.git_sha": git_sha(), "salmon.executor": executor}
+    run = _TrackedRun(stage, task_key, run_tags)
+    run.begin(cfg.model_dump(mode="json"), inputs, input_digests)
     started = time.monotonic()
-    with tracking.stage_run(stage, task_key, run_tags) as run_id:
-        tracking.log_stage_config(cfg.model_dump(mode="json"))
-        for name, art in inputs.items():
-            p = Path(art.path)
-            tracking.log_dataset(name, p.as_uri() if p.is_absolute() else str(p), input_digests[name],
-                                 "input", _count_lines(p))
+    try:
         if executor in REMOTE_EXECUTORS:
             result = _run_remote(stage, cfg, executor, stage_plan.get("cluster", {}), task_key, inputs, outputs,
                                  job_manifest)
@@ -283,38 +296,43 @@ def run_stage_task(
 
                 write_text(job_manifest.path, f"# {stage} ran in the pipeline task's own process "
                                               "(executor local); no Kubernetes job\n")
-        seconds = round(time.monotonic() - started, 1)
-        result.metrics.setdefault("seconds", seconds)
-        tracking.log_metrics(result.metrics)
-        model_uri = ""
-        for name, art in outputs.items():
-            p = Path(art.path)
-            digest = artifact_digest(p)
-            art.metadata["digest"] = digest
-            rows = _count_lines(p)
-            if rows is not None:
-                art.metadata["rows"] = rows
-            art.metadata["mlflow_run_id"] = run_id
-            if stage in TRAINING_STAGES:
-                tracking.log_train_log(p / "train_log.jsonl")
-                model_tags = {**principle_tags, "salmon.stage": stage, "salmon.git_sha": git_sha(),
-                              "salmon.base_model": base_source or str(values.get("base_model")
-                                                                      or values.get("policy_model")),
-                              "salmon.digest": digest_dir(p / MODEL_SUBDIR[stage])}
-                model_uri = tracking.log_model(stage, p / MODEL_SUBDIR[stage], model_tags)
-                art.metadata["model_uri"] = model_uri
-            else:
-                tracking.log_dataset(name, p.as_uri(), digest, "output", rows)
-        if metrics is not None:
-            numbers = {k.replace("/", "."): v for k, v in tracking.numeric_metrics(result.metrics).items()}
-            for k, v in numbers.items():
-                metrics.log_metric(k, v)
-            # The artifact gets a file too: a cached output must exist on disk (kfp.local treats
-            # a missing artifact file as a cache miss), and the file is what a cluster uploads.
-            from salmon.core.io import write_json
+    except BaseException:
+        run.fail()
+        raise
+    seconds = round(time.monotonic() - started, 1)
+    result.metrics.setdefault("seconds", seconds)
+    for art in outputs.values():  # the digests need no tracking server
+        art.metadata["digest"] = artifact_digest(art.path)
+        rows = _count_lines(Path(art.path))
+        if rows is not None:
+            art.metadata["rows"] = rows
+    run_id = run.ensure_open(cfg.model_dump(mode="json"), inputs, input_digests)
+    tracking.log_metrics(result.metrics)
+    model_uri = ""
+    for name, art in outputs.items():
+        p = Path(art.path)
+        art.metadata["mlflow_run_id"] = run_id
+        if stage in TRAINING_STAGES:
+            tracking.log_train_log(p / "train_log.jsonl")
+            model_tags = {**principle_tags, "salmon.stage": stage, "salmon.git_sha": git_sha(),
+                          "salmon.base_model": base_source or str(values.get("base_model")
+                                                                  or values.get("policy_model")),
+                          "salmon.digest": digest_dir(p / MODEL_SUBDIR[stage])}
+            model_uri = tracking.log_model(stage, p / MODEL_SUBDIR[stage], model_tags)
+            art.metadata["model_uri"] = model_uri
+        else:
+            tracking.log_dataset(name, p.as_uri(), art.metadata["digest"], "output", art.metadata.get("rows"))
+    if metrics is not None:
+        numbers = {k.replace("/", "."): v for k, v in tracking.numeric_metrics(result.metrics).items()}
+        for k, v in numbers.items():
+            metrics.log_metric(k, v)
+        # The artifact gets a file too: a cached output must exist on disk (kfp.local treats
+        # a missing artifact file as a cache miss), and the file is what a cluster uploads.
+        from salmon.core.io import write_json
 
-            Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
-            write_json(metrics.path, numbers)
+        Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
+        write_json(metrics.path, numbers)
+    run.finish()
     log(stage, f"finished in {seconds:.1f} s (MLflow run {run_id})")
     base = values.get("base_model") or values.get("policy_model") or values.get("model")
     return json.dumps({"stage": stage, "mlflow_run_id": run_id, "model_uri": model_uri,
@@ -322,6 +340,125 @@ def run_stage_task(
                        "base_model_digest": input_digests.get("base_model", ""),
                        "metrics": result.metrics, "outputs": result.outputs,
                        "principles": principle_tags}, default=str)
+
+
+TRACKING_POLICY: dict[str, str] = {
+    # what a task does when MLflow cannot be reached as it starts (docs/reliability.md):
+    # "defer": the stage runs a model (GPU time): it runs, says so, and writes its tracking at
+    #          the end, waiting up to SALMON_TRACKING_WAIT_S for the server;
+    # "require": bookkeeping that is cheap to repeat: it fails at once, before any work.
+    "prompts": "require", "aggregate": "require",
+    "selfalign": "defer", "sft": "defer", "sample": "defer", "label": "defer", "train_rm": "defer",
+    "eval_rm": "defer", "ppo": "defer", "eval_policy": "defer",
+}
+ARTIFACT_STORE_REQUIRED = TRAINING_STAGES
+"""Stages whose result is a model logged to MLflow's artifact store: when the store refuses the
+run's first artifact (the resolved config), they fail before training."""
+
+
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise SalmonInputError(f"environment variable {name}={raw!r}", "not a number of seconds") from None
+
+
+def require_tracking(step: str) -> None:
+    """Fail now (``ServiceUnavailable``, exit 3) when the tracking server cannot be reached."""
+    from salmon import tracking
+    from salmon.core.errors import ServiceUnavailable
+
+    problem = tracking.tracking_problem(timeout_s=_env_seconds("SALMON_TRACKING_CHECK_S", 5.0))
+    if problem is not None:
+        raise ServiceUnavailable("MLflow tracking server", f"{problem}; {step} needs it and stopped before doing "
+                                 "any work", "check the server and MLFLOW_TRACKING_URI, then retry the run")
+
+
+class _TrackedRun:
+    """The MLflow side of one stage task, written so that an outage costs no work.
+
+    ``begin`` checks the tracking server: reachable, the run opens now with the config (also
+    uploaded as ``config.json``, which proves the artifact store works) and the input datasets;
+    unreachable, a ``require`` stage stops here and a ``defer`` stage goes on without MLflow.
+    ``ensure_open`` (after the stage) waits for the server if needed and opens the run and
+    writes what ``begin`` could not; ``finish`` / ``fail`` end it."""
+
+    def __init__(self, stage: str, task_key: str, tags: dict[str, str]) -> None:
+        self.stage, self.task_key, self.tags = stage, task_key, tags
+        self.run_id: str | None = None
+
+    def begin(self, config: dict[str, Any], inputs: dict[str, ArtifactLike], digests: dict[str, str]) -> None:
+        from salmon import tracking
+
+        if TRACKING_POLICY.get(self.stage, "require") == "require":
+            require_tracking(self.stage)
+        problem = tracking.tracking_problem(timeout_s=_env_seconds("SALMON_TRACKING_CHECK_S", 5.0))
+        if problem is not None:
+            log(self.stage, f"MLflow {problem}: {self.stage} runs anyway; its tracking is written when it ends "
+                            f"(waiting up to {_env_seconds('SALMON_TRACKING_WAIT_S', 600.0):.0f} s for the server)")
+            return
+        self._open(config, inputs, digests)
+
+    def _open(self, config: dict[str, Any], inputs: dict[str, ArtifactLike], digests: dict[str, str]) -> None:
+        import mlflow
+
+        from salmon import tracking
+        from salmon.core.errors import ServiceUnavailable
+
+        self.run_id = tracking.start_stage_run(self.stage, self.task_key, self.tags)
+        tracking.log_stage_config(config)
+        try:
+            mlflow.log_dict(config, "config.json")
+        except Exception as e:  # any failure of the artifact store (S3 errors, HTTP 5xx from the proxy)
+            if self.stage in ARTIFACT_STORE_REQUIRED:
+                self.fail()
+                raise ServiceUnavailable(
+                    f"MLflow artifact store of run {self.run_id}",
+                    f"refused the run's first artifact ({type(e).__name__}: {str(e)[:200]}); {self.stage} "
+                    "logs its model there and stopped before training",
+                    "check the artifact store (S3 endpoint, bucket, credentials), then retry") from None
+            log(self.stage, f"MLflow artifact store refused config.json ({type(e).__name__}); continuing")
+        for name, art in inputs.items():
+            p = Path(art.path)
+            tracking.log_dataset(name, p.as_uri() if p.is_absolute() else str(p), digests[name], "input",
+                                 _count_lines(p))
+
+    def ensure_open(self, config: dict[str, Any], inputs: dict[str, ArtifactLike], digests: dict[str, str]) -> str:
+        from salmon import tracking
+        from salmon.core.errors import ServiceUnavailable
+
+        wait_s = _env_seconds("SALMON_TRACKING_WAIT_S", 600.0)
+        problem = tracking.tracking_problem(attempts=1)
+        if problem is not None:
+            log(self.stage, f"MLflow {problem}: waiting up to {wait_s:.0f} s to write this stage's tracking")
+            problem = tracking.wait_for_tracking(wait_s)
+        if problem is not None:
+            raise ServiceUnavailable(
+                f"MLflow tracking server {os.environ.get('MLFLOW_TRACKING_URI', '')}",
+                f"{problem} for {wait_s:.0f} s after {self.stage} finished; its outputs are complete on disk but "
+                "not tracked", "retry the task once the server is back (training stages resume from their "
+                "last checkpoint), or raise SALMON_TRACKING_WAIT_S")
+        if self.run_id is None:
+            self._open(config, inputs, digests)
+        assert self.run_id is not None
+        return self.run_id
+
+    def finish(self) -> None:
+        import mlflow
+
+        mlflow.end_run("FINISHED")
+
+    def fail(self) -> None:
+        """End the run FAILED when it was opened; never hides the stage's own error."""
+        if self.run_id is None:
+            return
+        import mlflow
+
+        try:
+            mlflow.end_run("FAILED")
+        except Exception as e:
+            log(self.stage, f"could not mark MLflow run {self.run_id} FAILED ({type(e).__name__})")
 
 
 def _run_remote(stage: str, cfg: Any, executor: str, cluster: dict[str, Any], task_key: str,
@@ -394,11 +531,71 @@ def stop_sampler_task(mode: str, *, run_id: str, namespace: str = "", api_client
                           out=lambda line: log("sampler", line))
 
 
+def _param_error(key: str, value: Any, message: str, fix: str) -> SalmonInputError:
+    return SalmonInputError(f"pipeline parameter {key}={json.dumps(value, default=str)}", message, fix)
+
+
+def _param_number(params: dict[str, Any], key: str, *, low: float, high: float | None = None,
+                  low_open: bool = False, fix: str) -> None:
+    """``params[key]``, when present, must be a number in [low, high] (low excluded with ``low_open``)."""
+    if key not in params or params[key] is None:
+        return
+    value = params[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _param_error(key, value, f"must be a number, not {type(value).__name__}", fix)
+    if (value <= low if low_open else value < low) or (high is not None and value > high):
+        if high is not None:
+            what = f"must be between {low:g} and {high:g}"
+        elif low_open:
+            what = f"must be greater than {low:g}"
+        else:
+            what = f"must be {low:g} or more"
+        raise _param_error(key, value, what, fix)
+
+
+def _param_principle_set(key: str, name: str) -> Any:
+    """Load the principle set a pipeline parameter names, naming the parameter on failure."""
+    from salmon.core.principles import load_principle_set
+
+    try:
+        return load_principle_set(name)
+    except SalmonInputError as e:
+        raise SalmonInputError(f"pipeline parameter {key}='{name}': {e.source}", e.message, e.fix) from None
+
+
+def _check_override_values(stage: str, values: dict[str, Any]) -> None:
+    """Validate the values of ``stage_overrides[stage]`` against the stage config's fields (the
+    required paths, which the pipeline fills in, get placeholders)."""
+    from pydantic import ValidationError
+
+    cls = CONFIGS[stage]
+    placeholders = {name: "x" for name, f in cls.model_fields.items() if f.is_required()}
+    try:
+        cls.model_validate({**placeholders, **values})
+    except ValidationError as e:
+        for err in e.errors():
+            if err["loc"] and err["loc"][0] in values:
+                loc = ".".join(str(x) for x in err["loc"])
+                raise SalmonInputError(f"pipeline parameter stage_overrides.{stage}.{loc}",
+                                       err["msg"].removeprefix("Value error, "),
+                                       f"see `salmon {stage} --help` for the keys and their ranges") from None
+
+
 def validate_pipeline_params(params: dict[str, Any]) -> None:
-    """Checks that need no model: run in the pipeline's first task, before any GPU work."""
+    """Checks that need no model: run in the pipeline's first task (and by ``salmon pipeline
+    run|submit`` and ``salmon demo`` before anything starts), before any GPU work.
+
+    Every parameter present in ``params`` is checked; absent ones are not.
+
+    Raises:
+        SalmonInputError: naming the parameter, its value and what to give instead.
+    """
+    from salmon.core.config import PRESETS_DIR
+
     sampler = params.get("sampler", "none")
     if sampler not in SAMPLER_MODES:
-        raise SalmonInputError(f"pipeline parameter sampler='{sampler}'", f"use one of {', '.join(SAMPLER_MODES)}")
+        raise SalmonInputError(f"pipeline parameter sampler='{sampler}'", "unknown sampler mode",
+                               f"use one of {', '.join(SAMPLER_MODES)}")
     if sampler == "endpoint" and not str(params.get("sampler_endpoint", "")).startswith(("http://", "https://")):
         raise SalmonInputError("pipeline parameter sampler_endpoint",
                                f"'{params.get('sampler_endpoint', '')}' is not an http(s) URL",
@@ -416,21 +613,100 @@ def validate_pipeline_params(params: dict[str, Any]) -> None:
         if key in params and params[key]:
             allowed = cls.model_fields["backend"].annotation.__args__  # a Literal
             if params[key] not in allowed:
-                raise SalmonInputError(f"pipeline parameter {key}='{params[key]}'",
-                                       f"unknown backend; use one of {', '.join(allowed)}")
-    for key, value in params.items():
-        if key.startswith(("min_", "max_")) and value is not None and not 0 <= float(value) <= 1e6:
-            raise SalmonInputError(f"pipeline parameter {key}={value}", "must be a non-negative number")
+                raise SalmonInputError(f"pipeline parameter {key}='{params[key]}'", "unknown backend",
+                                       f"use one of {', '.join(allowed)}")
+
+    # sizes, counts and gates
+    _param_number(params, "rm_epochs", low=0, low_open=True, fix="e.g. rm_epochs=1; fractions are allowed")
+    for key, fix in (("nano_prompts", "0 for none"), ("nano_pretrain_steps", "e.g. 300"),
+                     ("ppo_steps", "0 keeps the preset's total_epochs"), ("eval_limit", "0 for all prompts"),
+                     ("train_procs_per_node", "0 for one per GPU"), ("gpus", "0 for none"),
+                     ("training_task_gpus", "0 when the training stages launch jobs")):
+        _param_number(params, key, low=0, fix=fix)
+    _param_number(params, "train_nodes", low=1, fix="1 or more pods per training job")
+    rates = ("min_rm_accuracy", "min_rm_flip_rate", "min_policy_win_rate")
+    for key in rates:
+        _param_number(params, key, low=0, high=1, fix="a share, e.g. 0.8; 0 turns the gate off")
+    _param_number(params, "max_policy_kl", low=0, fix="nats per response, e.g. 5.0")
+    for key in params:  # any other gate
+        if key.startswith(("min_", "max_")) and key not in (*rates, "max_policy_kl"):
+            _param_number(params, key, low=0, high=1e6, fix="a non-negative number")
+
+    # where the model, the presets and the prompts come from
+    if "base_model_uri" in params:
+        uri = str(params["base_model_uri"])
+        if not uri or ("://" in uri and not uri.startswith("s3://")) or uri.startswith(("models:/", "runs:/")):
+            raise _param_error("base_model_uri", uri, "not a supported model URI",
+                               "give 'nano', a model folder (a PVC path) or an s3:// prefix")
+        if uri.startswith("s3://"):
+            from salmon.storage import split_s3_uri
+
+            split_s3_uri(uri.rstrip("/") + "/x")
+    preset = params.get("preset")
+    if preset and not (PRESETS_DIR / str(preset)).is_dir():
+        known = sorted(p.name for p in PRESETS_DIR.iterdir() if p.is_dir())
+        raise _param_error("preset", preset, "no such preset",
+                           f"use one of {', '.join(known)}, or '' for the method's defaults")
+    for uri in str(params.get("prompt_sources") or "").split(","):
+        uri = uri.strip()
+        if uri and "://" in uri and not uri.startswith("s3://"):
+            raise _param_error("prompt_sources", params["prompt_sources"], f"'{uri}' is not a local path or s3:// URI",
+                               "give comma-separated local paths or s3://bucket/key URIs")
+        if uri.startswith("s3://"):
+            from salmon.storage import split_s3_uri
+
+            split_s3_uri(uri)
+
     overrides = params.get("stage_overrides") or {}
     if not isinstance(overrides, dict) or any(s not in CONFIGS for s in overrides):
         raise SalmonInputError("pipeline parameter stage_overrides",
-                               f"must map stage names ({', '.join(CONFIGS)}) to config keys")
+                               f"must map stage names ({', '.join(CONFIGS)}) to config keys",
+                               'e.g. {"ppo": {"kl_coef": 0.02}}')
     for stage, values in overrides.items():
+        if not isinstance(values, dict):
+            raise SalmonInputError(f"pipeline parameter stage_overrides.{stage}", "must be a mapping of config keys",
+                                   'e.g. {"ppo": {"kl_coef": 0.02}}')
         fields = CONFIGS[stage].model_fields
         unknown = sorted(set(values) - set(fields))
         if unknown:
-            raise SalmonInputError(f"stage_overrides.{stage}", f"unknown keys {unknown}",
+            raise SalmonInputError(f"pipeline parameter stage_overrides.{stage}", f"unknown keys {unknown}",
                                    f"see `salmon {stage} --help` for the keys")
+        _check_override_values(stage, values)
+
+    # principle sets and the ids chosen from them (as plan_task resolves them)
+    for key in ("selfalign_rules", "label_principles", "rl_principles"):
+        if params.get(key):
+            _param_principle_set(key, str(params[key]))
+    ids = params.get("rl_principle_ids")
+    if ids:
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise _param_error("rl_principle_ids", ids, "must be a list of principle ids", "e.g. [concise]")
+        ppo = dict(overrides.get("ppo", {}))
+        if params.get("rl_principles"):
+            ppo.setdefault("rl_principles", params["rl_principles"])
+        name = str(_stage_value("ppo", preset or None, ppo, "rl_principles"))
+        pset = _param_principle_set("rl_principle_ids", name)
+        try:
+            pset.subset(ids)
+        except SalmonInputError as e:
+            raise SalmonInputError(f"pipeline parameter rl_principle_ids: {e.source}", e.message, e.fix) from None
+    spec = params.get("policy_gate_principles")
+    if spec:
+        name, _, chosen = str(spec).partition(":")
+        pset = _param_principle_set("policy_gate_principles", name)
+        try:
+            pset.subset([i.strip() for i in chosen.split(",") if i.strip()] if chosen else None)
+        except SalmonInputError as e:
+            raise SalmonInputError(f"pipeline parameter policy_gate_principles: {e.source}", e.message,
+                                   e.fix) from None
+        gate = params.get("min_policy_win_rate")
+        measured = _stage_value("eval_policy", preset or None, dict(overrides.get("eval_policy", {})),
+                                "principle_sets")
+        if gate and spec not in measured:
+            raise _param_error("policy_gate_principles", spec, "eval_policy does not score under it, so the "
+                               "win-rate gate could never pass",
+                               f"use one of eval_policy's principle_sets ({', '.join(map(str, measured))}), or "
+                               "min_policy_win_rate=0")
 
 
 def base_model_task(uri: str, out_dir: str, *, nano_pretrain_steps: int = 300, seed: int = 0) -> dict[str, Any]:
@@ -496,6 +772,7 @@ def register_task(
     JSON returned by :func:`run_stage_task`."""
     from salmon import tracking
 
+    require_tracking("register")
     parsed = {k: json.loads(v) for k, v in results.items()}
     eval_rm = parsed["eval_rm"]["metrics"]
     eval_policy = parsed["eval_policy"]["metrics"]

@@ -89,12 +89,12 @@ def _find_task_run(client: Any, experiment_id: str, parent: str, stage: str, tas
     return str(runs[0].info.run_id) if runs else None
 
 
-@contextmanager
-def stage_run(stage: str, task_key: str, tags: dict[str, str] | None = None) -> Iterator[str]:
-    """The MLflow run of one stage task (see the module docstring); yields its id.
+def start_stage_run(stage: str, task_key: str, tags: dict[str, str] | None = None) -> str:
+    """Start (or reopen) the MLflow run of one stage task as the active run and return its id;
+    the caller ends it with ``mlflow.end_run(status)``. See the module docstring for which run.
 
     ``task_key`` identifies the task's work (a digest of its config and inputs): a retry with
-    the same key reopens the same run. A failing stage ends its run as FAILED."""
+    the same key reopens the same run."""
     import mlflow
 
     experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
@@ -117,8 +117,59 @@ def stage_run(stage: str, task_key: str, tags: dict[str, str] | None = None) -> 
         active = mlflow.start_run(run_name=stage, parent_run_id=parent, nested=True, tags=all_tags)
     else:
         active = mlflow.start_run(run_name=stage, tags=all_tags)
-    with active as run:
-        yield str(run.info.run_id)
+    return str(active.info.run_id)
+
+
+@contextmanager
+def stage_run(stage: str, task_key: str, tags: dict[str, str] | None = None) -> Iterator[str]:
+    """The MLflow run of one stage task as a context (``start_stage_run``); yields its id and
+    ends the run FINISHED, or FAILED when the block raises."""
+    import mlflow
+
+    run_id = start_stage_run(stage, task_key, tags)
+    try:
+        yield run_id
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def tracking_problem(timeout_s: float = 5.0, attempts: int = 3, pause_s: float = 2.0) -> str | None:
+    """Why the tracking server cannot be reached, or ``None`` when it can (or the store is a
+    local database or folder). Any HTTP answer from ``<uri>/health`` counts as reachable; a
+    refused connection, a DNS failure or a timeout, ``attempts`` times in a row, does not."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    import mlflow
+
+    uri = str(mlflow.get_tracking_uri())  # what MLflow will use: set_tracking_uri(), else the env
+    if not uri.startswith(("http://", "https://")):
+        return None
+    reason = ""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):  # noqa: S310 (http(s) only)
+                return None
+        except urllib.error.HTTPError:
+            return None  # the server answered
+        except (urllib.error.URLError, OSError) as e:
+            reason = str(getattr(e, "reason", e))
+        if attempt + 1 < attempts:
+            time.sleep(pause_s)
+    return f"{uri} unreachable ({reason})"
+
+
+def wait_for_tracking(timeout_s: float, poll_s: float = 5.0) -> str | None:
+    """Wait up to ``timeout_s`` for the tracking server; returns the last problem, or ``None``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while (problem := tracking_problem(attempts=1)) is not None and time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+    return problem
 
 
 def flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -31,11 +31,12 @@ def moto_server() -> Iterator[str]:
 
 
 @contextmanager
-def mlflow_server(workdir: Path, artifacts_destination: str, env: dict[str, str] | None = None) -> Iterator[str]:
+def mlflow_server(workdir: Path, artifacts_destination: str, env: dict[str, str] | None = None,
+                  port: int | None = None) -> Iterator[str]:
     """``mlflow server`` with a sqlite store, serving artifacts from ``artifacts_destination``
-    (a folder or an s3:// URI); yields its URL. The server's children (uvicorn, the job runner)
-    are stopped by PID with it."""
-    port = free_port()
+    (a folder or an s3:// URI), on ``port`` (a free one by default); yields its URL. The server's
+    children (uvicorn, the job runner) are stopped by PID with it."""
+    port = port or free_port()
     log = workdir / "mlflow-server.log"
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{workdir / 'server.db'}",
            "--artifacts-destination", artifacts_destination, "--serve-artifacts",

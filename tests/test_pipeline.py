@@ -46,6 +46,18 @@ def test_compiled_pipeline_matches_the_golden_files(tmp_path: Path, monkeypatch:
                 "SALMON_UPDATE_GOLDEN=1 pytest tests/test_pipeline.py -k golden")
 
 
+def test_the_first_task_receives_every_parameter_it_can_check() -> None:
+    """Invalid parameter values must fail in ``plan``, before any GPU work: every pipeline
+    parameter reaches it, except those with nothing to check before they are used."""
+    spec = next(yaml.safe_load_all((GOLDEN / "salmon.yaml").read_text()))
+    pipeline_params = set(spec["root"]["inputDefinitions"]["parameters"])
+    plan_inputs = spec["root"]["dag"]["tasks"]["plan"]["inputs"]["parameters"]
+    wired = {v["componentInputParameter"] for v in plan_inputs.values() if "componentInputParameter" in v}
+    unchecked = {"seed",  # any integer is a seed
+                 "sampler_api_key_secret"}  # a Secret name: the API server checks it when the server starts
+    assert pipeline_params - wired == unchecked
+
+
 def test_compiled_pipeline_structure() -> None:
     """What the golden file must keep saying: every stage, caching, pod settings, no secret values."""
     docs = list(yaml.safe_load_all((GOLDEN / "salmon.yaml").read_text()))

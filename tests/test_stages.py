@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from salmon.cli import main
-from salmon.core.io import read_jsonl, write_jsonl
+from salmon.core.io import digest_path, read_jsonl, write_jsonl
 from salmon.core.records import Judgement, PreferenceExport, ResponsePair, RMInstance
 from salmon.nano.world import make_pairs, make_prompts
 
@@ -86,6 +86,7 @@ def test_aggregate_writes_instances_and_preference_export(tmp_path: Path, nano_p
 def test_bad_input_file_exits_2_without_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pairs = tmp_path / "pairs.jsonl"
     write_jsonl(pairs, make_pairs(make_prompts(3, seed=1), seed=2))
+    digest_path(pairs).unlink()  # a hand-edited file: the bad line itself is reported
     with open(pairs, "a") as f:
         f.write('{"pair_id": 5}\n')
     out = tmp_path / "j.jsonl"

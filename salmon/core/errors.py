@@ -24,5 +24,20 @@ class SalmonInputError(Exception):
         super().__init__(text)
 
 
+class ServiceUnavailable(Exception):
+    """A service the task needs (the MLflow tracking server, its artifact store, S3) cannot be
+    reached. The CLI prints ``str(error)`` (no traceback) and exits with code 3.
+
+    Args:
+        source: the service, e.g. ``MLflow tracking server http://mlflow:5000``.
+        message: what failed and what the task did about it.
+        fix: what the user should do about it.
+    """
+
+    def __init__(self, source: str, message: str, fix: str | None = None) -> None:
+        self.source, self.message, self.fix = source, message, fix
+        super().__init__(f"{source}: {message}" + (f" ({fix})" if fix else ""))
+
+
 class GateFailed(Exception):
     """A result fell below a configured threshold (an evaluation gate). The CLI exits with 1."""

@@ -1,12 +1,22 @@
-"""Atomic writes and schema-checked JSONL.
+"""Atomic writes with digests, and schema-checked JSONL.
 
 Every output is written to a temporary name in the same folder, flushed to disk and then
-renamed into place, so a reader never sees a half-written file. JSONL readers validate each
-line against its record type and fail with ``file:line: reason``.
+renamed into place, so a reader never sees a half-written file. Published outputs carry their
+SHA-256 in the format of ``sha256sum`` (``sha256sum -c`` checks them by hand):
+
+- a JSONL data file ``X`` has ``X.sha256`` beside it, written after ``X`` (a stale one is
+  removed before ``X`` is replaced);
+- a folder (a model, an adapter, a checkpoint) has ``SHA256SUMS`` inside, listing every file,
+  written before the folder is renamed into place.
+
+Readers check a digest when there is one and refuse a file or folder that does not match it;
+a JSONL file whose last line is cut off is refused as truncated whether or not it has a digest.
+JSONL readers validate each line against its record type and fail with ``file:line: reason``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +32,29 @@ from salmon.core.errors import SalmonInputError
 
 M = TypeVar("M", bound=BaseModel)
 
+DIGEST_SUFFIX = ".sha256"
+"""The suffix of the digest file written beside each published JSONL file."""
+DIGEST_MANIFEST = "SHA256SUMS"
+"""The digest list written inside each published folder."""
+_CHUNK = 1 << 20
+
+
+def remove_stale_temps(target: str | Path) -> int:
+    """Remove what a killed writer of ``target`` left: ``.<name>.*.tmp`` files and folders
+    beside it. Returns how many were removed. (One writer per output is assumed, as for any
+    stage output folder.)"""
+    t = Path(target)
+    if not t.parent.is_dir():
+        return 0
+    n = 0
+    for stale in t.parent.glob(f".{t.name}.*.tmp"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+        n += 1
+    return n
+
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
@@ -31,6 +64,7 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         encoding = None if "b" in mode else "utf-8"
@@ -46,15 +80,18 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
 
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """A temporary folder beside ``path`` to fill; on success it replaces ``path``.
+    """A temporary folder beside ``path`` to fill; on success its ``SHA256SUMS`` is written and
+    it replaces ``path``.
 
     On an exception the temporary folder is removed and ``path`` is left untouched.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    remove_stale_temps(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        write_dir_digests(tmp)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
@@ -79,14 +116,105 @@ def record_line(record: BaseModel) -> str:
     return record.model_dump_json() + "\n"
 
 
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def digest_path(path: str | Path) -> Path:
+    """The digest file of a published JSONL file: ``<path>.sha256``."""
+    p = Path(path)
+    return p.with_name(p.name + DIGEST_SUFFIX)
+
+
 def write_jsonl(path: str | Path, records: Iterable[BaseModel]) -> int:
-    """Write records as JSONL atomically; returns how many were written."""
+    """Publish records as JSONL: the file atomically, then its ``.sha256``; returns how many
+    records were written."""
+    target = Path(path)
+    digest_path(target).unlink(missing_ok=True)  # never leave an old digest beside new content
+    h = hashlib.sha256()
     n = 0
-    with atomic_open(path) as f:
+    with atomic_open(target) as f:
         for record in records:
-            f.write(record_line(record))
+            line = record_line(record)
+            f.write(line)
+            h.update(line.encode("utf-8"))
             n += 1
+    write_text(digest_path(target), f"{h.hexdigest()}  {target.name}\n")
     return n
+
+
+def _recorded_sha256(digest_file: Path) -> str:
+    """The hex digest from a ``sha256sum``-style line (``<hex>  <name>``)."""
+    text = digest_file.read_text(encoding="utf-8", errors="replace").strip()
+    value = text.split()[0] if text else ""
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise SalmonInputError(str(digest_file), "not a SHA-256 digest file",
+                               "delete it, or rerun the stage that wrote the data beside it")
+    return value
+
+
+def check_file_digest(path: str | Path, data: bytes | None = None) -> bool:
+    """Compare a file with its ``.sha256`` when it has one; returns whether one was checked.
+
+    Raises:
+        SalmonInputError: the content does not match the recorded digest.
+    """
+    p = Path(path)
+    sidecar = digest_path(p)
+    if not sidecar.is_file():
+        return False
+    recorded = _recorded_sha256(sidecar)
+    actual = hashlib.sha256(data).hexdigest() if data is not None else _sha256_file(p)
+    if actual != recorded:
+        raise SalmonInputError(
+            str(p), f"content does not match its digest {sidecar.name} (recorded {recorded[:12]}, "
+            f"now {actual[:12]}): the file is truncated or was changed after it was written",
+            "rerun the stage that wrote it; if you edited it on purpose, delete "
+            f"{sidecar.name}")
+    return True
+
+
+def write_dir_digests(folder: str | Path) -> Path:
+    """Write ``SHA256SUMS`` in ``folder`` listing every file below it (sorted relative paths)."""
+    root = Path(folder)
+    manifest = root / DIGEST_MANIFEST
+    lines = [f"{_sha256_file(f)}  {f.relative_to(root).as_posix()}\n"
+             for f in sorted(p for p in root.rglob("*") if p.is_file() and p != manifest)]
+    write_text(manifest, "".join(lines))
+    return manifest
+
+
+def check_dir_digests(folder: str | Path) -> bool:
+    """Check every file listed in a folder's ``SHA256SUMS``; returns whether there was one.
+
+    Files added after publishing are ignored; a listed file that is missing or differs is an
+    error.
+
+    Raises:
+        SalmonInputError: a listed file is missing or its content differs.
+    """
+    root = Path(folder)
+    manifest = root / DIGEST_MANIFEST
+    if not manifest.is_file():
+        return False
+    fix = "rerun the stage that wrote it (the folder was damaged or changed after it was published)"
+    for lineno, line in enumerate(manifest.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        recorded, sep, name = line.partition("  ")
+        rel = Path(name)
+        if not sep or len(recorded) != 64 or rel.is_absolute() or ".." in rel.parts:
+            raise SalmonInputError(f"{manifest}:{lineno}", "not a sha256sum line", fix)
+        f = root / rel
+        if not f.is_file():
+            raise SalmonInputError(str(root), f"{name} is listed in {DIGEST_MANIFEST} but missing", fix)
+        if _sha256_file(f) != recorded:
+            raise SalmonInputError(str(root), f"{name} does not match its digest in {DIGEST_MANIFEST}", fix)
+    return True
 
 
 def _describe(error: ValidationError) -> str:
@@ -104,17 +232,21 @@ def iter_jsonl(path: str | Path, model: type[M], *, allow_truncated_tail: bool =
         path: the file.
         model: the record type every line must match.
         allow_truncated_tail: skip an unterminated, unparsable last line instead of failing
-            (used when resuming from a progress file that a killed process was writing).
+            (used when resuming from a progress file that a killed process was writing; such a
+            file has no digest).
 
     Raises:
-        SalmonInputError: missing file, non-UTF-8 bytes, bad JSON or a schema mismatch,
-            naming ``file:line``.
+        SalmonInputError: missing file, content that does not match its ``.sha256``, a cut-off
+            last line, non-UTF-8 bytes, bad JSON or a schema mismatch, naming ``file:line``.
     """
     p = Path(path)
     if not p.is_file():
         raise SalmonInputError(str(p), "file not found", "check the path")
     with open(p, "rb") as f:
-        raw_lines = f.read().split(b"\n")
+        data = f.read()
+    if not allow_truncated_tail:
+        check_file_digest(p, data)
+    raw_lines = data.split(b"\n")
     last = len(raw_lines)
     for lineno, raw in enumerate(raw_lines, start=1):
         if not raw.strip():
@@ -128,16 +260,22 @@ def iter_jsonl(path: str | Path, model: type[M], *, allow_truncated_tail: bool =
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
-            if allow_truncated_tail and lineno == last:
-                return
+            if lineno == last:  # no newline after it: the writer stopped in the middle of the line
+                if allow_truncated_tail:
+                    return
+                raise SalmonInputError(where, f"the last line is cut off ({e.msg}): the file is truncated",
+                                       "rerun the stage that wrote it") from None
             raise SalmonInputError(where, f"not valid JSON ({e.msg})",
                                    "each line must be one complete JSON object") from None
         if not isinstance(obj, dict):
-            raise SalmonInputError(where, f"expected a JSON object, got {type(obj).__name__}")
+            raise SalmonInputError(where, f"expected a JSON object, got {type(obj).__name__}",
+                                   "each line must be one JSON object {...} (one record)")
         try:
             yield model.model_validate(obj)
         except ValidationError as e:
-            raise SalmonInputError(where, f"not a valid {model.__name__}: {_describe(e)}") from None
+            raise SalmonInputError(where, f"not a valid {model.__name__}: {_describe(e)}",
+                                   f"fix the record; its fields are those of salmon.core.records.{model.__name__}"
+                                   ) from None
 
 
 def read_jsonl(path: str | Path, model: type[M], *, allow_empty: bool = False) -> list[M]:

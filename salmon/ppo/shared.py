@@ -61,7 +61,7 @@ class SharedRoles:
                  lora_alpha: int, device: torch.device) -> None:
         from peft import LoraConfig, PeftModel, get_peft_model
 
-        from salmon.modeling import load_causal_lm, load_tokenizer
+        from salmon.modeling import check_adapter_dir, load_causal_lm, load_tokenizer
         from salmon.ppo.rollout import zero_value_head
         from salmon.reward.model import RMMeta
         from salmon.reward.module import new_head
@@ -83,6 +83,7 @@ class SharedRoles:
         self.rm_limits = meta.limits()
         base = load_causal_lm(policy_model, device=device)
         if policy_adapter:
+            check_adapter_dir(policy_adapter)
             self.model = PeftModel.from_pretrained(base, policy_adapter, adapter_name="policy", is_trainable=True)
             add_adapter_from(self.model, Path(policy_adapter), "reference")
             self.has_reference_adapter = True

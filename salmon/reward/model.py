@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from salmon.core import templates
 from salmon.core.errors import SalmonInputError
-from salmon.core.io import atomic_dir, write_json
-from salmon.modeling import bos_ids, check_model_dir, encode, load_backbone, load_tokenizer
+from salmon.core.io import atomic_dir, check_dir_digests, write_json
+from salmon.modeling import bos_ids, check_local, check_model_dir, encode, load_backbone, load_tokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -68,9 +68,36 @@ class RMEncoder:
         if room < 1:
             raise SalmonInputError(
                 "reward-model input", f"the principle lines and template take {fixed} tokens, "
-                f"more than model_max_length={lim.model_max_length}",
-                "use fewer or shorter principles, or raise model_max_length")
+                f"more than the reward model's model_max_length={lim.model_max_length}",
+                "shorten the principle lines or show fewer at once, or raise model_max_length")
         return head + response[:room] + between + instruction + closing
+
+    def instruction_tokens(self, instructions: Sequence[str]) -> int:
+        """The most tokens any of ``instructions`` takes in an RM input (at most ``query_len``)."""
+        if not self.limits.query_len:
+            return 0
+        return max((min(len(encode(self.tokenizer, i.strip())), self.limits.query_len) for i in instructions),
+                   default=0)
+
+    def check_fit(self, principles: Sequence[str], interventions: Sequence[str], source: str,
+                  instruction_tokens: int | None = None) -> None:
+        """Principle lines must leave room in ``model_max_length`` for the instruction
+        (``instruction_tokens``, default ``query_len``) and one response token: checked before any
+        scoring, so that no input fails half-way.
+
+        Raises:
+            SalmonInputError: naming ``source`` (the principle, its set or the input line).
+        """
+        lim = self.limits
+        instruction = lim.query_len if instruction_tokens is None else instruction_tokens
+        prompt = templates.rm_prompt("", "", principles, interventions)
+        fixed = (len(bos_ids(self.tokenizer)) + len(self._enc_cached(prompt.header))
+                 + len(self._enc_cached(prompt.between)) + len(encode(self.tokenizer, prompt.closing)))
+        if fixed + instruction + 1 > lim.model_max_length:
+            raise SalmonInputError(
+                source, f"the principle lines and the template take {fixed} tokens; with an instruction of "
+                f"{instruction} tokens that is more than the reward model's model_max_length={lim.model_max_length}",
+                "shorten the principle or show fewer principles at once")
 
     def encode_rm(self, response: str, instruction: str, principles: Sequence[str],
                   interventions: Sequence[str] = ()) -> list[int]:
@@ -127,21 +154,33 @@ def save_reward_model(model: Any, tokenizer: PreTrainedTokenizerBase, meta: RMMe
         write_json(tmp / "rm.json", asdict(meta))
 
 
+def read_rm_meta(path: str) -> RMMeta:
+    """The checked ``rm.json`` of an RM folder (no weights are read): what a stage checks before
+    its heavy work."""
+    p = check_local(path, "reward model")
+    fix = "give a folder written by train_rm (its model/ subfolder)"
+    if not p.is_dir():
+        raise SalmonInputError(f"reward model {path}", "folder not found", fix)
+    meta_path = p / "rm.json"
+    if not meta_path.is_file():
+        raise SalmonInputError(f"reward model {path}", "no rm.json in the folder", fix)
+    try:
+        meta = RMMeta(**json.loads(meta_path.read_text(encoding="utf-8")))
+    except (TypeError, ValueError) as e:  # bad JSON, not UTF-8, missing or unknown fields
+        raise SalmonInputError(str(meta_path), f"unreadable ({e})".replace("\n", " "),
+                               "rerun train_rm to write the folder again") from None
+    if meta.format != RM_FORMAT:
+        raise SalmonInputError(str(meta_path), f"unknown format {meta.format!r}", f"expected {RM_FORMAT}")
+    return meta
+
+
 def load_reward_model(path: str, *, device: torch.device) -> tuple[Any, PreTrainedTokenizerBase, RMMeta]:
     """Load a saved RM folder for scoring (eval mode)."""
     from safetensors.torch import load_file
 
     p = Path(path)
-    meta_path = p / "rm.json"
-    if not meta_path.is_file():
-        raise SalmonInputError(f"reward model {path}", "no rm.json in the folder",
-                               "give a folder written by train_rm (its model/ subfolder)")
-    try:
-        meta = RMMeta(**json.loads(meta_path.read_text(encoding="utf-8")))
-    except (TypeError, json.JSONDecodeError) as e:
-        raise SalmonInputError(str(meta_path), f"unreadable ({e})") from None
-    if meta.format != RM_FORMAT:
-        raise SalmonInputError(str(meta_path), f"unknown format {meta.format!r}", f"expected {RM_FORMAT}")
+    meta = read_rm_meta(path)
+    check_dir_digests(p)
     tokenizer = load_tokenizer(str(p))
     if meta.finetune == "lora":
         from peft import PeftModel

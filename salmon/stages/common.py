@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from salmon.core.config import build_config
-from salmon.core.errors import GateFailed, SalmonInputError
+from salmon.core.errors import GateFailed, SalmonInputError, ServiceUnavailable
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -75,6 +75,9 @@ def stage_main(stage: str, cls: type[C], run: Callable[[C], StageResult],
     except GateFailed as e:
         print(f"gate failed: {e}", file=sys.stderr)
         return 1
+    except ServiceUnavailable as e:
+        print(f"unavailable: {e}", file=sys.stderr)
+        return 3
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone prints the result
         print(json.dumps(result.as_dict(), indent=2))
     if args.result and os.environ.get("RANK", "0") == "0":

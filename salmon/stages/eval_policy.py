@@ -52,13 +52,9 @@ def win_rate(policy: list[float], baseline: list[float]) -> float:
 
 
 def _load(cfg: EvalPolicyConfig, adapter: str | None, device: Any) -> Any:
-    from salmon.modeling import load_causal_lm
+    from salmon.modeling import load_causal_lm, with_adapter
 
-    model = load_causal_lm(cfg.base_model, device=device)
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model = with_adapter(load_causal_lm(cfg.base_model, device=device), adapter)
     model.requires_grad_(False)
     return model.eval()
 
@@ -101,8 +97,21 @@ def run(cfg: EvalPolicyConfig) -> StageResult:
     sets = [parse_principle_spec(s) for s in cfg.principle_sets] if cfg.reward_model else []
     device = resolve_device(cfg.device)
 
-    from salmon.modeling import load_tokenizer
+    from salmon.modeling import check_adapter_dir, check_model_dir, load_tokenizer
 
+    check_model_dir(cfg.base_model)
+    for adapter in (cfg.policy_adapter, cfg.baseline_adapter):
+        if adapter:
+            check_adapter_dir(adapter)
+    if cfg.reward_model:  # checked before sampling: its folder, and that each principle set fits its input
+        from salmon.reward.model import EncodeLimits, RMEncoder, read_rm_meta
+
+        meta = read_rm_meta(cfg.reward_model)
+        checker = RMEncoder(load_tokenizer(cfg.reward_model),
+                            EncodeLimits(cfg.rm_max_length, meta.query_len, meta.response_len))
+        longest = checker.instruction_tokens([p.full_instruction() for p in prompts])
+        for label, pset in sets:
+            checker.check_fit([p.definition for p in pset.principles], [], f"principle set {label}", longest)
     tok = load_tokenizer(cfg.base_model)
     queries = [bos_ids(tok) + encode(tok, templates.policy_query(p.full_instruction(), cfg.system_prompt))
                for p in prompts]

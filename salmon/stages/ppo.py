@@ -140,15 +140,20 @@ class SeparateRoles:
         self.policy.save_pretrained(folder)
 
 
+def check_role_layout(cfg: PPOConfig) -> None:
+    """The shared layout builds the value model from the RM adapter: ppo with init_value_with_reward."""
+    if cfg.role_layout == "shared" and (cfg.algorithm != "ppo" or not cfg.init_value_with_reward):
+        raise SalmonInputError("role_layout", "shared builds the value model from the RM adapter (ppo with "
+                               "init_value_with_reward)", "set role_layout: separate")
+
+
 def build_roles(cfg: PPOConfig, device: Any) -> Any:
     """The roles in ``cfg.role_layout``: one base with four adapters, or separate modules."""
     import torch
 
     torch.manual_seed(cfg.seed)
+    check_role_layout(cfg)
     if cfg.role_layout == "shared":
-        if cfg.algorithm != "ppo" or not cfg.init_value_with_reward:
-            raise SalmonInputError("role_layout", "shared builds the value model from the RM adapter (ppo with "
-                                   "init_value_with_reward)", "set role_layout: separate")
         from salmon.ppo.shared import SharedRoles
 
         return SharedRoles(cfg.policy_model, cfg.policy_adapter, cfg.reward_model, cfg.lora_r, cfg.lora_alpha,
@@ -160,7 +165,7 @@ def build_separate_roles(cfg: PPOConfig, device: Any) -> SeparateRoles:
     """Policy (trainable LoRA), frozen reference and RM, and (for ppo) the value model."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from salmon.modeling import load_causal_lm, load_tokenizer
+    from salmon.modeling import check_adapter_dir, load_causal_lm, load_tokenizer
     from salmon.ppo.rollout import zero_value_head
     from salmon.reward.model import load_reward_model
 
@@ -168,6 +173,7 @@ def build_separate_roles(cfg: PPOConfig, device: Any) -> SeparateRoles:
     base = load_causal_lm(cfg.policy_model, device=device)
     ref = load_causal_lm(cfg.policy_model, device=device)
     if cfg.policy_adapter:
+        check_adapter_dir(cfg.policy_adapter)
         policy = PeftModel.from_pretrained(base, cfg.policy_adapter, is_trainable=True)
         ref = PeftModel.from_pretrained(ref, cfg.policy_adapter).merge_and_unload()
     else:
@@ -234,6 +240,33 @@ def encode_queries(tok: Any, prompts: list[PromptRecord], cfg: PPOConfig) -> tup
     return queries, kept
 
 
+def check_inputs(cfg: PPOConfig, prompts: list[PromptRecord], rl_set: PrincipleSet,
+                 interventions: PrincipleSet | None) -> tuple[list[list[int]], list[PromptRecord]]:
+    """What can be checked before any model is loaded: the model folders, the prompts that fit
+    ``query_len`` (their query token ids are returned with them) and the RM input of the longest
+    draw of RL-time principles with every intervention line.
+
+    Raises:
+        SalmonInputError: a missing model, no prompt that fits, or principles too long for the RM.
+    """
+    from salmon.modeling import check_model_dir, encode, load_tokenizer
+    from salmon.reward.model import RMEncoder, read_rm_meta
+
+    check_role_layout(cfg)
+    check_model_dir(cfg.policy_model)
+    meta = read_rm_meta(cfg.reward_model)
+    queries, kept = encode_queries(load_tokenizer(cfg.policy_model), prompts, cfg)
+    rm_tok = load_tokenizer(cfg.reward_model)
+    encoder = RMEncoder(rm_tok, meta.limits())
+    k = min(cfg.principles_per_rollout, len(rl_set.principles))
+    longest = sorted((p.definition for p in rl_set.principles), key=lambda t: len(encode(rm_tok, t)),
+                     reverse=True)[:k]
+    fixed = [p.definition for p in interventions.principles] if interventions else []
+    where = f"principle set {cfg.rl_principles}" + (f" with interventions {cfg.interventions}" if fixed else "")
+    encoder.check_fit(longest, fixed, where, encoder.instruction_tokens([p.full_instruction() for p in kept]))
+    return queries, kept
+
+
 def _floats(values: Any) -> list[float]:
     return [float(v) for v in values]
 
@@ -295,12 +328,12 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
 
     prompts = load_rl_prompts(cfg)
     rl_set, interventions = load_rl_principles(cfg)
+    queries, kept = check_inputs(cfg, prompts, rl_set, interventions)
     device = ctx.device
     roles = build_roles(cfg, device)
     tok = roles.tokenizer
     pad_id = int(tok.pad_token_id)
     encoder = RMEncoder(roles.rm_tokenizer, roles.rm_limits)
-    queries, kept = encode_queries(tok, prompts, cfg)
     ctx.log(STAGE, f"{len(kept)} of {len(prompts)} prompts fit query_len {cfg.query_len}; algorithm "
                f"{cfg.algorithm}; RL principles {rl_set.name} {rl_set.ids()}"
                + (f", interventions {interventions.ids()}" if interventions else ", no interventions"))

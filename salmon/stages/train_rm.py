@@ -22,8 +22,6 @@ is single-process only.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +31,7 @@ from salmon.core import templates
 from salmon.core.config import TrainRMConfig
 from salmon.core.digest import digest_file
 from salmon.core.errors import SalmonInputError
-from salmon.core.io import read_jsonl, write_json, write_text
+from salmon.core.io import read_jsonl, write_text
 from salmon.core.records import RMInstance
 from salmon.reward.train import data_order, latest_checkpoint, lr_multiplier
 from salmon.stages.common import StageResult, stage_main
@@ -80,38 +78,9 @@ def _trainable(model: Any) -> dict[str, Any]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _save_checkpoint(ckpt_dir: Path, phase_index: int, step: int, model: Any, opt: Any,
-                     sched: Any, keep: int = 2) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final = ckpt_dir / f"step-{phase_index}{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=ckpt_dir))
-    save_file({n: p.detach().cpu().contiguous() for n, p in _trainable(model).items()},
-              str(tmp / "trainable.safetensors"))
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    torch.save(sched.state_dict(), tmp / "scheduler.pt")
-    write_json(tmp / "state.json", {"phase_index": phase_index, "step": step})
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    old = sorted((p for p in ckpt_dir.glob("step-*") if p != final),
-                 key=lambda p: int(p.name.split("-")[1]))
-    for p in old[: max(0, len(old) - (keep - 1))]:
-        shutil.rmtree(p, ignore_errors=True)
-
-
-def _load_checkpoint(path: Path, model: Any, opt: Any, sched: Any) -> None:
-    import torch
-    from safetensors.torch import load_file
-
-    missing = set(_trainable(model)) - set(load_file(str(path / "trainable.safetensors")))
-    if missing:
-        raise RuntimeError(f"checkpoint {path} lacks {len(missing)} trainable tensors")
-    model.load_state_dict(load_file(str(path / "trainable.safetensors")), strict=False)
-    opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+def _checkpoint_step(phase_index: int, step: int) -> int:
+    """One increasing number per (phase, step): the checkpoint folder ``step-<phase><step:07d>``."""
+    return phase_index * 10_000_000 + step
 
 
 def build_model(cfg: TrainRMConfig, device: Any = None) -> tuple[Any, Any]:
@@ -149,6 +118,7 @@ def run(cfg: TrainRMConfig) -> StageResult:
 def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
     import torch
 
+    from salmon.checkpoints import load_checkpoint, save_checkpoint
     from salmon.core.deepspeed_config import stage_deepspeed_config
     from salmon.reward.loss import bradley_terry_loss
     from salmon.reward.model import (
@@ -175,18 +145,26 @@ def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
     ds_ckpt_dir = ckpt_dir / "deepspeed"
     resume = None if ctx.deepspeed else latest_checkpoint(ckpt_dir)
     start_phase, start_step = 0, 0
+    history: list[dict[str, float | int | str]] = []
+    window_loss, window_acc, window_n = 0.0, 0.0, 0
     if resume is not None:
         state = json.loads((resume / "state.json").read_text())
         start_phase, start_step = state["phase_index"], state["step"]
+        history = state.get("history", [])
+        window_loss, window_acc, window_n = state.get("window", [0.0, 0.0, 0])
         ctx.log(STAGE, f"resuming from {resume} (phase {plan[start_phase].name}, step {start_step})")
 
-    history: list[dict[str, float | int | str]] = []
     t0 = time.monotonic()
     for pi, (ph, data) in enumerate(zip(plan, datasets, strict=True)):
         if pi < start_phase:
             continue
         encoder = RMEncoder(tokenizer, EncodeLimits(ph.model_max_length, ph.query_len, ph.response_len))
-        examples = [encode_instance(encoder, inst, pmp=ph.name == "pmp") for inst in data]
+        examples = []
+        for inst in data:
+            try:
+                examples.append(encode_instance(encoder, inst, pmp=ph.name == "pmp"))
+            except SalmonInputError as e:  # principle lines longer than model_max_length
+                raise SalmonInputError(f"{ph.data}: instance {inst.instance_id}", e.message, e.fix) from None
         labels = [inst.preference for inst in data]
         batches = data_order(len(examples), ph.epochs, cfg.batch_size, cfg.seed)
         total = len(batches)
@@ -206,7 +184,7 @@ def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
                 sched.load_state_dict(state["scheduler"])
                 ctx.log(STAGE, f"resuming from {ds_ckpt_dir} (step {first})")
         elif pi == start_phase and resume is not None:
-            _load_checkpoint(resume, model, opt, sched)
+            load_checkpoint(resume, _trainable(model), opt, sched)
             first = start_step
         ctx.log(STAGE, f"phase {ph.name}: {len(examples)} instances, {total} steps of {cfg.batch_size} "
                        f"pairs, lr {ph.learning_rate:g}, warm-up {warmup}")
@@ -214,7 +192,8 @@ def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
             local = sum(len(ctx.shard(batches[s])) for s in range(first, total))
             ctx.log(STAGE, f"{cfg.deepspeed} on {device.type}: {local} local examples in steps {first + 1}..{total} "
                            f"(micro-batches of {micro_size})", every_rank=True)
-        window_loss, window_acc, window_n = 0.0, 0.0, 0
+        if pi != start_phase or resume is None:
+            window_loss, window_acc, window_n = 0.0, 0.0, 0
         for step in range(first, total):
             batch = batches[step]
             mine = ctx.shard(batch)  # this rank's pairs (all of them on one process)
@@ -257,8 +236,10 @@ def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
             if done % cfg.save_every == 0 or done == total:
                 if ctx.deepspeed:
                     ctx.save_engine_checkpoint(ds_ckpt_dir, done, {"step": done, "scheduler": sched.state_dict()})
-                else:
-                    _save_checkpoint(ckpt_dir, pi, done, model, opt, sched)
+                else:  # the log so far and the open logging window travel with the weights
+                    save_checkpoint(ckpt_dir, _checkpoint_step(pi, done), _trainable(model), opt, sched,
+                                    {"phase_index": pi, "step": done, "history": history,
+                                     "window": [window_loss, window_acc, window_n]})
 
     model.eval()
     meta = RMMeta(format=RM_FORMAT, base_model=str(Path(cfg.base_model).resolve()),
