@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from salmon.core.errors import GateFailed, SalmonInputError, ServiceUnavailable
+from salmon.core.errors import GateFailed, SalmonInputError, ServiceUnavailable, report
 
 STAGES: dict[str, tuple[str, str]] = {
     # stage: (config class name in salmon.core.config, one-line help)
@@ -360,15 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except SalmonInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except GateFailed as e:
-        print(f"gate failed: {e}", file=sys.stderr)
-        return 1
-    except ServiceUnavailable as e:
-        print(f"unavailable: {e}", file=sys.stderr)
-        return 3
+    except (SalmonInputError, GateFailed, ServiceUnavailable) as e:
+        return report(e)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -41,3 +41,19 @@ class ServiceUnavailable(Exception):
 
 class GateFailed(Exception):
     """A result fell below a configured threshold (an evaluation gate). The CLI exits with 1."""
+
+
+_REPORTED: tuple[tuple[type[Exception], int, str], ...] = (
+    (SalmonInputError, 2, "error"), (GateFailed, 1, "gate failed"), (ServiceUnavailable, 3, "unavailable"))
+
+
+def report(error: SalmonInputError | GateFailed | ServiceUnavailable) -> int:
+    """Print the one line a command shows for these errors instead of a traceback (``error:``,
+    ``gate failed:`` or ``unavailable:``) on stderr, and return the exit code (2, 1 or 3)."""
+    import sys
+
+    for kind, code, prefix in _REPORTED:
+        if isinstance(error, kind):
+            print(f"{prefix}: {error}", file=sys.stderr)
+            return code
+    raise TypeError(f"not a reported error: {error!r}")

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from salmon.core.config import build_config
-from salmon.core.errors import GateFailed, SalmonInputError, ServiceUnavailable
+from salmon.core.errors import GateFailed, SalmonInputError, ServiceUnavailable, report
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -69,15 +69,8 @@ def stage_main(stage: str, cls: type[C], run: Callable[[C], StageResult],
     args = parser.parse_args(argv)
     try:
         result = run(resolve(cls, stage, args))
-    except SalmonInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except GateFailed as e:
-        print(f"gate failed: {e}", file=sys.stderr)
-        return 1
-    except ServiceUnavailable as e:
-        print(f"unavailable: {e}", file=sys.stderr)
-        return 3
+    except (SalmonInputError, GateFailed, ServiceUnavailable) as e:
+        return report(e)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone prints the result
         print(json.dumps(result.as_dict(), indent=2))
     if args.result and os.environ.get("RANK", "0") == "0":
