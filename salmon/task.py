@@ -392,8 +392,10 @@ class _TrackedRun:
         from salmon import tracking
 
         if TRACKING_POLICY.get(self.stage, "require") == "require":
-            require_tracking(self.stage)
-        problem = tracking.tracking_problem(timeout_s=_env_seconds("SALMON_TRACKING_CHECK_S", 5.0))
+            require_tracking(self.stage)  # fails here when the server is down
+            problem = None
+        else:
+            problem = tracking.tracking_problem(timeout_s=_env_seconds("SALMON_TRACKING_CHECK_S", 5.0))
         if problem is not None:
             log(self.stage, f"MLflow {problem}: {self.stage} runs anyway; its tracking is written when it ends "
                             f"(waiting up to {_env_seconds('SALMON_TRACKING_WAIT_S', 600.0):.0f} s for the server)")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +292,20 @@ launch_and_wait(yaml.safe_load(open(sys.argv[2])), sys.argv[3], api_client=clien
 """
 
 
+def _sigterm_once(proc: subprocess.Popen[str], created: Callable[[], bool], what: str) -> str:
+    """Wait until the step process has created ``what``, SIGTERM it; it must exit 143. Returns
+    its output."""
+    end = time.monotonic() + 60
+    while not created():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < end, f"{what} was never created"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 143, out
+    return out
+
+
 @pytest.mark.parametrize("executor", ["trainjob", "pytorchjob"])
 def test_sigterm_deletes_the_job_before_the_step_exits(emu: Any, tmp_path: Path, executor: str) -> None:
     name = f"salmon-sft-cancel-{executor}"
@@ -299,14 +314,7 @@ def test_sigterm_deletes_the_job_before_the_step_exits(emu: Any, tmp_path: Path,
     proc = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT, emu.url, str(manifest), executor],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     launcher = Launcher(executor, NS, api_client=emu.api_client())
-    end = time.monotonic() + 60
-    while launcher.get(name) is None:
-        assert proc.poll() is None, proc.communicate()[0]
-        assert time.monotonic() < end, "the job was never created"
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 143, out
+    out = _sigterm_once(proc, lambda: launcher.get(name) is not None, "the job")
     assert "SIGTERM: deleting" in out
     assert launcher.get(name) is None, "a cancelled step leaves no job behind"
 
@@ -731,14 +739,7 @@ deploy_server(VLLMServerSpec(name="salmon-vllm-starting", namespace="kubeflow", 
     proc = subprocess.Popen([sys.executable, "-c", script, emu.url], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     apps, core = client.AppsV1Api(emu.api_client()), client.CoreV1Api(emu.api_client())
-    end = time.monotonic() + 60
-    while not core.list_namespaced_service(NS).items:
-        assert proc.poll() is None, proc.communicate()[0]
-        assert time.monotonic() < end, "the server was never created"
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 143, out
+    out = _sigterm_once(proc, lambda: bool(core.list_namespaced_service(NS).items), "the server")
     assert "removed deployments/salmon-vllm-starting, services/salmon-vllm-starting" in out
     assert apps.list_namespaced_deployment(NS).items == [] and core.list_namespaced_service(NS).items == []
 

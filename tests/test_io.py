@@ -190,3 +190,21 @@ def test_stale_temporary_files_of_a_killed_writer_are_removed(tmp_path: Path) ->
         (tmp / "a.txt").write_text("one")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".other.jsonl.def.tmp", "model", "pairs.jsonl", "pairs.jsonl.sha256"]
+
+
+def test_a_checked_folder_is_hashed_once_until_a_file_changes(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model loaded several times in one process is hashed once; a rewrite is hashed again."""
+    import salmon.core.io as io
+
+    target = tmp_path / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights.bin").write_bytes(b"\x01" * 100)
+    hashed: list[Path] = []
+    real = io._sha256_file
+    monkeypatch.setattr(io, "_sha256_file", lambda p: hashed.append(p) or real(p))
+    assert check_dir_digests(target) and check_dir_digests(target)
+    assert len(hashed) == 1
+    (target / "weights.bin").write_bytes(b"\x02" * 100)  # same size, new content and mtime
+    with pytest.raises(SalmonInputError, match="weights.bin does not match its digest"):
+        check_dir_digests(target)

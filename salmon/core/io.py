@@ -188,20 +188,27 @@ def write_dir_digests(folder: str | Path) -> Path:
     return manifest
 
 
+_VERIFIED_DIRS: dict[Path, tuple[tuple[str, int, int], ...]] = {}
+"""Folders already checked in this process, with the (name, size, mtime) of each listed file:
+a model loaded several times (policy and reference, pre-check and load) is hashed once."""
+
+
 def check_dir_digests(folder: str | Path) -> bool:
     """Check every file listed in a folder's ``SHA256SUMS``; returns whether there was one.
 
     Files added after publishing are ignored; a listed file that is missing or differs is an
-    error.
+    error. A folder checked before in this process whose listed files kept their size and
+    modification time is not hashed again.
 
     Raises:
         SalmonInputError: a listed file is missing or its content differs.
     """
-    root = Path(folder)
+    root = Path(folder).resolve()
     manifest = root / DIGEST_MANIFEST
     if not manifest.is_file():
         return False
     fix = "rerun the stage that wrote it (the folder was damaged or changed after it was published)"
+    listed: list[tuple[str, Path, str]] = []
     for lineno, line in enumerate(manifest.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
@@ -211,9 +218,15 @@ def check_dir_digests(folder: str | Path) -> bool:
             raise SalmonInputError(f"{manifest}:{lineno}", "not a sha256sum line", fix)
         f = root / rel
         if not f.is_file():
-            raise SalmonInputError(str(root), f"{name} is listed in {DIGEST_MANIFEST} but missing", fix)
+            raise SalmonInputError(str(folder), f"{name} is listed in {DIGEST_MANIFEST} but missing", fix)
+        listed.append((name, f, recorded))
+    stamp = tuple((name, (st := f.stat()).st_size, st.st_mtime_ns) for name, f, _ in listed)
+    if _VERIFIED_DIRS.get(root) == stamp:
+        return True
+    for name, f, recorded in listed:
         if _sha256_file(f) != recorded:
-            raise SalmonInputError(str(root), f"{name} does not match its digest in {DIGEST_MANIFEST}", fix)
+            raise SalmonInputError(str(folder), f"{name} does not match its digest in {DIGEST_MANIFEST}", fix)
+    _VERIFIED_DIRS[root] = stamp
     return True
 
 
