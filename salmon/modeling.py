@@ -7,6 +7,7 @@ becomes one :class:`SalmonInputError` naming the path and what to do.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +85,20 @@ def check_architecture(path: str, *, causal: bool) -> None:
                                "language model", fix)
 
 
+def generation_end_ids(path: str) -> list[int]:
+    """The eos ids of the folder's ``generation_config.json`` (a chat model may end a turn with
+    more than its tokenizer's eos, e.g. Llama-3's ``<|eot_id|>``); [] when it names none."""
+    f = Path(path) / "generation_config.json"
+    if not f.is_file():
+        return []
+    try:
+        value = read_json(f).get("eos_token_id")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return []
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 0]
+
+
 def model_window(path: str) -> int | None:
     """The model's context in tokens (``max_position_embeddings`` of its config.json), if it says."""
     value = model_config(path).get("max_position_embeddings")
@@ -103,6 +118,53 @@ def check_model_dir(path: str) -> Path:
                                "give the path of a folder written by save_pretrained")
     check_dir_digests(p)
     return p
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json")
+"""Any one of these makes a folder's tokenizer loadable (vocab.json with merges.txt)."""
+
+
+def check_quantization(path: str) -> None:
+    """A folder whose config.json carries a ``quantization_config`` is refused before any work:
+    transformers would load it through a quantizer that cannot save what is trained on it (a
+    folder converted from GGUF keeps ``quant_method: gguf`` although its weights are dequantized)."""
+    quant = model_config(path).get("quantization_config")
+    if quant is None:
+        return
+    method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else "unknown"
+    raise SalmonInputError(f"model {path}", f"config.json has a quantization_config (quant_method {method}); "
+                           "salmon loads and saves unquantized weights",
+                           "give an unquantized folder: `salmon base prepare` converts the packaged models, and a "
+                           "folder converted from GGUF needs its quantization_config removed; to train in 4 bits "
+                           "set quantize: 4bit on the unquantized folder")
+
+
+def preflight(path: str, *, prompt_format: str | None = None, tokenizer: bool = True) -> list[str]:
+    """Checks of a base-model folder before any work: a local folder with config.json (and its
+    digests), a causal LM, no ``quantization_config``, tokenizer files. Returns notes worth a log
+    line: the tokenizer pads with its eos; a chat template that ``prompt_format`` ignores.
+
+    Raises:
+        SalmonInputError: what is wrong, naming the folder and the fix.
+    """
+    check_model_dir(path)
+    check_architecture(path, causal=True)
+    check_quantization(path)
+    if not tokenizer:
+        return []
+    folder = Path(path)
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise SalmonInputError(f"model {path}", "has no tokenizer (none of " + ", ".join(TOKENIZER_FILES) + ")",
+                               "save the tokenizer into the folder with tokenizer.save_pretrained")
+    tok = load_tokenizer(path)
+    notes = []
+    if tok.eos_token_id is not None and tok.pad_token_id == tok.eos_token_id:
+        notes.append(f"the tokenizer pads with its eos {tok.eos_token!r}: a turn ends at the first eos, padding "
+                     "follows it")
+    if prompt_format == "dromedary" and getattr(tok, "chat_template", None):
+        notes.append("the tokenizer has a chat template, which prompt_format dromedary ignores; for a chat model "
+                     "set prompt_format=chat_template")
+    return notes
 
 
 def check_adapter_dir(path: str) -> Path:
@@ -145,6 +207,7 @@ def load_causal_lm(path: str, *, device: torch.device, dtype: str = "float32") -
     quiet_progress_bars()
     check_model_dir(path)
     check_architecture(path, causal=True)
+    check_quantization(path)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
@@ -165,6 +228,7 @@ def load_backbone(path: str, *, device: torch.device, dtype: str = "float32") ->
     quiet_progress_bars()
     check_model_dir(path)
     check_architecture(path, causal=True)
+    check_quantization(path)
     level = hf_logging.get_verbosity()
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
@@ -180,15 +244,69 @@ def load_backbone(path: str, *, device: torch.device, dtype: str = "float32") ->
     return model.to(device)
 
 
-def bos_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """``[bos_token_id]`` when the tokenizer has one, else ``[]`` (BOS is prepended by hand)."""
-    bos = tokenizer.bos_token_id
-    return [int(bos)] if bos is not None else []
+def added_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids the tokenizer itself puts before a text when asked for its special tokens: its BOS
+    for Llama-2, Llama-3 or Mistral tokenizers, nothing for Qwen or SmolLM2 ones (whose
+    ``bos_token`` is not added). What a tokenizer appends (an EOS, for a few) is never used:
+    a prompt does not end a document.
+    """
+    cached = getattr(tokenizer, "_salmon_added_prefix", None)
+    if cached is None:
+        plain = list(tokenizer("a b", add_special_tokens=False)["input_ids"])
+        full = list(tokenizer("a b", add_special_tokens=True)["input_ids"])
+        at = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), 0)
+        cached = full[:at]
+        tokenizer._salmon_added_prefix = cached
+    return list(cached)
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Token ids of a text segment, with no special tokens."""
+    """Token ids of ``text`` with no special tokens added (special-token text in it, such as a
+    rendered chat template, becomes the special ids). Only for whole texts and for lengths: a
+    piece of a longer text is tokenized by :func:`encode_segments`."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def encode_document(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """A text as the tokenizer encodes a document: :func:`added_prefix`, then its ids."""
+    return added_prefix(tokenizer) + encode(tokenizer, text)
+
+
+def encode_segments(tokenizer: PreTrainedTokenizerBase, segments: Sequence[str], *,
+                    prefix: bool = True) -> list[list[int]]:
+    """The ids of ``"".join(segments)``, split into one list per segment.
+
+    The whole text is tokenized once and each token goes to the segment its first character
+    belongs to, so the lists always concatenate to the whole-text encoding (with
+    :func:`added_prefix` at the start of the first when ``prefix``). Encoding each segment on its
+    own would not: a SentencePiece tokenizer starts every text with a word-boundary piece, and a
+    byte-level BPE merges whitespace across the join. A token that spans a boundary (rare:
+    whitespace runs) goes to the earlier segment.
+
+    Raises:
+        SalmonInputError: the tokenizer cannot report character offsets (a slow tokenizer).
+    """
+    text = "".join(segments)
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise SalmonInputError(f"tokenizer {name}", "cannot report character offsets (a slow tokenizer)",
+                               "save the model with a fast tokenizer (tokenizer.json)") from None
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    bounds, end = [], 0
+    for seg in segments:
+        end += len(seg)
+        bounds.append(end)
+    out: list[list[int]] = [[] for _ in segments]
+    k = 0
+    for tid, (start, _) in zip(ids, offsets, strict=True):
+        while k < len(segments) - 1 and start >= bounds[k]:
+            k += 1
+        out[k].append(int(tid))
+    if prefix:
+        out[0] = added_prefix(tokenizer) + out[0]
+    return out
 
 
 def read_json(path: Path) -> Any:

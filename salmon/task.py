@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from salmon.base_models import PACKAGED, is_packaged
 from salmon.core.config import (
     AggregateConfig,
     EvalPolicyConfig,
@@ -38,7 +39,11 @@ from salmon.core.config import (
 )
 from salmon.core.digest import digest_dir, digest_file, digest_value
 from salmon.core.errors import SalmonInputError
+from salmon.core.io import finite_or_none
 from salmon.stages.common import log
+
+BASE_NAMES = ", ".join(f"'{n}'" for n in PACKAGED)
+"""The packaged base models a pipeline accepts by name, for error messages."""
 
 
 class ArtifactLike(Protocol):
@@ -338,7 +343,7 @@ def run_stage_task(
     return json.dumps({"stage": stage, "mlflow_run_id": run_id, "model_uri": model_uri,
                        "base_model": base_source or (str(base) if base else ""),
                        "base_model_digest": input_digests.get("base_model", ""),
-                       "metrics": result.metrics, "outputs": result.outputs,
+                       "metrics": finite_or_none(result.metrics), "outputs": result.outputs,
                        "principles": principle_tags}, default=str)
 
 
@@ -639,7 +644,7 @@ def validate_pipeline_params(params: dict[str, Any]) -> None:
         uri = str(params["base_model_uri"])
         if not uri or ("://" in uri and not uri.startswith("s3://")) or uri.startswith(("models:/", "runs:/")):
             raise _param_error("base_model_uri", uri, "not a supported model URI",
-                               "give 'nano', a model folder (a PVC path) or an s3:// prefix")
+                               f"give 'nano', {BASE_NAMES}, a model folder (a PVC path) or an s3:// prefix")
         if uri.startswith("s3://"):
             from salmon.storage import split_s3_uri
 
@@ -712,8 +717,9 @@ def validate_pipeline_params(params: dict[str, Any]) -> None:
 
 
 def base_model_task(uri: str, out_dir: str, *, nano_pretrain_steps: int = 300, seed: int = 0) -> dict[str, Any]:
-    """Materialise the base model into ``out_dir``: ``nano`` builds the nano model; a local
-    folder is copied; ``s3://bucket/prefix`` is downloaded (boto3). Returns a summary."""
+    """Materialise the base model into ``out_dir``: ``nano`` builds the nano model; a packaged
+    model (``smollm2``) is prepared once into the model cache and copied; a local folder is
+    copied; ``s3://bucket/prefix`` is downloaded (boto3). Returns a summary."""
     import shutil
 
     from salmon.core.io import atomic_dir
@@ -730,10 +736,15 @@ def base_model_task(uri: str, out_dir: str, *, nano_pretrain_steps: int = 300, s
         with atomic_dir(out_dir) as tmp:
             n = download_prefix(uri, tmp)
         return {"source": uri, "files": n}
+    if is_packaged(uri):  # prepared once into the model cache, then copied like a folder
+        from salmon.base_models import prepare
+
+        prepare(uri, out_dir, log=lambda m: log("base_model", m))
+        return {"source": uri, "files": sum(1 for p in Path(out_dir).rglob("*") if p.is_file())}
     src = Path(uri)
     if not (src / "config.json").is_file():
         raise SalmonInputError(f"base model '{uri}'", "not a Hugging Face model folder (no config.json)",
-                               "give 'nano', a local model folder or an s3:// prefix")
+                               f"give 'nano', {BASE_NAMES}, a local model folder or an s3:// prefix")
     with atomic_dir(out_dir) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
     return {"source": uri, "files": sum(1 for p in Path(out_dir).rglob("*") if p.is_file())}

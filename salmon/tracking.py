@@ -22,6 +22,7 @@ mlflow is imported inside the functions: the package imports without it.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -193,7 +194,7 @@ def numeric_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
             out.update(numeric_metrics(value, name + "/"))
         elif isinstance(value, bool):
             out[name] = float(value)
-        elif isinstance(value, int | float) and value == value:  # drop NaN
+        elif isinstance(value, int | float) and math.isfinite(value):  # drop NaN and infinities
             out[name] = float(value)
     return out
 

@@ -758,7 +758,7 @@ def _pipeline() -> list[BadInput]:
               {"label_principles": "no_such_set"}, "no such set", "use one of"),
         param("pipeline-base-model-uri", "a base model URI of an unsupported scheme", "base_model_uri",
               {"base_model_uri": "hf://meta-llama/Llama-2-7b"}, "not a supported model URI",
-              "give 'nano', a model folder"),
+              "give 'nano', 'smollm2', a model folder"),
         param("pipeline-preset", "a preset that does not exist", "preset", {"preset": "huge"}, "no such preset",
               "use one of nano"),
         param("pipeline-train-nodes", "zero pods per training job", "train_nodes", {"train_nodes": 0},

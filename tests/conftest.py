@@ -62,3 +62,26 @@ def tiny_rm(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 def tiny_rm_lora(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """An RM folder whose body is a (randomly non-zero) LoRA adapter on the tiny model."""
     return _save_tiny_rm(tiny_model, tmp_path_factory.mktemp("rms") / "lora", lora=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> str:
+    """SmolLM2-135M-Instruct as an HF folder, prepared from its package (cached across runs)."""
+    pytest.importorskip("torch")
+    from salmon.base_models import prepare
+
+    return str(prepare("smollm2"))
+
+
+@pytest.fixture(scope="session")
+def family_models(smollm2_model: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A model folder per tokenizer family: SmolLM2 itself (byte-level BPE, bos = <|im_start|> never
+    added, eos = pad = <|im_end|>), and tiny random Llamas on a SentencePiece Llama-2-style tokenizer
+    (BOS added, no pad) and on a Qwen-style tokenizer (no BOS, pad <|endoftext|> != eos <|im_end|>)."""
+    from tokenizer_families import FAMILIES, tiny_llama_for
+
+    root = tmp_path_factory.mktemp("families")
+    out = {"smollm2": smollm2_model}
+    for name, build in FAMILIES.items():
+        out[name] = str(tiny_llama_for(build(root / f"{name}-tok"), root / name))
+    return out

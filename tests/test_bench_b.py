@@ -24,14 +24,14 @@ def _ppo_values(tiny_model: str, tmp_path: Path) -> dict[str, object]:
 
 @pytest.mark.parametrize("layout", ["shared", "separate"])
 def test_ppo_step_split_adds_up_to_the_step(tiny_model: str, tmp_path: Path, layout: str) -> None:
-    import salmon.ppo.rollout as rollout
     import salmon.stages.ppo as stage
     from salmon.bench.ppo import PHASES, phase_medians, timed_ppo
+    from salmon.turns import PolicyTurns
 
-    before = (rollout.sample_continuations, stage.build_roles)
+    before = (PolicyTurns.generate, stage.build_roles)
     values = {**_ppo_values(tiny_model, tmp_path), "role_layout": layout, "output_dir": str(tmp_path / "out")}
     out = timed_ppo(values)
-    assert (rollout.sample_continuations, stage.build_roles) == before  # the stage is left as it was
+    assert (PolicyTurns.generate, stage.build_roles) == before  # the stage is left as it was
     assert len(out["steps"]) == 2 and len(out["tokens"]) == 2
     for step in out["steps"]:
         assert step["step"] > 0

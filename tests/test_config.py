@@ -31,7 +31,7 @@ def test_method_defaults() -> None:
     label = build_config(LabelConfig, stage="label", values={"pairs": "p", "output": "o"})
     assert label.max_length == 1536 and label.reuse_prefix
     sample = build_config(SampleConfig, stage="sample", values={"prompts": "p", "output": "o"})
-    assert sample.temperature == 0.7 and sample.system_prompt.endswith("### User")
+    assert sample.temperature == 0.7 and sample.prompt_format == "dromedary" and sample.system_prompt is None
 
 
 def test_precedence_preset_file_values_overrides(tmp_path: Path) -> None:

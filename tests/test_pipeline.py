@@ -393,8 +393,9 @@ def test_registered_policy_and_rm_load_and_predict(pipeline_runs: dict[str, Any]
         monkeypatch.setenv(k, v)
     mlflow.set_tracking_uri(servers["mlflow"])
     policy = mlflow.pyfunc.load_model("models:/salmon-policy@champion")
-    answers = policy.predict(["What is 2 + 3?"])
-    assert isinstance(answers[0], str) and answers[0]
+    answers = policy.predict(["What is 2 + 3?", "Name a fruit."])
+    # one answer per prompt, read as the stages read a turn: cut before the next turn's header
+    assert len(answers) == 2 and all(isinstance(a, str) and "###" not in a for a in answers)
     rm = mlflow.pyfunc.load_model("models:/salmon-reward@champion")
     rewards = rm.predict([{"prompt": "What is 2 + 3?", "response": "2 + 3 = 5.", "principles": ["Be concise."]}])
     assert isinstance(rewards[0], float)

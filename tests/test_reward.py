@@ -209,3 +209,24 @@ def test_pmp_prompt_has_no_principles() -> None:
     for line in templates.PMP_GUIDE_LINES:
         assert f"- {line}" in text
     assert text.endswith("The quality of the output is")
+
+
+def test_max_steps_stops_and_a_rerun_finishes_the_same_model(tmp_path: Path, tiny_model: str) -> None:
+    from safetensors.torch import load_file
+
+    full = _train(tmp_path, tiny_model, tmp_path / "full")
+    steps = [json.loads(line) for line in Path(full.outputs["train_log"]).read_text().splitlines()][-1]["step"]
+    out = tmp_path / "stepped"
+    first = _train(tmp_path, tiny_model, out, max_steps=2)
+    assert first.metrics["finished"] is False and "model" not in first.outputs
+    assert not (out / "model").exists() and any((out / "checkpoints").glob("step-*"))
+    runs = 1
+    while True:
+        again = _train(tmp_path, tiny_model, out, max_steps=2)
+        runs += 1
+        if again.metrics["finished"]:
+            break
+    assert runs == -(-steps // 2)  # ceil(steps / 2) invocations of two steps each
+    a = load_file(str(Path(full.outputs["model"]) / "reward_head.safetensors"))
+    b = load_file(str(Path(again.outputs["model"]) / "reward_head.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

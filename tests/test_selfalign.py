@@ -35,11 +35,23 @@ def _gen(answer: str, thought: str = "Rule 2 applies.") -> str:
     return f" {PREFIX} {thought}\n\nWatson: {answer}"
 
 
-def test_a_finished_answer_is_kept_with_the_end_of_turn_marker_and_renamed() -> None:
+def test_a_finished_answer_is_kept_whole_and_renamed() -> None:
     answer, why = filter_generation(_gen(LONG + " Watson hopes this helps.\n\nUser: thanks"),
                                     "How do bees make honey?", "", EX)
     assert why == "kept"
-    assert answer == LONG + " Dromedary hopes this helps." + END_OF_TURN
+    assert answer == LONG + " Dromedary hopes this helps."
+
+
+def test_an_eos_ended_turn_is_finished_and_keeps_its_last_word() -> None:
+    answer, why = filter_generation(_gen(LONG + " The capital of France is Paris."), "Bees?", "", EX, ended=True)
+    assert why == "kept" and answer is not None and answer.endswith("The capital of France is Paris.")
+
+
+@pytest.mark.parametrize("end", ["\n\nWatson: And another thing.", "\n\nWatson (internal thoughts): I wonder.",
+                                 "\n\nWatson (auto reply): Glad it helped."])
+def test_a_later_assistant_turn_ends_the_answer(end: str) -> None:
+    answer, why = filter_generation(_gen(LONG + end), "Bees?", "", EX)
+    assert (answer, why) == (LONG, "kept")
 
 
 @pytest.mark.parametrize(("generation", "reason"), [
@@ -48,15 +60,19 @@ def test_a_finished_answer_is_kept_with_the_end_of_turn_marker_and_renamed() -> 
     (_gen("Bees make honey.\n\nUser: ok"), "too_short"),
     (_gen(LONG + " Tell me how bees make honey from flowers, please.\n\nUser: ok"), "copied"),
     (_gen(LONG + " The red panda does not.\n\nUser: ok"), "leak"),
-    (_gen(LONG + "\n\nWatson (auto reply): Glad it helped.\n\nUser: ok"), "leak"),
+    (_gen(LONG + " Rule 7 (candor) says so.\n\nUser: ok"), "leak"),
+    (_gen(LONG + f" {PREFIX} The user asks about bees.\n\nUser: ok"), "leak"),
+    (_gen(LONG + " Watson (internal thoughts) are private.\n\nUser: ok"), "leak"),
+    (_gen("Bees collect nectar and turn it into hon"), "truncated"),
 ])
 def test_filters_drop_with_a_reason(generation: str, reason: str) -> None:
     answer, why = filter_generation(generation, "Tell me how bees make honey from flowers, please.", "", EX)
     assert (answer, why) == (None, reason)
 
 
-def test_an_unfinished_answer_loses_its_partial_last_word_and_has_no_marker() -> None:
-    answer, why = filter_generation(_gen("Bees collect nectar and turn it into hon"), "Bees?", "", EX)
+def test_keep_truncated_restores_the_method_filter() -> None:
+    answer, why = filter_generation(_gen("Bees collect nectar and turn it into hon"), "Bees?", "", EX,
+                                    keep_truncated=True)
     assert why == "kept" and answer == "Bees collect nectar and turn it into"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,3 +107,94 @@ def test_sample_nano_backend_gives_explicit_pair_ids(tmp_path: Path) -> None:
     pairs = read_jsonl(out, ResponsePair)
     assert [p.pair_id for p in pairs] == [f"{p.prompt.prompt_id}/pair" for p in pairs]
     assert all(p.output_1 != p.output_2 for p in pairs)
+
+
+@pytest.mark.parametrize(("stage", "record", "key"), [
+    ("sample", "prompts", "prompt_id"), ("label", "pairs", "pair_id"), ("aggregate", "judgements", "pair_id")])
+def test_duplicate_ids_are_refused_naming_both_lines(tmp_path: Path, stage: str, record: str, key: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from salmon.judge.rules import judge_pairs_rules
+
+    prompts = make_prompts(4, seed=1)
+    pairs = make_pairs(prompts, seed=2)
+    judged = judge_pairs_rules(pairs, ["concise"])
+    files: dict[str, list[Any]] = {"prompts": prompts, "pairs": pairs, "judgements": judged}
+    files[record] = [*files[record], files[record][1]]  # the second record again, as the last line
+    for name, records in files.items():
+        write_jsonl(tmp_path / f"{name}.jsonl", records)
+    out = tmp_path / "out.jsonl"
+    args = {"sample": ["sample", "--preset", "nano", f"prompts={tmp_path / 'prompts.jsonl'}"],
+            "label": ["label", "--preset", "nano", f"pairs={tmp_path / 'pairs.jsonl'}", "progress=false"],
+            "aggregate": ["aggregate", "--preset", "nano", f"pairs={tmp_path / 'pairs.jsonl'}",
+                          f"judgements={tmp_path / 'judgements.jsonl'}"]}[stage]
+    assert main([*args, f"output={out}"]) == 2
+    err = capsys.readouterr().err
+    last = len(files[record])
+    assert f"{record}.jsonl:{last}: duplicate {key}" in err and "(first on line 2)" in err, err
+    assert not out.exists()
+
+
+def test_label_warns_when_the_judge_is_mostly_position_inconsistent(tiny_model: str, tmp_path: Path,
+                                                                   nano_pairs_file: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A judge that always answers (a) is never position-consistent: label says so and records it."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import salmon.stages.label as label
+    from salmon.judge.hf import HFJudge
+    from salmon.modeling import load_tokenizer
+
+    class AlwaysA(torch.nn.Module):
+        def __init__(self, vocab: int, id_a: int) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.vocab, self.id_a = vocab, id_a
+
+        def forward(self, input_ids, **kw):  # type: ignore[no-untyped-def]
+            logits = torch.zeros(input_ids.shape[0], input_ids.shape[1], self.vocab)
+            logits[..., self.id_a] = 3.0
+            return SimpleNamespace(logits=logits)
+
+    tok = load_tokenizer(tiny_model)
+    probe = HFJudge(model=AlwaysA(len(tok), 0), tokenizer=tok)
+    monkeypatch.setattr(label, "_make_judge", lambda cfg, principles: HFJudge(
+        model=AlwaysA(len(tok), probe.id_a), tokenizer=tok))
+    out = tmp_path / "j.jsonl"
+    assert main(["label", f"pairs={nano_pairs_file}", f"output={out}", "backend=hf", f"model={tiny_model}",
+                 "principles=nano", "limit=3", "progress=false", "reuse_prefix=false"]) == 0
+    captured = capsys.readouterr()
+    metrics = json.loads(captured.out)["metrics"]
+    assert metrics["position_consistent_rate"] == 0.0 and metrics["position_consistency_below_half"] is True
+    assert "warning: the judge picks the same output in both orders on only 0.0% of checks" in captured.err
+
+
+def test_eval_rm_with_nothing_to_score_is_an_input_error(tiny_rm: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Held-out pairs whose every judgement is a tie (an inconsistent judge): exit 2 naming why,
+    and no metrics file (none with NaN)."""
+    pairs = make_pairs(make_prompts(12, seed=3), seed=4)
+    held = [p for p in pairs if p.prompt.split == "heldout"]
+    assert held
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    ties = [Judgement(pair_id=p.pair_id, principle_id=pid, delta_12=2.0, delta_21=-2.0, backend="hf")
+            for p in pairs for pid in ("concise", "detailed", "structured")]
+    write_jsonl(tmp_path / "judgements.jsonl", ties)
+    out = tmp_path / "eval"
+    code = main(["eval_rm", f"model={tiny_rm}", f"pairs={tmp_path / 'pairs.jsonl'}",
+                 f"judgements={tmp_path / 'judgements.jsonl'}", f"output_dir={out}", "principles=nano",
+                 "sensitivity=[concise, detailed]", "device=cpu"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "no instance to score" in err and f"0 of their {3 * len(held)} judgements" in err
+    assert not (out / "metrics.json").exists()
+
+
+def test_metrics_files_refuse_nan() -> None:
+    from salmon.core.io import finite_or_none, write_json
+
+    with pytest.raises(ValueError):
+        write_json("/nonexistent/never-written.json", {"accuracy": float("nan")})
+    assert finite_or_none({"a": [1.0, float("inf")], "b": {"c": float("nan")}}) == {"a": [1.0, None], "b": {"c": None}}

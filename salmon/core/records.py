@@ -6,7 +6,7 @@ or shuffle order.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,9 +18,14 @@ MetaValue = str | int | float | bool
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    KEY: ClassVar[tuple[str, ...]] = ()
+    """The fields that identify a record: no two records of one file share them."""
+
 
 class PromptRecord(_Record):
     """A user prompt."""
+
+    KEY = ("prompt_id",)
 
     prompt_id: str = Field(min_length=1, description="Unique id of the prompt.")
     instruction: str = Field(min_length=1, description="The user's request.")
@@ -37,6 +42,8 @@ class PromptRecord(_Record):
 class SFTExample(_Record):
     """One principle-engraving example: an instruction and the answer to train on (method §1.4)."""
 
+    KEY = ("example_id",)
+
     example_id: str = Field(min_length=1, description="Unique id; also picks the system prompt (index parity).")
     instruction: str = Field(min_length=1, description="The user's request.")
     input: str = Field(default="", description="Optional extra input appended to the instruction.")
@@ -48,8 +55,24 @@ class SFTExample(_Record):
         return f"{self.instruction}\n\n{self.input}" if self.input else self.instruction
 
 
+class GenerationRecord(_Record):
+    """One raw self-alignment generation and what the post-filters made of it (selfalign's audit)."""
+
+    KEY = ("prompt_id",)
+
+    prompt_id: str = Field(min_length=1, description="The prompt it answers.")
+    instruction: str = Field(description="The user's request.")
+    input: str = Field(default="", description="Optional extra input.")
+    generation: str = Field(description="The text after the internal-thought header, special tokens removed.")
+    ended_at_eos: bool = Field(description="The model ended its turn with eos.")
+    reason: str = Field(description="The filter's verdict: kept, or why it was dropped.")
+    answer: str | None = Field(default=None, description="The kept answer (None when dropped).")
+
+
 class ResponsePair(_Record):
     """Two responses to one prompt, to be judged against each other."""
+
+    KEY = ("pair_id",)
 
     pair_id: str = Field(min_length=1, description="Unique id of the pair.")
     prompt: PromptRecord = Field(description="The prompt both outputs answer.")
@@ -64,6 +87,8 @@ class Judgement(_Record):
     ``delta_12 = logit(a) - logit(b)`` with output_1 shown as (a), and
     ``delta_21 = logit(b) - logit(a)`` with output_1 shown as (b).
     """
+
+    KEY = ("pair_id", "principle_id")
 
     pair_id: str
     principle_id: str
@@ -97,6 +122,8 @@ class RMPrinciple(_Record):
 
 class RMInstance(_Record):
     """One principle-conditioned preference for reward-model training."""
+
+    KEY = ("instance_id",)
 
     instance_id: str
     pair_id: str

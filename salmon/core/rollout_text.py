@@ -1,6 +1,8 @@
-"""Text post-processing of RL rollouts (method §4.3, step 2 and step 5).
+"""Text post-processing of RL rollouts in the Dromedary format (method §4.3, step 2 and step 5).
 
-The policy ends its turn with the text ``\\n\\n### User`` (the next user turn), not with EOS.
+In this format the policy ends its turn with the text ``\\n\\n### User`` (the next user turn);
+:class:`salmon.turns.PolicyTurns` also counts a turn that ends at eos as ended, and removes
+special tokens before these functions see the text.
 :func:`postprocess_response` cuts a sampled continuation the way the method does;
 :func:`has_stop` says whether the stop string survived (a response without it is penalised);
 :func:`rm_response_text` is what the reward model sees.
@@ -10,7 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-STOP = "\n\n### User"
+from salmon.core.templates import DROMEDARY_STOP
+
+STOP = DROMEDARY_STOP
 """The end-of-turn marker of the Dromedary format."""
 
 TRUNCATE_AFTER = ("<s>", "</s>", "\nUpdate", "\nNote", "\nComment")

@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from salmon.core.errors import SalmonInputError
 from salmon.core.principles import PrincipleSet
+from salmon.core.templates import DROMEDARY_END_OF_TURN
 
-END_OF_TURN = "\n\n### User\n"
-"""Appended to an answer whose turn ended; the SFT target ends with it, the policy stops on it."""
+END_OF_TURN = DROMEDARY_END_OF_TURN
+"""Appended to an answer whose turn ended (Dromedary format); the SFT target ends with it."""
 
 _SEGMENT_END = re.compile(r"(?<=[\n.?!;:,`])")
 
@@ -70,8 +71,9 @@ def load_exemplars(path: str | Path) -> ExemplarSet:
                                "see principles/exemplars/self_align.yaml for the layout") from None
 
 
-def self_align_prompt(rules: PrincipleSet, ex: ExemplarSet, instruction: str) -> str:
-    """The in-context prompt: overview, numbered rules, exemplars, the request, the thought header."""
+def self_align_context(rules: PrincipleSet, ex: ExemplarSet) -> str:
+    """The part of the in-context prompt shared by every request: overview, numbered rules and
+    exemplars (it ends with a newline)."""
     a = ex.assistant
     lines = [f"# {a}", "", "## General rules", "",
              f"{a} is an AI assistant. It thinks about which of the following rules apply before "
@@ -83,8 +85,18 @@ def self_align_prompt(rules: PrincipleSet, ex: ExemplarSet, instruction: str) ->
             lines += [f"User: {turn.user}", "", f"{a} (internal thoughts): {ex.thought_prefix} {turn.thoughts}", "",
                       f"{a}: {turn.answer}", ""]
         lines += [f"User: {ex.closing_user}", "", f"{a} (auto reply): {ex.closing_reply}", ""]
-    lines += [f"User: {instruction.strip()}", "", f"{a} (internal thoughts):"]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
+
+
+def thought_header(ex: ExemplarSet) -> str:
+    """What the assistant's turn opens with: the internal-thought header."""
+    return f"{ex.assistant} (internal thoughts):"
+
+
+def self_align_prompt(rules: PrincipleSet, ex: ExemplarSet, instruction: str) -> str:
+    """The in-context prompt as one text (prompt_format dromedary): the shared context, the
+    request, the thought header."""
+    return f"{self_align_context(rules, ex)}User: {instruction.strip()}\n\n{thought_header(ex)}"
 
 
 def dedup_segments(text: str) -> str:
@@ -108,27 +120,46 @@ def dedup_segments(text: str) -> str:
     return "".join(kept).rstrip()
 
 
+_RULE_REFERENCE = re.compile(r"\b[Rr]ules? \d+ ?\(")
+"""How the exemplars' internal thoughts cite a rule ("Rule 7 (candor)"): never in an answer."""
+
+
 def blacklist(ex: ExemplarSet) -> list[str]:
-    """Terms whose presence means an exemplar leaked, plus conversation artefacts."""
+    """Terms whose presence means an exemplar leaked, plus conversation artefacts: another turn's
+    header, the internal-thought header or its fixed opening sentence."""
     terms = [t for e in ex.exemplars for t in e.leak_terms]
-    return terms + ["User:", ex.closing_user, f"{ex.assistant} (auto reply):"]
+    return terms + ["User:", ex.closing_user, f"{ex.assistant} (auto reply):", "(internal thoughts)",
+                    ex.thought_prefix]
+
+
+def turn_end(answer: str, ex: ExemplarSet) -> int:
+    """Where the assistant's turn ends in ``answer``: at the next speaker's header (a user turn,
+    another assistant turn, an internal thought or an auto reply); -1 if none follows."""
+    a = ex.assistant
+    found = [i for m in ("\n\nUser:", f"\n\n{a}:", f"\n\n{a} (") if (i := answer.find(m)) >= 0]
+    return min(found, default=-1)
 
 
 def filter_generation(generation: str, instruction: str, input_text: str, ex: ExemplarSet, *,
-                      final_name: str = "Dromedary", min_chars: int = 160,
-                      copy_min_chars: int = 16) -> tuple[str | None, str]:
+                      ended: bool = False, final_name: str = "Dromedary", min_chars: int = 160,
+                      copy_min_chars: int = 16, keep_truncated: bool = False) -> tuple[str | None, str]:
     """(answer or None, reason) for one generation that followed ``(internal thoughts):``.
 
     1. It must open with the thought prefix and contain ``\\n\\n{assistant}:``; the answer is
        what follows.
-    2. Repeated segments are cut (:func:`dedup_segments`).
-    3. A finished turn (``\\n\\nUser:`` follows) is cut there and gets :data:`END_OF_TURN`; it
-       must then be at least ``min_chars`` long. An unfinished one loses its last, partial word.
+    2. The turn ends at the next speaker's header (:func:`turn_end`), or where the model ended
+       it with eos (``ended``); the answer is cut there. A generation that did neither ran out of
+       tokens: it is dropped as ``truncated`` (with ``keep_truncated``, the method's behaviour,
+       it is kept without its last, partial word).
+    3. Repeated segments are cut (:func:`dedup_segments`); a finished answer must then be at
+       least ``min_chars`` long.
     4. Copying the instruction or the input (longer than ``copy_min_chars``) verbatim drops it.
-    5. Any :func:`blacklist` term drops it.
+    5. Any :func:`blacklist` term, or a cited rule ("Rule 7 ("), drops it as ``leak``.
     6. The assistant's name becomes ``final_name``.
 
-    Reasons: ``kept``, ``no_thought``, ``no_answer``, ``too_short``, ``copied``, ``leak``, ``empty``.
+    The answer is returned without an end-of-turn marker (the stage adds the one of its
+    ``prompt_format``). Reasons: ``kept``, ``no_thought``, ``no_answer``, ``truncated``,
+    ``too_short``, ``copied``, ``leak``, ``empty``.
     """
     a = ex.assistant
     text = generation.lstrip()
@@ -137,21 +168,23 @@ def filter_generation(generation: str, instruction: str, input_text: str, ex: Ex
     marker = f"\n\n{a}:"
     if marker not in text:
         return None, "no_answer"
-    answer = dedup_segments(text.split(marker, 1)[1].strip())
-    end = answer.find("\n\nUser:")
+    answer = text.split(marker, 1)[1]
+    end = turn_end(answer, ex)
     if end >= 0:
-        answer = answer[:end].rstrip()
-        if len(answer) < min_chars:
-            return None, "too_short"
-        answer += END_OF_TURN
-    else:
-        answer = answer.rsplit(" ", 1)[0] if " " in answer else ""
+        answer = answer[:end]
+    elif not ended:
+        if not keep_truncated:
+            return None, "truncated"
+        answer = answer.rsplit(" ", 1)[0] if " " in answer.strip() else ""
+    answer = dedup_segments(answer.strip())
     if not answer.strip():
         return None, "empty"
+    if (end >= 0 or ended) and len(answer) < min_chars:
+        return None, "too_short"
     for source in (instruction.strip(), input_text.strip()):
         if len(source) > copy_min_chars and source in answer:
             return None, "copied"
-    if any(term in answer for term in blacklist(ex)):
+    if any(term in answer for term in blacklist(ex)) or _RULE_REFERENCE.search(answer):
         return None, "leak"
     return answer.replace(a, final_name), "kept"
 

@@ -34,22 +34,41 @@ DROMEDARY_SYSTEM_STANDARD = (
 """The standard system prompt: the concise one plus a self-introduction exchange."""
 
 
+SFT_SYSTEM_PROMPTS = (DROMEDARY_SYSTEM, DROMEDARY_SYSTEM_STANDARD)
+"""The distilled system prompts SFT alternates over in the Dromedary format (method §1.4)."""
+
+DROMEDARY_STOP = "\n\n### User"
+"""Where a turn ends in the Dromedary format: the next user turn's header."""
+
+DROMEDARY_END_OF_TURN = DROMEDARY_STOP + "\n"
+"""What a finished answer ends with in Dromedary-format training data (SFT targets end with it)."""
+
+
 def policy_query(instruction: str, system_prompt: str = DROMEDARY_SYSTEM) -> str:
     """The policy's input: system prompt (ending in ``### User``), the instruction, the answer header."""
     return f"{system_prompt}\n{instruction.strip()}\n\n### Dromedary"
 
 
+JUDGE_OVERVIEW = (
+    "Dromedary compares two outputs written for the same instruction and picks the better one, "
+    "or, when both fall short, the one that falls less short. Each example has an instruction, "
+    "Output (a) and Output (b)."
+)
+JUDGE_REQUEST = ("Read the instruction and the two outputs below, then say which output you prefer.\n\n"
+                 "#### Instruction\n")
 JUDGE_HEADER = (
     "# Dromedary\n\n"
     "## System Overview\n\n"
-    "Dromedary compares two outputs written for the same instruction and picks the better one, "
-    "or, when both fall short, the one that falls less short. Each example has an instruction, "
-    "Output (a) and Output (b).\n\n"
+    f"{JUDGE_OVERVIEW}\n\n"
     "## User Conversation\n\n"
     "### User\n"
-    "Read the instruction and the two outputs below, then say which output you prefer.\n\n"
-    "#### Instruction\n"
+    f"{JUDGE_REQUEST}"
 )
+"""The judge prompt's opening in plain text (the method's layout)."""
+
+ChatWrap = tuple[str, str]
+"""A chat template's text before a user message's content and after it, up to the opening of the
+assistant turn (:func:`salmon.turns.chat_wrap`)."""
 
 
 @dataclass(frozen=True)
@@ -70,9 +89,11 @@ class JudgePrompt:
         return self.shared + self.outputs + self.principle
 
 
-def judge_shared(instruction: str) -> str:
-    """Segment 1: header and instruction."""
-    return f"{JUDGE_HEADER}{instruction.strip()}\n\n"
+def judge_shared(instruction: str, wrap: ChatWrap | None = None) -> str:
+    """Segment 1: header and instruction. With a chat ``wrap``, the user turn opens with the
+    overview and the request instead of the plain-text headings."""
+    header = JUDGE_HEADER if wrap is None else f"{wrap[0]}{JUDGE_OVERVIEW}\n\n{JUDGE_REQUEST}"
+    return f"{header}{instruction.strip()}\n\n"
 
 
 def judge_outputs(output_a: str, output_b: str) -> str:
@@ -80,23 +101,26 @@ def judge_outputs(output_a: str, output_b: str) -> str:
     return f"#### Output (a)\n{output_a.strip()}\n\n#### Output (b)\n{output_b.strip()}\n\n"
 
 
-def judge_principle(name: str, definition: str) -> str:
-    """Segment 3: the one principle to judge by, then the pre-filled answer stem."""
+def judge_principle(name: str, definition: str, wrap: ChatWrap | None = None) -> str:
+    """Segment 3: the one principle to judge by, then the pre-filled answer stem (which opens the
+    assistant turn with a chat ``wrap``)."""
+    turn = "\n\n### Dromedary\n" if wrap is None else wrap[1]
     return (
         "#### Annotation Guide\n"
         "Judge by one aspect only this time.\n"
         f"{name}: {definition.strip()}\n"
-        "Pick the output that is better according to this definition alone.\n\n"
-        "### Dromedary\n"
+        "Pick the output that is better according to this definition alone."
+        f"{turn}"
         f"I have read the instruction, both outputs and the definition of {name}. "
         f"The more {name} output is Output ("
     )
 
 
-def judge_prompt(instruction: str, output_a: str, output_b: str, name: str, definition: str) -> JudgePrompt:
-    """All three segments of a judge prompt."""
-    return JudgePrompt(judge_shared(instruction), judge_outputs(output_a, output_b),
-                       judge_principle(name, definition))
+def judge_prompt(instruction: str, output_a: str, output_b: str, name: str, definition: str,
+                 wrap: ChatWrap | None = None) -> JudgePrompt:
+    """All three segments of a judge prompt (plain text, or inside a chat ``wrap``)."""
+    return JudgePrompt(judge_shared(instruction, wrap), judge_outputs(output_a, output_b),
+                       judge_principle(name, definition, wrap))
 
 
 RM_HEADER = "# Reviewing an AI system\n\n### The AI system's response\n"

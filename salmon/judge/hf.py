@@ -21,7 +21,7 @@ from salmon.core import templates
 from salmon.core.errors import SalmonInputError
 from salmon.core.principles import Principle
 from salmon.core.records import Judgement, ResponsePair
-from salmon.modeling import bos_ids, encode
+from salmon.modeling import added_prefix, encode, encode_segments
 
 if TYPE_CHECKING:
     import torch
@@ -69,45 +69,69 @@ class JudgeStats:
 
 @dataclass
 class PairTokens:
-    """Token ids of one pair's segments: shared (with BOS) and outputs per order."""
+    """Token ids of one pair's segments: shared (with the tokenizer's prefix) and outputs per order."""
 
     shared: list[int]
     outputs: tuple[list[int], list[int]]
+
+
+_ANCHOR = templates.judge_outputs("a", "b")
+"""Text that ends like every outputs segment: principle segments are tokenized after it."""
 
 
 @dataclass
 class JudgeTokenizer:
     """Token ids of judge prompts, as every logit judge (``hf``, ``openai``) builds them.
 
-    Principle segments are tokenized once and cached; :meth:`pair_tokens` left-truncates a
-    pair's segments so that its longest prompt fits ``max_length``. ``id_a`` / ``id_b`` are the
-    answer tokens read after ``Output (``.
+    The prompt's segments are tokenized as parts of the whole prompt
+    (:func:`salmon.modeling.encode_segments`), so that ``shared + outputs + principle`` is the
+    whole prompt's encoding for any tokenizer (SentencePiece or byte-level BPE). With
+    ``prompt_format: dromedary`` the prompt is plain text after the tokenizer's own prefix (its
+    BOS, if it adds one); with ``chat_template`` it is a user turn of the tokenizer's chat
+    template and the answer stem opens the assistant turn. Principle segments are tokenized once
+    and cached; :meth:`pair_tokens` left-truncates a pair's segments so that its longest prompt
+    fits ``max_length``. ``id_a`` / ``id_b`` are the answer tokens read after ``Output (``.
     """
 
     tokenizer: PreTrainedTokenizerBase
     max_length: int = 1536
+    prompt_format: str = "dromedary"
     id_a: int = field(init=False)
     id_b: int = field(init=False)
+    wrap: templates.ChatWrap | None = field(init=False, default=None)
     _principle_cache: dict[tuple[str, str], list[int]] = field(default_factory=dict, init=False)
+    _keep: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.id_a, self.id_b = answer_token_ids(self.tokenizer)
+        if self.prompt_format == "chat_template":
+            from salmon.turns import chat_wrap
+
+            self.wrap = chat_wrap(self.tokenizer)
+        self._keep = (len(added_prefix(self.tokenizer)) if self.wrap is None
+                      else len(encode_segments(self.tokenizer, [self.wrap[0], "x"], prefix=False)[0]))
+
+    def _protected(self) -> int:
+        """Leading ids that truncation never removes: the tokenizer's prefix, or the chat
+        template's opening."""
+        return self._keep
 
     def principle_tokens(self, principle: Principle) -> list[int]:
         key = (principle.name, principle.definition)
         if key not in self._principle_cache:
-            self._principle_cache[key] = encode(
-                self.tokenizer, templates.judge_principle(principle.name, principle.definition))
+            text = templates.judge_principle(principle.name, principle.definition, self.wrap)
+            self._principle_cache[key] = encode_segments(self.tokenizer, [_ANCHOR, text], prefix=False)[1]
         return self._principle_cache[key]
 
     def check_fit(self, principles: Sequence[Principle], source: str) -> None:
-        """Every principle's segment must leave room in ``max_length`` for BOS and the outputs'
-        template; checked before any pair is judged, so a too-long principle fails first.
+        """Every principle's segment must leave room in ``max_length`` for the protected opening
+        and the outputs' template; checked before any pair is judged, so a too-long principle
+        fails first.
 
         Raises:
             SalmonInputError: naming the principle and ``source`` (the set's name or path).
         """
-        skeleton = len(bos_ids(self.tokenizer)) + len(encode(self.tokenizer, templates.judge_outputs("", "")))
+        skeleton = self._protected() + len(encode(self.tokenizer, templates.judge_outputs("", "")))
         for p in principles:
             need = skeleton + len(self.principle_tokens(p))
             if need >= self.max_length:
@@ -121,14 +145,21 @@ class JudgeTokenizer:
     def pair_tokens(self, pair: ResponsePair, principle_budget: int) -> PairTokens:
         """Segments of one pair, left-truncated so that the longest prompt fits ``max_length``.
 
-        The shared segment loses tokens first (after BOS), then the outputs segments.
+        The shared segment loses tokens first (after the protected opening: the tokenizer's
+        prefix, or the chat template's opening), then the outputs segments.
         """
-        shared = bos_ids(self.tokenizer) + encode(
-            self.tokenizer, templates.judge_shared(pair.prompt.full_instruction()))
-        o12 = encode(self.tokenizer, templates.judge_outputs(pair.output_1, pair.output_2))
-        o21 = encode(self.tokenizer, templates.judge_outputs(pair.output_2, pair.output_1))
+        shared_text = templates.judge_shared(pair.prompt.full_instruction(), self.wrap)
+        principle = templates.judge_principle("Concise", "x", self.wrap)
+        prefix = self.wrap is None
+        shared, o12, _ = encode_segments(self.tokenizer, [
+            shared_text, templates.judge_outputs(pair.output_1, pair.output_2), principle], prefix=prefix)
+        shared_21, o21, _ = encode_segments(self.tokenizer, [
+            shared_text, templates.judge_outputs(pair.output_2, pair.output_1), principle], prefix=prefix)
+        if shared_21 != shared:  # the outputs segment always opens with the same text
+            raise SalmonInputError(f"pair {pair.pair_id}", "the tokenizer joins the instruction to the outputs "
+                                   "differently in the two orders", "use a judge model with another tokenizer")
         room = self.max_length - principle_budget
-        n_bos = len(bos_ids(self.tokenizer))
+        n_bos = self._protected()
         excess = len(shared) + max(len(o12), len(o21)) - room
         if excess > 0:
             cut = min(excess, len(shared) - n_bos)
@@ -157,12 +188,13 @@ class HFJudge:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     max_length: int = 1536
+    prompt_format: str = "dromedary"
     id_a: int = field(init=False)
     id_b: int = field(init=False)
     tokens: JudgeTokenizer = field(init=False)
 
     def __post_init__(self) -> None:
-        self.tokens = JudgeTokenizer(self.tokenizer, self.max_length)
+        self.tokens = JudgeTokenizer(self.tokenizer, self.max_length, self.prompt_format)
         self.id_a, self.id_b = self.tokens.id_a, self.tokens.id_b
 
     @property

@@ -103,30 +103,3 @@ def zero_value_head(hidden_size: int) -> Any:
         head.weight.zero_()
         head.bias.zero_()
     return head
-
-
-def sample_continuations(model: Any, tokenizer: Any, queries: Sequence[Sequence[int]], *, temperature: float,
-                         top_p: float, max_new_tokens: int, batch_size: int) -> list[str]:
-    """Sampled continuations of token-id queries (left-padded per batch), decoded with special tokens.
-
-    ``temperature`` 0 means greedy decoding. Sampling draws from torch's global RNG, so a seeded
-    run samples the same texts.
-    """
-    import torch
-
-    device = next(model.parameters()).device
-    pad_id = int(tokenizer.pad_token_id)
-    model.eval()
-    texts: list[str] = []
-    for start in range(0, len(queries), batch_size):
-        chunk = queries[start:start + batch_size]
-        batch = make_batch(chunk, [[] for _ in chunk], pad_id)
-        width = batch.query_width
-        sampling: dict[str, Any] = (dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=None)
-                                    if temperature > 0 else dict(do_sample=False))
-        with torch.no_grad():
-            out = model.generate(input_ids=batch.input_ids[:, :width].to(device),
-                                 attention_mask=batch.attention_mask[:, :width].to(device),
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad_id, **sampling)
-        texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=False)
-    return texts

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from salmon.core import templates
 from salmon.core.errors import SalmonInputError
 from salmon.core.io import atomic_dir, check_dir_digests, write_json
-from salmon.modeling import bos_ids, check_local, check_model_dir, encode, load_backbone, load_tokenizer
+from salmon.modeling import check_local, check_model_dir, encode, encode_segments, load_backbone, load_tokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -40,28 +40,24 @@ class EncodeLimits:
 class RMEncoder:
     """Turns (response, instruction, principle texts) into token ids for the RM.
 
-    The instruction keeps its last ``query_len`` tokens, the response its first
-    ``response_len``. If the whole still exceeds ``model_max_length``, the response is cut
-    further: the closing stem where the reward is read is never truncated.
+    The whole prompt is tokenized once, after the tokenizer's own prefix (its BOS, if it adds
+    one), and split into its five segments (:func:`salmon.modeling.encode_segments`), so an
+    untruncated input is exactly the whole prompt's encoding. The instruction keeps its last
+    ``query_len`` tokens, the response its first ``response_len``. If the whole still exceeds
+    ``model_max_length``, the response is cut further: the closing stem where the reward is read
+    is never truncated. The same encoder serves training, evaluation, PPO scoring, ``rm score``
+    and the logged model.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, limits: EncodeLimits) -> None:
         self.tokenizer = tokenizer
         self.limits = limits
-        self._fixed: dict[str, list[int]] = {}
-
-    def _enc_cached(self, text: str) -> list[int]:
-        if text not in self._fixed:
-            self._fixed[text] = encode(self.tokenizer, text)
-        return self._fixed[text]
 
     def encode(self, prompt: templates.RMPrompt) -> list[int]:
         lim = self.limits
-        head = bos_ids(self.tokenizer) + self._enc_cached(prompt.header)
-        between = self._enc_cached(prompt.between)
-        closing = self._enc_cached(prompt.closing)
-        response = encode(self.tokenizer, prompt.response)[: lim.response_len]
-        instruction = encode(self.tokenizer, prompt.instruction)
+        head, response, between, instruction, closing = encode_segments(
+            self.tokenizer, [prompt.header, prompt.response, prompt.between, prompt.instruction, prompt.closing])
+        response = response[: lim.response_len]
         instruction = instruction[-lim.query_len:] if lim.query_len else []
         fixed = len(head) + len(between) + len(instruction) + len(closing)
         room = lim.model_max_length - fixed
@@ -91,8 +87,9 @@ class RMEncoder:
         lim = self.limits
         instruction = lim.query_len if instruction_tokens is None else instruction_tokens
         prompt = templates.rm_prompt("", "", principles, interventions)
-        fixed = (len(bos_ids(self.tokenizer)) + len(self._enc_cached(prompt.header))
-                 + len(self._enc_cached(prompt.between)) + len(encode(self.tokenizer, prompt.closing)))
+        head, _, between, _, closing = encode_segments(
+            self.tokenizer, [prompt.header, "", prompt.between, "", prompt.closing])
+        fixed = len(head) + len(between) + len(closing)
         if fixed + instruction + 1 > lim.model_max_length:
             raise SalmonInputError(
                 source, f"the principle lines and the template take {fixed} tokens; with an instruction of "

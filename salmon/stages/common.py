@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,7 +27,19 @@ class StageResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"outputs": self.outputs, "metrics": self.metrics}
+        """Outputs and metrics as JSON values: a metric that is NaN or infinite (a diverged loss)
+        becomes null, since neither is JSON."""
+        from salmon.core.io import finite_or_none
+
+        return {"outputs": self.outputs, "metrics": finite_or_none(self.metrics)}
+
+
+@contextmanager
+def results_only_on_stdout() -> Iterator[None]:
+    """Send what is printed to stdout meanwhile to stderr: a command's stdout carries its result
+    alone, although libraries it loads log there (DeepSpeed's accelerator notice, for one)."""
+    with redirect_stdout(sys.stderr):
+        yield
 
 
 def log(stage: str, message: str) -> None:
@@ -49,9 +62,32 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
+def preflight_model(stage: str, path: str, *, prompt_format: str | None = None,
+                    say: Callable[[str, str], None] = log) -> None:
+    """Check a base-model folder before any work (:func:`salmon.modeling.preflight`) and log its
+    notes (``say`` is the stage's logger: rank 0 only under torchrun)."""
+    from salmon.modeling import preflight
+
+    for note in preflight(path, prompt_format=prompt_format):
+        say(stage, f"note: {note}")
+
+
 def resolve(cls: type[C], stage: str, args: argparse.Namespace) -> C:
-    return build_config(cls, stage=stage, preset=args.preset, config_file=args.config,
-                        overrides=args.overrides)
+    cfg = build_config(cls, stage=stage, preset=args.preset, config_file=args.config, overrides=args.overrides)
+    return resolve_model_names(cfg, stage)
+
+
+def resolve_model_names(cfg: C, stage: str) -> C:
+    """Replace a packaged model name (``smollm2``) in any base-model key by its prepared folder,
+    preparing it on first use."""
+    from salmon.base_models import is_packaged, resolve_model_ref
+    from salmon.core.config import model_ref_fields
+
+    for owner, name in model_ref_fields(cfg):
+        value = getattr(owner, name)
+        if isinstance(value, str) and is_packaged(value):
+            setattr(owner, name, resolve_model_ref(value, log=lambda m: log(stage, m)))
+    return cfg
 
 
 def stage_main(stage: str, cls: type[C], run: Callable[[C], StageResult],
@@ -68,7 +104,8 @@ def stage_main(stage: str, cls: type[C], run: Callable[[C], StageResult],
         "launcher that started this stage in a Kubernetes job reads the outcome"))
     args = parser.parse_args(argv)
     try:
-        result = run(resolve(cls, stage, args))
+        with results_only_on_stdout():
+            result = run(resolve(cls, stage, args))
     except (SalmonInputError, GateFailed, ServiceUnavailable) as e:
         return report(e)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone prints the result

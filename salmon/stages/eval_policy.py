@@ -1,9 +1,10 @@
 """``eval_policy``: a policy against a baseline (the SFT model) on held-out prompts.
 
-Both models answer every prompt with the same sampler and seed; responses are cut at the stop
-string as in ``ppo``. Reported per model: response length (tokens, words), stop rate, the mean
-RM reward under each held-out principle set (the RM sees all of a set's principles), and the
-nano checkers' adherence rates. Reported between them: the RM win rate of the policy per
+Both models answer every prompt with the same sampler and seed, in ``prompt_format`` as in
+``ppo`` (:class:`salmon.turns.PolicyTurns`): each answer stops at eos or the stop string.
+Reported per model: response length (tokens, words), stop rate, the mean RM reward under each
+held-out principle set (the RM sees all of a set's principles), and the nano checkers'
+adherence rates. Reported between them: the RM win rate of the policy per
 principle set (ties count half) and the KL from the policy to the baseline, estimated on the
 policy's own samples as the mean of ``sum_t log pi(y_t) - log pi_base(y_t)`` at the sampling
 temperature.
@@ -20,14 +21,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from salmon.core import templates
 from salmon.core.config import EvalPolicyConfig
 from salmon.core.errors import SalmonInputError
 from salmon.core.io import read_jsonl, write_json, write_text
 from salmon.core.principles import PrincipleSet, load_principle_set
 from salmon.core.records import PromptRecord
-from salmon.core.rollout_text import has_stop, postprocess_response, rm_response_text
-from salmon.stages.common import StageResult, log, stage_main
+from salmon.stages.common import StageResult, log, preflight_model, stage_main
 
 STAGE = "eval_policy"
 
@@ -83,9 +82,10 @@ def _plot(path: Path, metric: str, labels: list[str], values: list[float]) -> No
 def run(cfg: EvalPolicyConfig) -> StageResult:
     import torch
 
-    from salmon.modeling import bos_ids, encode, resolve_device
+    from salmon.modeling import resolve_device
     from salmon.nano import checkers
-    from salmon.ppo.rollout import make_batch, response_logprobs, sample_continuations
+    from salmon.ppo.rollout import make_batch, response_logprobs
+    from salmon.turns import policy_turns
 
     prompts = [p for p in read_jsonl(cfg.prompts, PromptRecord) if p.split in cfg.splits][: cfg.limit]
     if not prompts:
@@ -97,9 +97,9 @@ def run(cfg: EvalPolicyConfig) -> StageResult:
     sets = [parse_principle_spec(s) for s in cfg.principle_sets] if cfg.reward_model else []
     device = resolve_device(cfg.device)
 
-    from salmon.modeling import check_adapter_dir, check_model_dir, load_tokenizer
+    from salmon.modeling import check_adapter_dir, load_tokenizer
 
-    check_model_dir(cfg.base_model)
+    preflight_model(STAGE, cfg.base_model, prompt_format=cfg.prompt_format)
     for adapter in (cfg.policy_adapter, cfg.baseline_adapter):
         if adapter:
             check_adapter_dir(adapter)
@@ -113,23 +113,22 @@ def run(cfg: EvalPolicyConfig) -> StageResult:
         for label, pset in sets:
             checker.check_fit([p.definition for p in pset.principles], [], f"principle set {label}", longest)
     tok = load_tokenizer(cfg.base_model)
-    queries = [bos_ids(tok) + encode(tok, templates.policy_query(p.full_instruction(), cfg.system_prompt))
-               for p in prompts]
+    turns = policy_turns(tok, cfg, cfg.base_model)
+    queries = [turns.query_ids(p.full_instruction()) for p in prompts]
     sides = {"policy": cfg.policy_adapter, "baseline": cfg.baseline_adapter}
     models = {side: _load(cfg, adapter, device) for side, adapter in sides.items()}
     log(STAGE, f"{len(prompts)} prompts; {cfg.policy_label} vs {cfg.baseline_label}")
 
-    texts: dict[str, list[str]] = {}
+    answers: dict[str, list[Any]] = {}
     for side, model in models.items():
         torch.manual_seed(cfg.seed)
-        raw = sample_continuations(model, tok, queries, temperature=cfg.temperature, top_p=cfg.top_p,
-                                   max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-        texts[side] = [postprocess_response(t, stop=cfg.stop, pad_token=tok.pad_token) for t in raw]
-        log(STAGE, f"sampled {len(raw)} responses from the {side}")
+        answers[side] = turns.generate(model, queries, temperature=cfg.temperature, top_p=cfg.top_p,
+                                       max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+        log(STAGE, f"sampled {len(answers[side])} responses from the {side}")
 
     # KL from the policy to the baseline on the policy's samples
     temp = cfg.temperature if cfg.temperature > 0 else 1.0
-    r_ids = {side: [encode(tok, t)[: cfg.max_new_tokens] for t in texts[side]] for side in sides}
+    r_ids = {side: [t.ids[: cfg.max_new_tokens] for t in answers[side]] for side in sides}
     kl_terms: list[float] = []
     with torch.no_grad():
         for start in range(0, len(queries), cfg.batch_size):
@@ -141,7 +140,7 @@ def run(cfg: EvalPolicyConfig) -> StageResult:
             kl_terms += (lp - lb).sum(-1).tolist()
     del models
 
-    clean = {side: [rm_response_text(t) for t in texts[side]] for side in sides}
+    clean = {side: [turns.answer_text(t.text) for t in answers[side]] for side in sides}
     rewards: dict[str, dict[str, list[float]]] = {side: {} for side in sides}
     if cfg.reward_model:
         from salmon.reward.model import EncodeLimits, RMEncoder, load_reward_model, score_sequences
@@ -161,7 +160,7 @@ def run(cfg: EvalPolicyConfig) -> StageResult:
         m: dict[str, float | None] = {
             "response_tokens": mean([float(len(r)) for r in r_ids[side]]),
             "response_words": mean([float(checkers.word_count(t)) for t in clean[side]]),
-            "stop_rate": mean([float(has_stop(t, cfg.stop)) for t in texts[side]]),
+            "stop_rate": mean([float(t.stopped) for t in answers[side]]),
         }
         for label, vals in rewards[side].items():
             m[f"reward/{label}"] = mean(vals)

@@ -73,8 +73,9 @@ def check_principles_fit(cfg: EvalRMConfig, pset: PrincipleSet, ids: list[str],
 
 def run(cfg: EvalRMConfig) -> StageResult:
     from salmon.modeling import resolve_device
-    from salmon.reward.model import RMEncoder, load_reward_model, score_sequences
+    from salmon.reward.model import RMEncoder, load_reward_model, read_rm_meta, score_sequences
 
+    read_rm_meta(cfg.model)  # the RM folder first: a wrong folder is named before the data
     pset = load_principle_set(cfg.principles)
     dims = training_dimensions(pset, cfg.dimensions)
     interventions = (load_principle_set(cfg.intervention_set).subset(cfg.intervention_ids)
@@ -90,6 +91,16 @@ def run(cfg: EvalRMConfig) -> StageResult:
                              ai_phrase_p=0.0, language_rule=False, label_noise=0.0,
                              rule_label_noise=0.0, seed=cfg.seed)
     instances, _ = aggregate(pairs, judgements, pset, params)
+    if not instances:
+        judged = [pair for pair in pairs if pair.pair_id in judgements]
+        shown = [j for pair in judged for pid, j in judgements[pair.pair_id].items() if pid in dims]
+        why = (f"none of the {len(pairs)} pairs in splits {cfg.splits} has a judgement" if not judged else
+               f"no judged pair prefers an output under the principles {', '.join(dims)}: "
+               f"{sum(j.consistent for j in shown)} of their {len(shown)} judgements pick the same output in both "
+               "orders, and an inconsistent verdict counts as a tie")
+        raise SalmonInputError(cfg.judgements, f"no instance to score: {why}",
+                               "judge the held-out pairs with a stronger judge (label's position_consistent_rate "
+                               "should be well above 0.5), or give more pairs")
     flip_base = [i for i in instances if not i.principles[i.dominant_index].negated]
     flipped = [negate_dominant(i, pset.get(i.principles[i.dominant_index].principle_id)
                                .negative_definition or "") for i in flip_base]
@@ -163,8 +174,8 @@ def run(cfg: EvalRMConfig) -> StageResult:
     margins_off = [r[p0] - r[p1] for p0, p1, _, _ in praise_idx]
     margins_on = [r[q0] - r[q1] for _, _, q0, q1 in praise_idx]
 
-    def rate(xs: list[bool]) -> float:
-        return round(sum(xs) / len(xs), 4) if xs else float("nan")
+    def rate(xs: list[bool]) -> float | None:
+        return round(sum(xs) / len(xs), 4) if xs else None
 
     metrics = {
         "accuracy": rate(correct), "accuracy_n": len(correct),
@@ -186,19 +197,23 @@ def run(cfg: EvalRMConfig) -> StageResult:
     out = Path(cfg.output_dir)
     write_json(out / "metrics.json", metrics)
     write_text(out / "report.md", report(cfg, metrics))
-    log(STAGE, f"accuracy {metrics['accuracy']:.3f} (n={len(correct)}), flip rate "
-               f"{metrics['flip_rate']:.3f} (n={len(flips)}), sensitivity {metrics['sensitivity']:.3f} "
+    log(STAGE, f"accuracy {_fmt(metrics['accuracy'])} (n={len(correct)}), flip rate "
+               f"{_fmt(metrics['flip_rate'])} (n={len(flips)}), sensitivity {_fmt(metrics['sensitivity'])} "
                f"(n={len(sens)})")
     result = StageResult(STAGE, outputs={"metrics": str(out / "metrics.json"),
                                          "report": str(out / "report.md")}, metrics=metrics)
     failures = []
-    if cfg.min_accuracy is not None and not metrics["accuracy"] >= cfg.min_accuracy:
-        failures.append(f"accuracy {metrics['accuracy']} < {cfg.min_accuracy}")
-    if cfg.min_flip_rate is not None and not metrics["flip_rate"] >= cfg.min_flip_rate:
-        failures.append(f"flip rate {metrics['flip_rate']} < {cfg.min_flip_rate}")
+    for name, key, gate in (("accuracy", "accuracy", cfg.min_accuracy), ("flip rate", "flip_rate", cfg.min_flip_rate)):
+        if gate is not None and (metrics[key] is None or not metrics[key] >= gate):
+            failures.append(f"{name} {_fmt(metrics[key])} < {gate}")
     if failures:
         raise EvalGateFailed("; ".join(failures))
     return result
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    """A rate for logs and the report; ``n/a`` where nothing was measured (metrics.json holds null)."""
+    return "n/a" if value is None else format(value, spec)
 
 
 def report(cfg: EvalRMConfig, m: dict) -> str:  # type: ignore[type-arg]
@@ -207,20 +222,20 @@ def report(cfg: EvalRMConfig, m: dict) -> str:  # type: ignore[type-arg]
         f"Model: `{cfg.model}`; pairs: `{cfg.pairs}` (splits {', '.join(cfg.splits)}); "
         f"principles: `{cfg.principles}`.", "",
         "| metric | value | n |", "|---|---|---|",
-        f"| pairwise accuracy | {m['accuracy']:.3f} | {m['accuracy_n']} |",
-        f"| flip rate (deciding principle negated) | {m['flip_rate']:.3f} | {m['flip_n']} |",
+        f"| pairwise accuracy | {_fmt(m['accuracy'])} | {m['accuracy_n']} |",
+        f"| flip rate (deciding principle negated) | {_fmt(m['flip_rate'])} | {m['flip_n']} |",
         f"| principle sensitivity ({cfg.sensitivity[0]} vs {cfg.sensitivity[1]}) | "
-        f"{m['sensitivity']:.3f} | {m['sensitivity_n']} |", "",
+        f"{_fmt(m['sensitivity'])} | {m['sensitivity_n']} |", "",
         "| deciding principle | accuracy | flip rate |", "|---|---|---|",
     ]
     for pid, acc in m["accuracy_by_principle"].items():
-        lines.append(f"| {pid} | {acc:.3f} | {m['flip_rate_by_principle'].get(pid, float('nan')):.3f} |")
+        lines.append(f"| {pid} | {_fmt(acc)} | {_fmt(m['flip_rate_by_principle'].get(pid))} |")
     if "self_praise" in m:
         sp = m["self_praise"]
         lines += ["", f"Self-praise check ({sp['n']} responses; interventions {', '.join(sp['interventions'])}):", "",
                   "| RM prompt | prefers the plain response | mean margin |", "|---|---|---|",
-                  f"| without interventions | {sp['prefers_plain_off']:.3f} | {sp['margin_off']:+.3f} |",
-                  f"| with interventions | {sp['prefers_plain_on']:.3f} | {sp['margin_on']:+.3f} |"]
+                  f"| without interventions | {_fmt(sp['prefers_plain_off'])} | {sp['margin_off']:+.3f} |",
+                  f"| with interventions | {_fmt(sp['prefers_plain_on'])} | {sp['margin_on']:+.3f} |"]
     return "\n".join(lines) + "\n"
 
 

@@ -35,9 +35,11 @@ from salmon.core.io import iter_jsonl, read_jsonl, record_line, write_jsonl
 from salmon.core.principles import Principle, load_principle_set
 from salmon.core.progress import Progress
 from salmon.core.records import Judgement, ResponsePair
-from salmon.stages.common import StageResult, log, stage_main
+from salmon.stages.common import StageResult, log, preflight_model, stage_main
 
 STAGE = "label"
+CONSISTENCY_WARNING = 0.5
+"""Below this share of position-consistent verdicts the stage warns that its labels are mostly ties."""
 
 
 def _previous(path: Path, pair_ids: set[str], principle_ids: list[str]) -> dict[str, list[Judgement]]:
@@ -63,7 +65,8 @@ def _make_openai_judge(cfg: LabelConfig, principles: list[Principle]):  # type: 
     if not cfg.model:
         raise SalmonInputError("label config", "backend openai needs model=<HF folder> for the judge's tokenizer",
                                "give the folder of the model the server serves")
-    tokens = JudgeTokenizer(load_tokenizer(cfg.model), max_length=cfg.max_length)
+    preflight_model(STAGE, cfg.model, prompt_format=cfg.prompt_format)
+    tokens = JudgeTokenizer(load_tokenizer(cfg.model), max_length=cfg.max_length, prompt_format=cfg.prompt_format)
     tokens.check_fit(principles, cfg.principles)
     client = OpenAIClient(cfg.endpoint, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
                           timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries)
@@ -85,7 +88,6 @@ def _make_judge(cfg: LabelConfig, principles: list[Principle]):  # type: ignore[
     the model is loaded. Judge prompts are capped at the model's window."""
     from salmon.judge.hf import HFJudge, JudgeTokenizer
     from salmon.modeling import (
-        check_model_dir,
         load_causal_lm,
         load_tokenizer,
         model_window,
@@ -97,16 +99,17 @@ def _make_judge(cfg: LabelConfig, principles: list[Principle]):  # type: ignore[
         raise SalmonInputError("label config", "backend hf needs model=<HF folder>",
                                "set model=PATH of the judge, or backend=rules in the nano world")
     device = resolve_device(cfg.device)
-    check_model_dir(cfg.model)
+    preflight_model(STAGE, cfg.model, prompt_format=cfg.prompt_format)
     tokenizer = load_tokenizer(cfg.model)
     max_length = cfg.max_length
     window = model_window(cfg.model)
     if window and window < max_length:
         max_length = window
         log(STAGE, f"{cfg.model} has a {window}-token window: judge prompts are truncated to {window}")
-    JudgeTokenizer(tokenizer, max_length=max_length).check_fit(principles, cfg.principles)
+    JudgeTokenizer(tokenizer, max_length=max_length, prompt_format=cfg.prompt_format).check_fit(
+        principles, cfg.principles)
     return HFJudge(with_adapter(load_causal_lm(cfg.model, device=device, dtype=cfg.dtype), cfg.adapter),
-                   tokenizer, max_length=max_length)
+                   tokenizer, max_length=max_length, prompt_format=cfg.prompt_format)
 
 
 def run(cfg: LabelConfig) -> StageResult:
@@ -177,7 +180,7 @@ def run(cfg: LabelConfig) -> StageResult:
     write_jsonl(output, ordered)
     partial.unlink(missing_ok=True)
     consistent = sum(j.consistent for j in ordered) / max(1, len(ordered))
-    metrics: dict[str, float | int] = {
+    metrics: dict[str, float | int | bool] = {
         "pairs": len(pairs), "judgements": len(ordered), "pairs_judged_now": len(todo),
         "position_consistent_rate": round(consistent, 4), "seconds": round(seconds, 2),
     }
@@ -187,6 +190,11 @@ def run(cfg: LabelConfig) -> StageResult:
         metrics.update(prompt_tokens_sent=tokens, requests=requests, echo_scored_prompts=echoed)
     log(STAGE, f"wrote {len(ordered)} judgements to {output}; position-consistent "
                f"{100 * consistent:.1f}%")
+    if ordered and consistent < CONSISTENCY_WARNING and cfg.backend != "rules":
+        metrics["position_consistency_below_half"] = True
+        log(STAGE, f"warning: the judge picks the same output in both orders on only {100 * consistent:.1f}% of "
+                   "checks (below 50%); an inconsistent verdict counts as a tie, so most of these labels carry no "
+                   "preference. Use a stronger judge model, or try the other prompt_format")
     return StageResult(STAGE, outputs={"judgements": str(output)}, metrics=metrics)
 
 

@@ -4,9 +4,10 @@ One PPO step:
 
 1. draw ``rollout_batch_size`` prompts (``/ group_size`` for grpo and rloo, each sampled
    ``group_size`` times) and sample responses from the policy at ``temperature``;
-2. cut them at the stop string (method §4.3) and score each with the reward model, whose
-   prompt carries the fixed interventions and ``principles_per_rollout`` principles drawn by
-   weight from the RL-time set (boosted by prompt type);
+2. end each at the end of its turn (eos, or the stop string with the method's cuts, §4.3;
+   generation stops there per rollout) and score each with the reward model, whose prompt
+   carries the fixed interventions and ``principles_per_rollout`` principles drawn by weight
+   from the RL-time set (boosted by prompt type);
 3. shape rewards: per-token KL to the reference, no-stop penalty, length bonus, times
    ``reward_scale`` (:mod:`salmon.ppo.math`);
 4. advantages by GAE on the value model (or group baselines for grpo / rloo), whitened over
@@ -21,9 +22,14 @@ continued), the reference the frozen starting policy, the value model a copy of 
 (only its LoRA weights train when the RM is an adapter), the RM frozen; it also serves fully
 fine-tuned reward models. Either way the value head starts at zero.
 
+Queries and answers follow ``prompt_format`` (:class:`salmon.turns.PolicyTurns`): the query ids
+are those ``sft`` trained on; a rollout's response ids are the sampled ids up to the end of its
+turn (its eos included), and the RM sees its text without special tokens. A rollout that ended
+at eos counts as stopped, in either format.
+
 Outputs in ``output_dir``: ``policy/`` (the adapter and tokenizer), ``rollouts/step_<k>.jsonl``
-(every rollout with its principles, score, per-token log-probs, shaped rewards, values and
-advantages before whitening), ``train_log.jsonl`` (one line per PPO step) and
+(every rollout with its token ids, principles, score, per-token log-probs, shaped rewards,
+values and advantages before whitening), ``train_log.jsonl`` (one line per PPO step) and
 ``checkpoints/step-<k>/`` every ``save_every`` steps (trainable weights, optimizer, scheduler,
 torch and principle-sampler RNG). A rerun resumes from the newest checkpoint.
 
@@ -49,16 +55,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from salmon.core import templates
 from salmon.core.config import PPOConfig
 from salmon.core.errors import SalmonInputError
 from salmon.core.io import read_jsonl, write_text
 from salmon.core.principles import PrincipleSet, load_principle_set
 from salmon.core.records import PromptRecord
 from salmon.core.rl_principles import rl_principle_lines
-from salmon.core.rollout_text import has_stop, postprocess_response, rm_response_text
 from salmon.reward.train import data_order, latest_checkpoint, lr_multiplier
-from salmon.stages.common import StageResult, stage_main
+from salmon.stages.common import StageResult, log, preflight_model, stage_main
 
 STAGE = "ppo"
 
@@ -226,11 +230,12 @@ def _load_checkpoint(path: Path, params: dict[str, Any], opt: Any, sched: Any, r
 
 def encode_queries(tok: Any, prompts: list[PromptRecord], cfg: PPOConfig) -> tuple[list[list[int]], list[PromptRecord]]:
     """Token ids of each prompt's policy query; prompts longer than ``query_len`` are dropped."""
-    from salmon.modeling import bos_ids, encode
+    from salmon.turns import policy_turns
 
+    turns = policy_turns(tok, cfg, cfg.policy_model)
     queries, kept = [], []
     for p in prompts:
-        ids = bos_ids(tok) + encode(tok, templates.policy_query(p.full_instruction(), cfg.system_prompt))
+        ids = turns.query_ids(p.full_instruction())
         if len(ids) <= cfg.query_len:
             queries.append(ids)
             kept.append(p)
@@ -241,7 +246,8 @@ def encode_queries(tok: Any, prompts: list[PromptRecord], cfg: PPOConfig) -> tup
 
 
 def check_inputs(cfg: PPOConfig, prompts: list[PromptRecord], rl_set: PrincipleSet,
-                 interventions: PrincipleSet | None) -> tuple[list[list[int]], list[PromptRecord]]:
+                 interventions: PrincipleSet | None,
+                 say: Any = None) -> tuple[list[list[int]], list[PromptRecord]]:
     """What can be checked before any model is loaded: the model folders, the prompts that fit
     ``query_len`` (their query token ids are returned with them) and the RM input of the longest
     draw of RL-time principles with every intervention line.
@@ -249,11 +255,11 @@ def check_inputs(cfg: PPOConfig, prompts: list[PromptRecord], rl_set: PrincipleS
     Raises:
         SalmonInputError: a missing model, no prompt that fits, or principles too long for the RM.
     """
-    from salmon.modeling import check_model_dir, encode, load_tokenizer
+    from salmon.modeling import encode, load_tokenizer
     from salmon.reward.model import RMEncoder, read_rm_meta
 
     check_role_layout(cfg)
-    check_model_dir(cfg.policy_model)
+    preflight_model(STAGE, cfg.policy_model, prompt_format=cfg.prompt_format, say=say or log)
     meta = read_rm_meta(cfg.reward_model)
     queries, kept = encode_queries(load_tokenizer(cfg.policy_model), prompts, cfg)
     rm_tok = load_tokenizer(cfg.reward_model)
@@ -321,17 +327,18 @@ def run(cfg: PPOConfig) -> StageResult:
 def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
     import torch
 
-    from salmon.modeling import encode
     from salmon.ppo import math as ppo_math
-    from salmon.ppo.rollout import make_batch, sample_continuations
+    from salmon.ppo.rollout import make_batch
     from salmon.reward.model import RMEncoder
+    from salmon.turns import policy_turns
 
     prompts = load_rl_prompts(cfg)
     rl_set, interventions = load_rl_principles(cfg)
-    queries, kept = check_inputs(cfg, prompts, rl_set, interventions)
+    queries, kept = check_inputs(cfg, prompts, rl_set, interventions, say=ctx.log)
     device = ctx.device
     roles = build_roles(cfg, device)
     tok = roles.tokenizer
+    turns = policy_turns(tok, cfg, cfg.policy_model)
     pad_id = int(tok.pad_token_id)
     encoder = RMEncoder(roles.rm_tokenizer, roles.rm_limits)
     ctx.log(STAGE, f"{len(kept)} of {len(prompts)} prompts fit query_len {cfg.query_len}; algorithm "
@@ -395,15 +402,15 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
             rng = random.Random(step_seed(cfg.seed, ctx.rank, step))
         items = [kept[i] for i in mine for _ in range(group)]
         q_ids = [queries[i] for i in mine for _ in range(group)]
-        sampled = sample_continuations(roles.sampler, tok, q_ids, temperature=cfg.temperature, top_p=cfg.top_p,
-                                       max_new_tokens=cfg.response_len, batch_size=cfg.forward_batch_size)
-        texts = [postprocess_response(t, stop=cfg.stop, pad_token=tok.pad_token) for t in sampled]
-        stops = torch.tensor([has_stop(t, cfg.stop) for t in texts], device=device)
-        r_ids = [encode(tok, t)[: cfg.response_len] for t in texts]
+        sampled = turns.generate(roles.sampler, q_ids, temperature=cfg.temperature, top_p=cfg.top_p,
+                                 max_new_tokens=cfg.response_len, batch_size=cfg.forward_batch_size)
+        texts = [t.text for t in sampled]
+        stops = torch.tensor([t.stopped for t in sampled], device=device)
+        r_ids = [t.ids[: cfg.response_len] for t in sampled]
         lines = [rl_principle_lines(rng, rl_set, interventions, p.prompt_type, cfg.principles_per_rollout)
                  for p in items]
-        rm_rows = [encoder.encode_rm(rm_response_text(t), p.full_instruction(), sampled, fixed)
-                   for t, p, (fixed, sampled) in zip(texts, items, lines, strict=True)]
+        rm_rows = [encoder.encode_rm(turns.answer_text(t), p.full_instruction(), drawn, fixed)
+                   for t, p, (fixed, drawn) in zip(texts, items, lines, strict=True)]
         scores = torch.tensor(roles.score(rm_rows, int(roles.rm_tokenizer.pad_token_id), cfg.forward_batch_size),
                               device=device)
 
@@ -489,7 +496,7 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
         for i, (p, t) in enumerate(zip(items, texts, strict=True)):
             n = int(lengths[i])
             dump.append({
-                "prompt_id": p.prompt_id, "prompt_type": p.prompt_type, "response": t,
+                "prompt_id": p.prompt_id, "prompt_type": p.prompt_type, "response": t, "response_ids": r_ids[i],
                 "has_stop": bool(stops[i]), "rm_score": float(scores[i]), "interventions": lines[i][0],
                 "principles": lines[i][1], "length": n, "length_multiplier": float(multipliers[i]),
                 "logp": _floats(logp_old[i, :n]), "logp_ref": _floats(logp_ref[i, :n]),
@@ -521,7 +528,8 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
             ctx.on_main(lambda: publish_adapter(
                 policy_dir, roles.save_policy, tok, "salmon_policy.json",
                 {"base_model": cfg.policy_model, "rl_principles": rl_set.name,
-                 "rl_principles_digest": rl_set.digest(), "steps": total}))
+                 "rl_principles_digest": rl_set.digest(), "steps": total, "prompt_format": cfg.prompt_format,
+                 "system_prompt": turns.system, "stop": turns.stop}))
     else:
         ctx.log(STAGE, f"stopped after step {last} of {total} (max_steps); rerun to continue")
     metrics: dict[str, Any] = {k: v for k, v in (history[-1] if history else {}).items() if k != "lr"}

@@ -86,9 +86,9 @@ def synthesize_red_team(cfg: RedTeamConfig, seed: int) -> tuple[list[tuple[str, 
     """(type, topic, question) triples from topic brainstorming and hinted question writing."""
     import torch
 
-    from salmon.modeling import bos_ids, encode, load_causal_lm, load_tokenizer, resolve_device
-    from salmon.ppo.rollout import sample_continuations
+    from salmon.modeling import encode_document, generation_end_ids, load_causal_lm, load_tokenizer, resolve_device
     from salmon.storage import read_text
+    from salmon.turns import PolicyTurns, generate_ids
 
     seeds = []
     for n, line in enumerate(read_text(cfg.seeds).splitlines(), start=1):
@@ -108,10 +108,14 @@ def synthesize_red_team(cfg: RedTeamConfig, seed: int) -> tuple[list[tuple[str, 
     tok = load_tokenizer(cfg.model)
     model = load_causal_lm(cfg.model, device=resolve_device(cfg.device))
 
+    plain = PolicyTurns(tok, "dromedary", stop="", end_ids=generation_end_ids(cfg.model))
+
     def sample(texts: list[str], max_new: int) -> list[str]:
-        queries = [bos_ids(tok) + encode(tok, t) for t in texts]
-        return sample_continuations(model, tok, queries, temperature=cfg.temperature, top_p=cfg.top_p,
-                                    max_new_tokens=max_new, batch_size=8)
+        """Continuations of plain-text prompts (as documents), up to eos, without special tokens."""
+        queries = [encode_document(tok, t) for t in texts]
+        raw = generate_ids(model, tok, queries, temperature=cfg.temperature, top_p=cfg.top_p,
+                           max_new_tokens=max_new, batch_size=8, end_ids=plain.end_ids)
+        return [plain.text_of(ids)[0] for ids in raw]
 
     topics: dict[str, list[str]] = {}
     for s in seeds:

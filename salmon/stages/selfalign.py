@@ -3,8 +3,16 @@
 The ``hf`` backend shows a base model the rules (``rules``, 17 by default), the worked
 exemplars (``exemplars``) and one request, samples an internal thought and an answer, and
 keeps the answer when it passes the post-filters of :func:`salmon.core.selfalign.filter_generation`
-(thought prefix, repeated segments, end of turn, copying, exemplar leaks, length). The output is
-SFTExample JSONL for ``sft``; the metrics count every drop reason.
+(thought prefix, end of turn, repeated segments, length, copying, exemplar leaks and
+conversation artefacts). Generation stops at the next ``User:`` turn or at the tokenizer's eos,
+either of which ends the assistant's turn; a generation that ran out of tokens is dropped. The
+output is SFTExample JSONL for ``sft``; the metrics count every drop reason.
+
+``prompt_format: dromedary`` (the method's) writes everything as one plain-text prompt for a base
+model. ``chat_template`` puts the rules and exemplars in the system message and the request in the
+user turn, and opens the assistant turn with the internal-thought header; kept answers then carry
+no end-of-turn text (``sft`` ends them with eos), while Dromedary answers end with
+``\\n\\n### User\\n``.
 
 The ``nano`` backend is a fallback for the nano world, whose 0.9 M model cannot follow written
 rules: the answers come from the nano response generator, and every example says
@@ -15,21 +23,24 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 from salmon.core.config import SelfAlignConfig
 from salmon.core.errors import GateFailed, SalmonInputError
 from salmon.core.io import read_jsonl, write_jsonl
-from salmon.core.principles import load_principle_set, principles_dir
-from salmon.core.records import PromptRecord, SFTExample
+from salmon.core.principles import PrincipleSet, load_principle_set, principles_dir
+from salmon.core.records import GenerationRecord, PromptRecord, SFTExample
 from salmon.core.selfalign import (
     END_OF_TURN,
     ExemplarSet,
     count_reasons,
     filter_generation,
     load_exemplars,
+    self_align_context,
     self_align_prompt,
+    thought_header,
 )
-from salmon.stages.common import StageResult, log, stage_main
+from salmon.stages.common import StageResult, log, preflight_model, stage_main
 
 STAGE = "selfalign"
 
@@ -43,31 +54,51 @@ def exemplar_path(cfg: SelfAlignConfig) -> Path:
     return p if p.is_absolute() or p.is_file() else principles_dir() / p
 
 
-def generate_hf(cfg: SelfAlignConfig, prompts: list[PromptRecord], ex: ExemplarSet) -> list[str]:
-    """One sampled continuation of the self-alignment prompt per request."""
+def self_align_query(tok: Any, cfg: SelfAlignConfig, rules: PrincipleSet, ex: ExemplarSet,
+                     instruction: str) -> list[int]:
+    """The token ids of the in-context prompt for one request, in ``cfg.prompt_format``."""
+    from salmon.modeling import encode, encode_document
+    from salmon.turns import render_chat
+
+    if cfg.prompt_format == "dromedary":
+        return encode_document(tok, self_align_prompt(rules, ex, instruction))
+    messages = [{"role": "system", "content": self_align_context(rules, ex).rstrip()},
+                {"role": "user", "content": instruction.strip()}]
+    return encode(tok, render_chat(tok, messages, add_generation_prompt=True) + thought_header(ex))
+
+
+def generate_hf(cfg: SelfAlignConfig, prompts: list[PromptRecord], ex: ExemplarSet) -> list[tuple[str, bool]]:
+    """One sampled continuation of the self-alignment prompt per request: its text (no special
+    tokens) and whether the model ended it with eos."""
     import torch
 
-    from salmon.modeling import bos_ids, encode, load_causal_lm, load_tokenizer, resolve_device
-    from salmon.ppo.rollout import sample_continuations
+    from salmon.modeling import generation_end_ids, load_causal_lm, load_tokenizer, resolve_device
+    from salmon.turns import PolicyTurns, generate_ids
 
     if not cfg.model:
         raise SalmonInputError("model", "the hf backend needs a base model", "set model=PATH")
+    preflight_model(STAGE, cfg.model, prompt_format=cfg.prompt_format)
     rules = load_principle_set(cfg.rules)
     tok = load_tokenizer(cfg.model)
+    queries = [self_align_query(tok, cfg, rules, ex, p.full_instruction()) for p in prompts]
+    turns = PolicyTurns(tok, "dromedary", stop="", end_ids=generation_end_ids(cfg.model))
     model = load_causal_lm(cfg.model, device=resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
-    queries = [bos_ids(tok) + encode(tok, self_align_prompt(rules, ex, p.full_instruction())) for p in prompts]
     window = int(getattr(model.config, "max_position_embeddings", 0) or 0)
     longest = max(len(q) for q in queries) + cfg.max_new_tokens
     if window and longest > window:
         log(STAGE, f"warning: the prompt ({max(len(q) for q in queries)} tokens) plus max_new_tokens exceeds the "
                    f"model's {window}-token window; use a model with a longer context or fewer exemplars")
-    out: list[str] = []
+    stops = ["\n\nUser:", f"\n\n{ex.assistant} ("]  # the next speaker: the assistant's turn is over
+    out: list[tuple[str, bool]] = []
     for start in range(0, len(queries), cfg.batch_size):
-        out += sample_continuations(model, tok, queries[start:start + cfg.batch_size], temperature=cfg.temperature,
-                                    top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+        for ids in generate_ids(model, tok, queries[start:start + cfg.batch_size], temperature=cfg.temperature,
+                                top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                stop_strings=stops, end_ids=turns.end_ids):
+            text, _, ended = turns.text_of(ids)
+            out.append((text, ended))
         log(STAGE, f"generated {len(out)}/{len(queries)}")
-    return [t.replace(tok.pad_token or "\0", "") for t in out]
+    return out
 
 
 def run(cfg: SelfAlignConfig) -> StageResult:
@@ -76,6 +107,7 @@ def run(cfg: SelfAlignConfig) -> StageResult:
         raise SalmonInputError(cfg.prompts, f"no prompts in splits {cfg.splits}", "check splits or the file")
     examples: list[SFTExample] = []
     reasons: list[str] = []
+    audit: list[GenerationRecord] = []
     if cfg.backend == "nano":
         from salmon.nano.world import make_response
 
@@ -90,14 +122,21 @@ def run(cfg: SelfAlignConfig) -> StageResult:
     else:
         ex = load_exemplars(exemplar_path(cfg))
         load_principle_set(cfg.rules)
-        for p, gen in zip(prompts, generate_hf(cfg, prompts, ex), strict=True):
-            answer, why = filter_generation(gen, p.instruction, p.input, ex, final_name=cfg.final_name,
-                                            min_chars=cfg.min_chars, copy_min_chars=cfg.copy_min_chars)
+        end_of_turn = END_OF_TURN if cfg.prompt_format == "dromedary" else ""
+        for p, (gen, ended) in zip(prompts, generate_hf(cfg, prompts, ex), strict=True):
+            answer, why = filter_generation(gen, p.instruction, p.input, ex, ended=ended, final_name=cfg.final_name,
+                                            min_chars=cfg.min_chars, copy_min_chars=cfg.copy_min_chars,
+                                            keep_truncated=cfg.keep_truncated)
             reasons.append(why)
+            audit.append(GenerationRecord(prompt_id=p.prompt_id, instruction=p.instruction, input=p.input,
+                                          generation=gen, ended_at_eos=ended, reason=why, answer=answer))
             if answer is not None:
                 examples.append(SFTExample(example_id=p.prompt_id, instruction=p.instruction, input=p.input,
-                                           prompt_type=p.prompt_type, response=answer, source="selfalign"))
+                                           prompt_type=p.prompt_type, response=answer + end_of_turn,
+                                           source="selfalign"))
     counts = count_reasons(reasons)
+    if cfg.generations_output and audit:  # written before the gate: it explains a failure
+        write_jsonl(cfg.generations_output, audit)
     if not examples:
         raise NothingKept(f"no generation passed the filters ({counts}); the model does not follow the "
                           "self-alignment format (a base model of a few billion parameters or more is needed)")

@@ -1,11 +1,15 @@
 """``sft``: principle engraving (method §1.4): LoRA SFT on (distilled system prompt + instruction
 -> answer), with the loss on the answer only.
 
-Each example is laid out as at inference: the source is ``{system}\\n{instruction}\\n\\n### Dromedary``
-(kept from the right end, ``source_max_len`` tokens) and the target is ``\\n{response}`` (kept
-from the start, ``target_max_len`` tokens); no EOS is added, the answer ends with the textual
-end-of-turn marker. The system prompt alternates over ``system_prompts`` by example index. The
-loss is the mean cross-entropy over all target tokens of an optimizer batch.
+Each example is laid out as at inference (:class:`salmon.turns.PolicyTurns`): the source is the
+policy's query, the very ids ``sample``, ``ppo``, ``eval_policy`` and the logged model feed it
+(kept from the right end, ``source_max_len`` tokens), and the target is the answer (kept from the
+start, ``target_max_len`` tokens). With ``prompt_format: dromedary`` (the method's) the query is
+``{system}\\n{instruction}\\n\\n### Dromedary`` and the target ``\\n{response}`` ends with the
+textual end-of-turn marker, no EOS; with ``chat_template`` the query is the tokenizer's chat
+template and the target ends with the tokenizer's eos. The system prompt alternates over
+``system_prompts`` by example index. The loss is the mean cross-entropy over all target tokens of
+an optimizer batch.
 
 ``quantize: 4bit`` loads the base in NF4 with double quantization and bf16 compute (QLoRA); it
 needs bitsandbytes and a CUDA GPU. Checkpoints every ``save_every`` steps hold the adapter,
@@ -32,7 +36,7 @@ from salmon.core.errors import SalmonInputError
 from salmon.core.io import read_jsonl, write_text
 from salmon.core.records import SFTExample
 from salmon.reward.train import data_order, latest_checkpoint, lr_multiplier
-from salmon.stages.common import StageResult, stage_main
+from salmon.stages.common import StageResult, preflight_model, stage_main
 
 STAGE = "sft"
 IGNORE = -100
@@ -57,14 +61,22 @@ def pad_right(rows: list[list[int]], value: int) -> list[list[int]]:
     return [r + [value] * (width - len(r)) for r in rows]
 
 
-def encode_examples(tok: Any, examples: list[SFTExample], cfg: SFTConfig) -> list[tuple[list[int], list[int]]]:
-    from salmon.modeling import bos_ids, encode
+def system_prompts(cfg: SFTConfig) -> list[str | None]:
+    """The system prompts examples alternate over (``None``: the chat template's own)."""
+    if cfg.system_prompts:
+        return list(cfg.system_prompts)
+    return list(templates.SFT_SYSTEM_PROMPTS) if cfg.prompt_format == "dromedary" else [None]
 
+
+def encode_examples(tok: Any, examples: list[SFTExample], cfg: SFTConfig) -> list[tuple[list[int], list[int]]]:
+    from salmon.turns import policy_turns
+
+    base = policy_turns(tok, cfg, cfg.base_model)
+    formats = [base.with_system(s) for s in system_prompts(cfg)]
     out = []
     for i, ex in enumerate(examples):
-        system = cfg.system_prompts[i % len(cfg.system_prompts)]
-        source = bos_ids(tok) + encode(tok, templates.policy_query(ex.full_instruction(), system))
-        out.append(sft_tokens(source, encode(tok, "\n" + ex.response), cfg.source_max_len, cfg.target_max_len))
+        source, target = formats[i % len(formats)].sft_ids(ex.full_instruction(), ex.response)
+        out.append(sft_tokens(source, target, cfg.source_max_len, cfg.target_max_len))
     return out
 
 
@@ -123,10 +135,7 @@ def _train(cfg: SFTConfig, ctx: Any) -> StageResult:
     examples = read_jsonl(cfg.data, SFTExample)
     if not examples:
         raise SalmonInputError(cfg.data, "no examples", "give selfalign's output")
-    for i, s in enumerate(cfg.system_prompts):
-        if not s.rstrip().endswith("### User"):
-            raise SalmonInputError(f"system_prompts[{i}]", "does not end with '### User'",
-                                   "end each system prompt with the user-turn header")
+    preflight_model(STAGE, cfg.base_model, prompt_format=cfg.prompt_format, say=ctx.log)
     device = ctx.device
     model, tok = build_model(cfg, device)
     rows = encode_examples(tok, examples, cfg)
@@ -222,7 +231,8 @@ def _train(cfg: SFTConfig, ctx: Any) -> StageResult:
         with ctx.gathered(params):  # ZeRO-3: the whole adapter, on every rank; rank 0 writes it
             ctx.on_main(lambda: publish_adapter(
                 adapter_dir, model.save_pretrained, tok, "salmon_sft.json",
-                {"base_model": cfg.base_model, "examples": len(rows), "steps": total}))
+                {"base_model": cfg.base_model, "examples": len(rows), "steps": total,
+                 "prompt_format": cfg.prompt_format, "system_prompt": system_prompts(cfg)[0]}))
     else:
         ctx.log(STAGE, f"stopped after step {last} of {total} (max_steps); rerun to continue")
     metrics: dict[str, Any] = {"examples": len(rows), "steps": total, "steps_done": last, "finished": finished,

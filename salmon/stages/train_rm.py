@@ -9,8 +9,9 @@ With ``pmp_data``, a preference-model pre-training phase on generic pairs (templ
 principles) runs first and the principle-conditioned phase continues its weights.
 
 Checkpoints (trainable weights, optimizer, scheduler, step) land in ``<output_dir>/checkpoints``
-every ``save_every`` steps; a rerun resumes from the newest one. The final RM is written to
-``<output_dir>/model`` atomically.
+every ``save_every`` steps; a rerun resumes from the newest one. ``max_steps`` stops an invocation
+after that many optimizer steps (checkpointed; the schedule still spans the whole run) and a rerun
+continues. The final RM is written to ``<output_dir>/model`` atomically once every step is done.
 
 ``deepspeed: zero2|zero3`` trains under a DeepSpeed engine (:mod:`salmon.distributed`): each rank
 takes its even share of every batch of pairs, the loss stays the mean over the whole batch, and
@@ -34,7 +35,7 @@ from salmon.core.errors import SalmonInputError
 from salmon.core.io import read_jsonl, write_text
 from salmon.core.records import RMInstance
 from salmon.reward.train import data_order, latest_checkpoint, lr_multiplier
-from salmon.stages.common import StageResult, stage_main
+from salmon.stages.common import StageResult, preflight_model, stage_main
 
 STAGE = "train_rm"
 
@@ -134,6 +135,7 @@ def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
     ckpt_dir = out_dir / "checkpoints"
     plan = phases(cfg)
     datasets = [read_jsonl(ph.data, RMInstance) for ph in plan]
+    preflight_model(STAGE, cfg.base_model, say=ctx.log)
     model, tokenizer = build_model(cfg, ctx.device)
     device = next(model.parameters()).device
     pad = int(tokenizer.pad_token_id)
@@ -155,9 +157,14 @@ def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
         ctx.log(STAGE, f"resuming from {resume} (phase {plan[start_phase].name}, step {start_step})")
 
     t0 = time.monotonic()
+    budget = cfg.max_steps  # optimizer steps this invocation may still take (None: all)
+    finished = True
     for pi, (ph, data) in enumerate(zip(plan, datasets, strict=True)):
         if pi < start_phase:
             continue
+        if budget == 0:
+            finished = False
+            break
         encoder = RMEncoder(tokenizer, EncodeLimits(ph.model_max_length, ph.query_len, ph.response_len))
         examples = []
         for inst in data:
@@ -194,7 +201,10 @@ def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
                            f"(micro-batches of {micro_size})", every_rank=True)
         if pi != start_phase or resume is None:
             window_loss, window_acc, window_n = 0.0, 0.0, 0
-        for step in range(first, total):
+        last = total if budget is None else min(total, first + budget)
+        if budget is not None:
+            budget -= last - first
+        for step in range(first, last):
             batch = batches[step]
             mine = ctx.shard(batch)  # this rank's pairs (all of them on one process)
             for start in range(0, len(mine), micro_size):
@@ -233,14 +243,21 @@ def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
                 ctx.log(STAGE, f"{ph.name} step {done}/{total} loss {entry['loss']:.4f} "
                            f"acc {entry['accuracy']:.3f} lr {entry['lr']:.2e}")
                 window_loss, window_acc, window_n = 0.0, 0.0, 0
-            if done % cfg.save_every == 0 or done == total:
+            if done % cfg.save_every == 0 or done == last:
                 if ctx.deepspeed:
                     ctx.save_engine_checkpoint(ds_ckpt_dir, done, {"step": done, "scheduler": sched.state_dict()})
                 else:  # the log so far and the open logging window travel with the weights
                     save_checkpoint(ckpt_dir, _checkpoint_step(pi, done), _trainable(model), opt, sched,
                                     {"phase_index": pi, "step": done, "history": history,
                                      "window": [window_loss, window_acc, window_n]})
+        if last < total:
+            finished = False
+            ctx.log(STAGE, f"stopped after {ph.name} step {last} of {total} (max_steps); rerun to continue")
+            break
 
+    if not finished:
+        return StageResult(STAGE, outputs={}, metrics={"finished": False, "seconds": round(time.monotonic() - t0, 1),
+                                                       "trainable_parameters": n_trainable})
     model.eval()
     meta = RMMeta(format=RM_FORMAT, base_model=str(Path(cfg.base_model).resolve()),
                   finetune=cfg.finetune, model_max_length=cfg.model_max_length,
@@ -254,7 +271,7 @@ def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
         ctx.on_main(write_outputs)
     last = {k: v for k, v in (history[-1] if history else {}).items() if k in ("loss", "accuracy")}
     metrics = {"train_" + k: v for k, v in last.items()}
-    metrics.update(instances=len(datasets[-1]), trainable_parameters=n_trainable,
+    metrics.update(finished=True, instances=len(datasets[-1]), trainable_parameters=n_trainable,
                    seconds=round(time.monotonic() - t0, 1),
                    instances_digest=digest_file(cfg.instances))
     if ctx.deepspeed:
