@@ -59,7 +59,7 @@ def salmon_pipeline(
     """Align a base model with principles the SALMON way.
 
     Args:
-        base_model_uri: The base model: 'nano' builds the tiny nano-world model; 'smollm2' prepares SmolLM2-135M-Instruct from its Python package; otherwise a Hugging Face model folder (PVC path) or an s3:// prefix.
+        base_model_uri: The base model: 'nano' builds the tiny nano-world model; 'smollm2' prepares SmolLM2-135M-Instruct from its Python package; otherwise a Hugging Face model folder (PVC path), an s3:// prefix, or models:/<name>/<version> (or @<alias>) for the model folder in a registered version's artifacts.
         preset: Config preset applied to every stage before the overrides ('nano' or '' for the method's defaults).
         prompt_sources: Comma-separated prompt JSONL files (local paths or s3:// URIs); empty for none.
         nano_prompts: Synthetic nano-world prompts to add (0 for none).

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from salmon.core.errors import SalmonInputError
+from salmon.core.io import TOKENIZER_FILES
 
 if TYPE_CHECKING:
     import torch
@@ -118,10 +119,6 @@ def check_model_dir(path: str) -> Path:
                                "give the path of a folder written by save_pretrained")
     check_dir_digests(p)
     return p
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json")
-"""Any one of these makes a folder's tokenizer loadable (vocab.json with merges.txt)."""
 
 
 def check_quantization(path: str) -> None:

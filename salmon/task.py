@@ -642,9 +642,14 @@ def validate_pipeline_params(params: dict[str, Any]) -> None:
     # where the model, the presets and the prompts come from
     if "base_model_uri" in params:
         uri = str(params["base_model_uri"])
-        if not uri or ("://" in uri and not uri.startswith("s3://")) or uri.startswith(("models:/", "runs:/")):
+        from salmon.tracking import REGISTRY_URI
+
+        registered = uri.startswith("models:/") and REGISTRY_URI.match(uri)
+        if not uri or ("://" in uri and not uri.startswith("s3://")) or (
+                uri.startswith(("models:/", "runs:/")) and not registered):
             raise _param_error("base_model_uri", uri, "not a supported model URI",
-                               f"give 'nano', {BASE_NAMES}, a model folder (a PVC path) or an s3:// prefix")
+                               f"give 'nano', {BASE_NAMES}, a model folder (a PVC path), an s3:// prefix or "
+                               "models:/<name>/<version> (or @<alias>)")
         if uri.startswith("s3://"):
             from salmon.storage import split_s3_uri
 
@@ -719,7 +724,9 @@ def validate_pipeline_params(params: dict[str, Any]) -> None:
 def base_model_task(uri: str, out_dir: str, *, nano_pretrain_steps: int = 300, seed: int = 0) -> dict[str, Any]:
     """Materialise the base model into ``out_dir``: ``nano`` builds the nano model; a packaged
     model (``smollm2``) is prepared once into the model cache and copied; a local folder is
-    copied; ``s3://bucket/prefix`` is downloaded (boto3). Returns a summary."""
+    copied; ``s3://bucket/prefix`` is downloaded (boto3); ``models:/<name>/<version>`` (or
+    ``@<alias>``) is the Hugging Face folder in that registered version's artifacts. Returns a
+    summary."""
     import shutil
 
     from salmon.core.io import atomic_dir
@@ -736,6 +743,12 @@ def base_model_task(uri: str, out_dir: str, *, nano_pretrain_steps: int = 300, s
         with atomic_dir(out_dir) as tmp:
             n = download_prefix(uri, tmp)
         return {"source": uri, "files": n}
+    if uri.startswith("models:/"):
+        from salmon.tracking import download_model_folder
+
+        with atomic_dir(out_dir) as tmp:
+            n = download_model_folder(uri, tmp)
+        return {"source": uri, "files": n}
     if is_packaged(uri):  # prepared once into the model cache, then copied like a folder
         from salmon.base_models import prepare
 
@@ -744,7 +757,8 @@ def base_model_task(uri: str, out_dir: str, *, nano_pretrain_steps: int = 300, s
     src = Path(uri)
     if not (src / "config.json").is_file():
         raise SalmonInputError(f"base model '{uri}'", "not a Hugging Face model folder (no config.json)",
-                               f"give 'nano', {BASE_NAMES}, a local model folder or an s3:// prefix")
+                               f"give 'nano', {BASE_NAMES}, a local model folder, an s3:// prefix or a models:/ "
+                               "URI")
     with atomic_dir(out_dir) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
     return {"source": uri, "files": sum(1 for p in Path(out_dir).rglob("*") if p.is_file())}

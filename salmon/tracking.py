@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -320,3 +321,58 @@ def tag_version(name: str, version: str, tags: dict[str, str]) -> None:
     client = mlflow.MlflowClient()
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
+
+
+REGISTRY_URI = re.compile(r"^models:/([^/@]+)(?:/(\d+)|@([A-Za-z0-9_-]+))$")
+"""``models:/<name>/<version>`` or ``models:/<name>@<alias>``."""
+
+
+def download_model_folder(uri: str, dest: str | Path) -> int:
+    """Copy the Hugging Face model folder of a registered model version into ``dest``; returns
+    the number of files.
+
+    The version's artifacts are downloaded and the folder is found in them: the shallowest one
+    with ``config.json`` and weights (a model logged with the ``transformers`` flavor keeps it in
+    ``model/``, one logged as a pyfunc artifact wherever it was put). When that folder has no
+    tokenizer, the tokenizer files of the artifacts (the ``transformers`` flavor's
+    ``components/tokenizer/``) are copied in beside the weights.
+
+    Raises:
+        SalmonInputError: a malformed URI, an unknown model or version, or artifacts without a
+            model folder.
+    """
+    import shutil
+    import tempfile
+
+    import mlflow
+
+    from salmon.core.errors import SalmonInputError
+    from salmon.core.io import TOKENIZER_FILES
+
+    if not REGISTRY_URI.match(uri):
+        raise SalmonInputError(f"model {uri}", "not a registered model URI",
+                               "write models:/<name>/<version> or models:/<name>@<alias>")
+    with tempfile.TemporaryDirectory(prefix="salmon-registry-") as tmp:
+        try:
+            root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        except mlflow.exceptions.MlflowException as e:
+            raise SalmonInputError(f"model {uri}", f"cannot be downloaded ({e.message})".replace("\n", " "),
+                                   f"check the name, version or alias in the registry at "
+                                   f"{mlflow.get_tracking_uri()}") from None
+        weights = ("*.safetensors", "pytorch_model*.bin")
+        folders = sorted((p.parent for p in root.rglob("config.json")
+                          if any(any(p.parent.glob(w)) for w in weights)), key=lambda p: len(p.parts))
+        if not folders:
+            raise SalmonInputError(f"model {uri}", "its artifacts hold no Hugging Face model folder (config.json "
+                                   "and weights)", "register a version whose artifacts include the "
+                                   "save_pretrained folder (e.g. logged with the transformers flavor)")
+        model = folders[0]
+        shutil.copytree(model, dest, dirs_exist_ok=True)
+        if not any((model / f).is_file() for f in TOKENIZER_FILES):
+            tokenizers = sorted((p.parent for name in TOKENIZER_FILES for p in root.rglob(name)),
+                                key=lambda p: len(p.parts))
+            if tokenizers:
+                for f in tokenizers[0].iterdir():
+                    if f.is_file() and not (Path(dest) / f.name).exists():
+                        shutil.copy2(f, Path(dest) / f.name)
+    return sum(1 for p in Path(dest).rglob("*") if p.is_file())

@@ -137,3 +137,64 @@ def test_the_pipeline_accepts_smollm2_as_base_model(tmp_path: Path, smollm2_mode
     assert info["source"] == "smollm2"
     assert (tmp_path / "base" / "model.safetensors").read_bytes() == (
         Path(smollm2_model) / "model.safetensors").read_bytes()
+
+
+def test_the_pipeline_takes_a_registered_model(tiny_model: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """models:/<name>@<alias>: the Hugging Face folder of a version logged with MLflow's
+    transformers flavor (weights in model/, tokenizer in components/tokenizer/) becomes the base
+    model folder, and loads to the same logits."""
+    import mlflow
+    import torch
+
+    from salmon.modeling import load_causal_lm, load_tokenizer
+    from salmon.task import base_model_task, validate_pipeline_params
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model = load_causal_lm(tiny_model, device=torch.device("cpu"))
+    tok = load_tokenizer(tiny_model)
+    with mlflow.start_run():
+        mlflow.transformers.log_model(transformers_model={"model": model, "tokenizer": tok}, name="base",
+                                      task="text-generation", registered_model_name="tiny-base",
+                                      pip_requirements=["torch", "transformers"])
+    mlflow.MlflowClient().set_registered_model_alias("tiny-base", "prod", "1")
+    validate_pipeline_params({"base_model_uri": "models:/tiny-base@prod"})
+    out = tmp_path / "base"
+    info = base_model_task("models:/tiny-base@prod", str(out))
+    assert info["source"] == "models:/tiny-base@prod" and (out / "config.json").is_file()
+    ids = torch.tensor([load_tokenizer(str(out))("Add 7 and 5.")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(load_causal_lm(str(out), device=torch.device("cpu"))(ids).logits, model(ids).logits)
+    with pytest.raises(SalmonInputError, match="cannot be downloaded"):
+        base_model_task("models:/tiny-base@nope", str(tmp_path / "none"))
+    with pytest.raises(SalmonInputError, match="not a supported model URI"):
+        validate_pipeline_params({"base_model_uri": "models:/tiny-base"})
+
+
+def test_the_pipeline_takes_a_model_folder_from_s3(tiny_model: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """s3://bucket/prefix/: the base_model task downloads the folder (moto as the endpoint) and the
+    stages load it with from_pretrained to the same logits."""
+    import boto3
+    import torch
+    from servers import moto_server
+
+    from salmon.modeling import load_causal_lm, load_tokenizer
+    from salmon.task import base_model_task
+
+    with moto_server() as url:
+        for k, v in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                     "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(k, v)
+        client = boto3.client("s3", endpoint_url=url)
+        client.create_bucket(Bucket="models")
+        for f in Path(tiny_model).iterdir():
+            client.upload_file(str(f), "models", f"tiny/{f.name}")
+        out = tmp_path / "base"
+        info = base_model_task("s3://models/tiny/", str(out))
+    assert info["files"] == len(list(Path(tiny_model).iterdir()))
+    ids = torch.tensor([load_tokenizer(str(out))("Add 7 and 5.")["input_ids"]])
+    original = load_causal_lm(tiny_model, device=torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.equal(load_causal_lm(str(out), device=torch.device("cpu"))(ids).logits, original(ids).logits)

@@ -37,6 +37,8 @@ DIGEST_SUFFIX = ".sha256"
 """The suffix of the digest file written beside each published JSONL file."""
 DIGEST_MANIFEST = "SHA256SUMS"
 """The digest list written inside each published folder."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json")
+"""Any one of these makes a Hugging Face folder's tokenizer loadable (vocab.json with merges.txt)."""
 _CHUNK = 1 << 20
 
 
