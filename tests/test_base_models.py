@@ -154,7 +154,8 @@ def test_the_pipeline_takes_a_registered_model(tiny_model: str, tmp_path: Path,
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     model = load_causal_lm(tiny_model, device=torch.device("cpu"))
     tok = load_tokenizer(tiny_model)
-    with mlflow.start_run():
+    experiment = mlflow.create_experiment("bases", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
         mlflow.transformers.log_model(transformers_model={"model": model, "tokenizer": tok}, name="base",
                                       task="text-generation", registered_model_name="tiny-base",
                                       pip_requirements=["torch", "transformers"])
