@@ -172,27 +172,36 @@ class PolicyTurns:
             return [m for m in dict.fromkeys([*TRUNCATE_AFTER, self.stop]) if m]
         return [self.stop] if self.stop else []
 
-    def _split(self, ids: Sequence[int]) -> tuple[list[int], int | None]:
-        """(the ids before the end of the turn, the end id or None), padding removed."""
+    def _split(self, ids: Sequence[int], stops: Sequence[str] | None) -> tuple[list[int], int | None, str]:
+        """(the ids before the end of the turn, the end id the model sampled or None, their text
+        without special tokens), padding removed.
+
+        A sequence that generation stopped at a stop string is followed by padding, which is an
+        end id when the tokenizer pads with its eos: when the text holds one of ``stops`` (the
+        stop strings generation used; default :attr:`stop_strings`), what follows it is padding,
+        not a sampled eos.
+        """
         ids = [int(i) for i in ids]
         cut = next((i for i, t in enumerate(ids) if t in self.end_ids), None)
-        if cut is not None:
-            return ids[:cut], ids[cut]
+        body, end = (ids[:cut], ids[cut]) if cut is not None else (ids, None)
         pad = self.tokenizer.pad_token_id
-        while pad is not None and ids and ids[-1] == pad:
-            ids.pop()
-        return ids, None
+        while end is None and pad is not None and body and body[-1] == pad:
+            body.pop()
+        text = self.tokenizer.decode(body, skip_special_tokens=True)
+        if end is not None and any(s and s in text for s in (self.stop_strings if stops is None else stops)):
+            end = None
+        return body, end, text
 
-    def text_of(self, ids: Sequence[int]) -> tuple[str, int, bool]:
+    def text_of(self, ids: Sequence[int], stops: Sequence[str] | None = None) -> tuple[str, int, bool]:
         """(the text of a sampled continuation up to its end of turn, without special tokens;
-        how many ids were generated, the end id included; whether it ended at an end id)."""
-        body, end = self._split(ids)
-        return self.tokenizer.decode(body, skip_special_tokens=True), len(body) + (end is not None), end is not None
+        how many ids were generated, the end id included; whether the model ended it with an
+        end id). ``stops``: the stop strings generation used (default :attr:`stop_strings`)."""
+        body, end, text = self._split(ids, stops)
+        return text, len(body) + (end is not None), end is not None
 
     def read(self, ids: Sequence[int]) -> Turn:
         """A sampled continuation (ids after the query, padding included) as a :class:`Turn`."""
-        body, end = self._split(ids)
-        text = self.tokenizer.decode(body, skip_special_tokens=True)
+        body, end, text = self._split(ids, None)
         if self.format == "dromedary":
             kept = postprocess_response(text, stop=self.stop)
         else:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +116,64 @@ def test_bad_exemplar_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture
                  f"exemplars={bad}", "model=/nonexistent"])
     assert code == 2 and "ex.yaml" in capsys.readouterr().err
     assert not (tmp_path / "out.jsonl").exists()
+
+
+REAL = [json.loads(line) for line in
+        (Path(__file__).parent / "data" / "selfalign_smollm2.jsonl").read_text(encoding="utf-8").splitlines()]
+"""Real SmolLM2 generations after the self-alignment prompt, both prompt formats (tests/data/README.md)."""
+
+
+def _real(instruction: str, prompt_format: str) -> dict[str, Any]:
+    return next(r for r in REAL if r["instruction"] == instruction and r["prompt_format"] == prompt_format)
+
+
+def _filter(row: dict[str, Any], **kw: Any) -> tuple[str | None, str]:
+    return filter_generation(row["generation"], row["instruction"], row["input"], EX, ended=row["ended_at_eos"], **kw)
+
+
+def test_real_generations_get_their_reviewed_verdicts() -> None:
+    assert len(REAL) == 128
+    for row in REAL:
+        assert _filter(row) == (row["answer"], row["reason"]), row["prompt_id"]
+    verdicts = Counter(r["reason"] for r in REAL)
+    assert verdicts["kept"] == 16 and verdicts["truncated"] == 3 and verdicts["leak"] == 17
+
+
+def test_kept_real_answers_carry_no_conversation_artefacts() -> None:
+    kept = [r for r in REAL if r["reason"] == "kept"]
+    for row in kept:
+        answer = row["answer"]
+        assert len(answer) >= 160
+        assert not any(m in answer for m in ("User:", "Watson", "(internal thoughts)", EX.thought_prefix))
+        assert not re.search(r"\b[Rr]ules? \d+ ?\(", answer)
+        finished = row["ended_at_eos"] or any(m in row["generation"].split("\n\nWatson:", 1)[1]
+                                              for m in ("\n\nUser:", "\n\nWatson:", "\n\nWatson ("))
+        assert finished, row["prompt_id"]
+
+
+def test_a_real_answer_ends_at_the_next_assistant_turn() -> None:
+    row = _real("Tell me about rivers.", "chat_template")
+    assert "\n\nWatson: I am a careful" in row["generation"]
+    answer, why = _filter(row)
+    assert why == "kept" and answer is not None and answer.endswith("located in the mountains of the east of Japan.")
+
+
+def test_real_eos_ended_turns_count_as_finished() -> None:
+    """Nine chat-format generations ended at eos: none is dropped as truncated, and the kept one
+    loses nothing but a repeated segment; read as unfinished (the eos unseen), it would be dropped."""
+    rows = [r for r in REAL if r["ended_at_eos"]]
+    assert len(rows) == 9 and all(r["reason"] != "truncated" for r in rows)
+    (kept,) = [r for r in rows if r["reason"] == "kept"]
+    tail = kept["generation"].split("\n\nWatson:", 1)[1].strip().replace("Watson", "Dromedary")
+    assert kept["answer"] == dedup_segments(tail)
+    assert _filter({**kept, "ended_at_eos": False}) == (None, "truncated")
+
+
+@pytest.mark.parametrize(("instruction", "prompt_format", "reason"), [
+    ("Add 9 and 4.", "chat_template", "leak"),        # the answer re-emits the internal thought
+    ("Add 5 and 4.", "dromedary", "leak"),            # the answer copies an exemplar (blanket fort)
+    ("Tell me about robots.", "chat_template", "truncated"),  # a repetition loop to the token limit
+])
+def test_real_generations_the_method_filter_kept(instruction: str, prompt_format: str, reason: str) -> None:
+    row = _real(instruction, prompt_format)
+    assert _filter(row) == (None, reason)

@@ -272,3 +272,20 @@ def test_a_packaged_model_name_works_as_a_stage_model_key(smollm2_model: str) ->
         "prompts": "p", "output": "o", "model": "smollm2"}), "sample")
     assert cfg.model == smollm2_model and Path(cfg.model, "config.json").is_file()
 
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_padding_after_a_stop_string_is_not_a_sampled_eos(family_models: dict[str, str], family: str) -> None:
+    """Generation stopped at the stop string pads the rest of the batch row; with pad == eos that
+    padding must not be read as an eos the model sampled."""
+    from salmon.modeling import load_tokenizer
+    from salmon.turns import PolicyTurns
+
+    tok = load_tokenizer(family_models[family])
+    turns = PolicyTurns(tok, "dromedary")
+    body = _ids(tok, "Paris.\n\n### User")
+    turn = turns.read(body + [tok.pad_token_id] * 3)
+    assert turn.stopped and turn.ids == body and tok.eos_token_id not in turn.ids
+    assert turns.text_of(body + [tok.pad_token_id] * 3) == ("Paris.\n\n### User", len(body), False)
+    sampled = turns.read(_ids(tok, "Paris.") + [tok.eos_token_id] + [tok.pad_token_id] * 2)
+    assert sampled.stopped and sampled.ids[-1] == tok.eos_token_id  # a real eos is kept

@@ -11,7 +11,8 @@ most) on nano-world prompts.
 - salmon: the same queries, each sequence stopping at the stop string (and the method's cut
   markers) or at eos, as :class:`salmon.turns.PolicyTurns` generates them.
 
-Tokens per rollout count the ids each sequence generated before padding. Both sides sample the
+Tokens per rollout count the ids each sequence generated before padding (its eos included;
+:meth:`salmon.turns.PolicyTurns.text_of`). Both sides sample the
 same prompts with the same seed, back to back in one process; seconds are the median of the
 repeats after a warm-up. The ``chat_template`` format (the turn ends at eos) is measured as a
 figure of its own.
@@ -29,17 +30,6 @@ QUICK_SIZES = {"prompts": 8, "batch": 4, "response_len": 64, "repeats": 1}
 FULL_SIZES = {"prompts": 32, "batch": 8, "response_len": 256, "repeats": 2}
 
 
-def _generated(ids: list[int], pad: int, ends: tuple[int, ...]) -> int:
-    """Ids a sequence generated: up to and including its first end id, else up to its padding."""
-    for i, t in enumerate(ids):
-        if t in ends:
-            return i + 1
-    n = len(ids)
-    while n and ids[n - 1] == pad:
-        n -= 1
-    return n
-
-
 def rollouts(model: Any, turns: Any, queries: list[list[int]], sizes: dict[str, int], *, stop: bool,
              seed: int = 0) -> tuple[list[int], float, list[bool]]:
     """(tokens generated per rollout, seconds, whether each turn ended) for one side."""
@@ -53,8 +43,7 @@ def rollouts(model: Any, turns: Any, queries: list[list[int]], sizes: dict[str, 
                        max_new_tokens=sizes["response_len"], batch_size=sizes["batch"],
                        stop_strings=turns.stop_strings if stop else (), end_ids=turns.end_ids if stop else ())
     seconds = time.perf_counter() - t0
-    pad = int(turns.tokenizer.pad_token_id)
-    counts = [_generated(ids, pad, turns.end_ids) for ids in raw]
+    counts = [turns.text_of(ids, turns.stop_strings if stop else [])[1] for ids in raw]
     ended = [turns.read(ids).stopped for ids in raw]
     return counts, seconds, ended
 

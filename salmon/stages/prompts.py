@@ -115,7 +115,7 @@ def synthesize_red_team(cfg: RedTeamConfig, seed: int) -> tuple[list[tuple[str, 
         queries = [encode_document(tok, t) for t in texts]
         raw = generate_ids(model, tok, queries, temperature=cfg.temperature, top_p=cfg.top_p,
                            max_new_tokens=max_new, batch_size=8, end_ids=plain.end_ids)
-        return [plain.text_of(ids)[0] for ids in raw]
+        return [plain.text_of(ids, [])[0] for ids in raw]
 
     topics: dict[str, list[str]] = {}
     for s in seeds:

@@ -121,7 +121,7 @@ def generate_hf(cfg: SampleConfig, prompts: list[PromptRecord]) -> tuple[list[tu
                                max_new_tokens=cfg.max_new_tokens, batch_size=len(chunk),
                                stop_strings=[turns.stop] if turns.stop else [], end_ids=turns.end_ids)
             for ids in new:
-                text, used, ended = turns.text_of(ids)
+                text, used, ended = turns.text_of(ids, [turns.stop] if turns.stop else [])
                 run.append(text)
                 generated += used
                 stopped += ended or bool(turns.stop and turns.stop in text)

@@ -95,7 +95,7 @@ def generate_hf(cfg: SelfAlignConfig, prompts: list[PromptRecord], ex: ExemplarS
         for ids in generate_ids(model, tok, queries[start:start + cfg.batch_size], temperature=cfg.temperature,
                                 top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                 stop_strings=stops, end_ids=turns.end_ids):
-            text, _, ended = turns.text_of(ids)
+            text, _, ended = turns.text_of(ids, stops)
             out.append((text, ended))
         log(STAGE, f"generated {len(out)}/{len(queries)}")
     return out
