@@ -79,7 +79,8 @@ def test_every_stage_runs_on_smollm2_in_chat_template_mode(smollm2_model: str, t
 
     # label: SmolLM2 judging itself (the paper's labels) on two pairs; the checkers label all
     hf = _run(["label", f"pairs={d / 'pairs.jsonl'}", f"output={d / 'judged_hf.jsonl'}", "backend=hf",
-               "model=smollm2", "principles=nano", "limit=2", "batch_size=2", "progress=false", "device=cpu"], capsys)
+               "model=smollm2", chat, "principles=nano", "limit=2", "batch_size=2", "progress=false", "device=cpu"],
+              capsys)
     assert hf["judgements"] == 2 * 6 and 0 <= hf["position_consistent_rate"] <= 1
     _run(["label", "--preset", "nano", f"pairs={d / 'pairs.jsonl'}", f"output={d / 'judged.jsonl'}",
           "progress=false"], capsys)

@@ -289,3 +289,29 @@ def test_padding_after_a_stop_string_is_not_a_sampled_eos(family_models: dict[st
     assert turns.text_of(body + [tok.pad_token_id] * 3) == ("Paris.\n\n### User", len(body), False)
     sampled = turns.read(_ids(tok, "Paris.") + [tok.eos_token_id] + [tok.pad_token_id] * 2)
     assert sampled.stopped and sampled.ids[-1] == tok.eos_token_id  # a real eos is kept
+
+
+def test_stopping_early_changes_no_kept_text(smollm2_model: str) -> None:
+    """Sampled with the same seed, rollouts that stop at the stop string keep exactly the text that
+    rollouts run to the token limit keep after the method's cut (a finished row still draws its
+    sample each step, so the random stream is unchanged), with fewer tokens."""
+    import torch
+
+    from salmon.modeling import generation_end_ids, load_causal_lm, load_tokenizer
+    from salmon.nano.world import make_prompts
+    from salmon.turns import PolicyTurns, generate_ids
+
+    tok = load_tokenizer(smollm2_model)
+    model = load_causal_lm(smollm2_model, device=torch.device("cpu"))
+    turns = PolicyTurns(tok, "dromedary", end_ids=generation_end_ids(smollm2_model))
+    queries = [turns.query_ids(p.full_instruction()) for p in make_prompts(6, seed=11)]
+    runs = {}
+    for stop in (False, True):
+        torch.manual_seed(3)
+        runs[stop] = generate_ids(model, tok, queries, temperature=0.7, top_p=1.0, max_new_tokens=40, batch_size=6,
+                                  stop_strings=turns.stop_strings if stop else (),
+                                  end_ids=turns.end_ids if stop else ())
+    full, stopped = ([turns.read(ids) for ids in runs[s]] for s in (False, True))
+    assert [t.text for t in stopped] == [t.text for t in full]
+    assert sum(len(t.ids) for t in stopped) <= sum(len(t.ids) for t in full)
+    assert any(t.stopped for t in stopped)
