@@ -68,6 +68,7 @@ def test_every_stage_runs_on_smollm2_in_chat_template_mode(smollm2_model: str, t
     assert sft["finished"] and (d / "sft" / "adapter" / "adapter_model.safetensors").is_file()
     made = json.loads((d / "sft" / "adapter" / "salmon_sft.json").read_text())
     assert made["prompt_format"] == "chat_template" and made["system_prompt"] is None
+    _served_like_sampled(smollm2_model, d / "sft" / "adapter")
 
     # sample: two answers per prompt from base + SFT adapter, each stopping at eos
     sample = _run(["sample", f"prompts={d / 'prompts.jsonl'}", f"output={d / 'pairs.jsonl'}", "model=smollm2",
@@ -173,3 +174,25 @@ def _query_ids_agree(model: str, d: Path, ppo_args: list[str]) -> None:
     query = sample_turns(sample).query_ids(prompt.full_instruction())
     assert ids[: labels.count(-100)] == query == encode_queries(tok, [prompt], ppo)[0][0]
     assert query[-4:] == tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+
+
+def _served_like_sampled(model: str, adapter: Path) -> None:
+    """The model logged to MLflow (salmon.mlflow_model) answers in the adapter's prompt format,
+    as the stages sample it: greedy, it gives the stages' greedy answer."""
+    from types import SimpleNamespace
+
+    from salmon.mlflow_model import SalmonModel
+    from salmon.modeling import generation_end_ids, load_causal_lm, load_tokenizer, resolve_device, with_adapter
+    from salmon.turns import PolicyTurns
+
+    served = SalmonModel()
+    context = SimpleNamespace(model_config={"kind": "sft", "max_new_tokens": 24}, artifacts={"model": str(adapter)})
+    served.load_context(context)
+    answers = served.predict(context, ["Add 7 and 5.", "Name a colour."])
+    tok = load_tokenizer(model)
+    turns = PolicyTurns(tok, "chat_template", end_ids=generation_end_ids(model))
+    policy = with_adapter(load_causal_lm(model, device=resolve_device("cpu")), str(adapter))
+    sampled = turns.generate(policy, [turns.query_ids("Add 7 and 5."), turns.query_ids("Name a colour.")],
+                             temperature=0, top_p=1, max_new_tokens=24, batch_size=1)
+    assert answers == [turns.answer_text(t.text) for t in sampled]
+    _no_leaks(answers)
