@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from salmon.core.errors import SalmonInputError
+from salmon.core.paths import check_output
 
 DEMO_PARAMS: dict[str, Any] = {
     # The laptop demo: the nano world sized to finish in minutes on 2 CPU cores.
@@ -44,6 +45,8 @@ def parse_params(items: list[str]) -> dict[str, Any]:
     """``key=value`` pipeline parameters; values are YAML scalars/lists/maps (never code)."""
     import yaml
 
+    from salmon.core.yamlio import safe_load
+
     known = pipeline_parameters()
     out: dict[str, Any] = {}
     for item in items:
@@ -54,7 +57,7 @@ def parse_params(items: list[str]) -> dict[str, Any]:
             raise SalmonInputError(f"parameter '{key}'", "not a pipeline parameter",
                                    "see `salmon pipeline params` for the list")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = safe_load(raw) if raw else ""
         except yaml.YAMLError as e:
             raise SalmonInputError(f"parameter '{key}'", f"not a YAML value ({e})".replace("\n", " "),
                                    "quote the value, or fix its YAML syntax") from None
@@ -106,12 +109,15 @@ def submit(host: str, params: dict[str, Any], *, experiment: str, version: str, 
            namespace: str | None, enable_caching: bool, service_account: str | None = None) -> str:
     """Upload the pipeline (or a new version of it) and start a run; returns the run id."""
     import tempfile
+    import warnings
 
     import kfp
 
     from pipelines.salmon import PIPELINE_NAME
 
-    client = kfp.Client(host=host, existing_token=token, namespace=namespace)
+    with warnings.catch_warnings():  # kfp's notice that it needs a v2 server, on every client
+        warnings.simplefilter("ignore", FutureWarning)
+        client = kfp.Client(host=host, existing_token=token, namespace=namespace)
     with tempfile.TemporaryDirectory() as tmp:
         package = str(compile_pipeline(tmp, version=version)[0])
         pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
@@ -197,6 +203,16 @@ def add_pipeline_arguments(pipe: argparse.ArgumentParser) -> None:
     ps.add_parser("params", help="list the pipeline parameters with types, defaults and descriptions")
 
 
+def check_names(args: argparse.Namespace) -> None:
+    """The Kubernetes names a compile or submit was given (salmon.cluster.names)."""
+    from salmon.cluster.names import check_name
+
+    for flag, kind in (("namespace", "namespace"), ("version", "version"), ("service_account", "service account")):
+        value = getattr(args, flag, None)
+        if value:
+            check_name(value, kind, f"--{flag.replace('_', '-')}")
+
+
 def main(args: argparse.Namespace) -> int:
     """Run a parsed ``demo`` or ``pipeline`` command; bad input exits with 2."""
     try:
@@ -212,8 +228,11 @@ def main(args: argparse.Namespace) -> int:
                 params["rm_epochs"] = args.rm_epochs
             params.update(parse_params(args.params))
             check_params(params)
+            check_output(args.out, "dir", "--out")
             return _run(args.out, params, cache=not args.no_cache)
         if args.action == "compile":
+            check_names(args)
+            check_output(args.out, "dir", "--out")
             for path in compile_pipeline(args.out, namespace=args.namespace, version=args.version):
                 print(path)
             return 0
@@ -223,7 +242,9 @@ def main(args: argparse.Namespace) -> int:
         params = parse_params(args.params)
         check_params(params)  # before anything starts: no output folder, no upload
         if args.action == "run":
+            check_output(args.out, "dir", "--out")
             return _run(args.out, params, cache=not args.no_cache)
+        check_names(args)
         run_id = submit(args.host, params, experiment=args.experiment, version=args.version, token=args.token,
                         namespace=args.namespace, enable_caching=not args.no_cache,
                         service_account=args.service_account or None)

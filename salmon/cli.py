@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from salmon.core.errors import GateFailed, SalmonInputError, ServiceUnavailable, report
+from salmon.core.errors import GateFailed, SalmonInputError, ServiceUnavailable, report, report_unexpected
 
 STAGES: dict[str, tuple[str, str]] = {
     # stage: (config class name in salmon.core.config, one-line help)
@@ -118,10 +120,12 @@ def _principles_list(args: argparse.Namespace) -> int:
 
 def _rm_score(args: argparse.Namespace) -> int:
     from salmon.core.io import read_jsonl, write_jsonl
+    from salmon.core.paths import check_output
     from salmon.core.records import ScoredResponse, ScoreRequest
     from salmon.modeling import load_tokenizer, resolve_device
     from salmon.reward.model import RMEncoder, load_reward_model, read_rm_meta, score_sequences
 
+    check_output(args.output, "file", "--output", inputs=[("--input", args.input), ("--model", args.model)])
     requests = read_jsonl(args.input, ScoreRequest)
     device = resolve_device(args.device)
     meta = read_rm_meta(args.model)  # the folder is checked before any weights load
@@ -142,8 +146,11 @@ def _rm_score(args: argparse.Namespace) -> int:
 
 def _base_prepare(args: argparse.Namespace) -> int:
     from salmon.base_models import prepare
+    from salmon.core.paths import check_output
     from salmon.stages.common import results_only_on_stdout
 
+    if args.out:
+        check_output(args.out, "dir", "--out")
     with results_only_on_stdout():
         folder = prepare(args.name, args.out, log=lambda m: print(f"[base] {m}", file=sys.stderr, flush=True))
     print(folder)
@@ -160,8 +167,10 @@ def _base_list(args: argparse.Namespace) -> int:
 
 
 def _nano_build(args: argparse.Namespace) -> int:
+    from salmon.core.paths import check_output
     from salmon.nano.model import NanoModelSpec, build_nano_model
 
+    check_output(args.out, "dir", "--out")
     summary = build_nano_model(args.out, NanoModelSpec(pretrain_steps=args.pretrain_steps, seed=args.seed))
     print(json.dumps(summary, indent=2))
     return 0
@@ -169,8 +178,10 @@ def _nano_build(args: argparse.Namespace) -> int:
 
 def _nano_prompts(args: argparse.Namespace) -> int:
     from salmon.core.io import write_jsonl
+    from salmon.core.paths import check_output
     from salmon.nano.world import make_prompts
 
+    check_output(args.out, "file", "--out")
     n = write_jsonl(args.out, make_prompts(args.n, args.seed, heldout_fraction=args.heldout))
     print(f"wrote {n} nano prompts to {args.out}", file=sys.stderr)
     return 0
@@ -206,13 +217,31 @@ def _pipeline_commands(sub: Any) -> None:
     pipe.set_defaults(func=pcli.main)
 
 
+ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,255}$")
+"""An MLflow model alias; ``latest`` and ``v<number>`` are MLflow's own names for versions."""
+
+
 def _registry_promote(args: argparse.Namespace) -> int:
     import mlflow
 
     from salmon.task import promote
+    from salmon.tracking import tracking_problem
 
-    if args.tracking_uri:
-        mlflow.set_tracking_uri(args.tracking_uri)
+    if not ALIAS.match(args.alias) or args.alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", args.alias):
+        raise SalmonInputError(f"--alias {args.alias}", "not an alias MLflow allows (letters, digits, '_' and '-', "
+                               "not 'latest' or 'v<number>', which name versions)", "e.g. --alias champion")
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:  # MLflow would otherwise create ./mlflow.db here and find nothing in it
+        raise SalmonInputError("registry promote", "no tracking server given",
+                               "pass --tracking-uri (e.g. sqlite:///out/demo/mlflow.db) or set MLFLOW_TRACKING_URI")
+    if uri.startswith("sqlite:///") and not os.path.isfile(uri.removeprefix("sqlite:///")):
+        raise SalmonInputError(f"--tracking-uri {uri}", "no MLflow database at that path",
+                               "give the database a run wrote, e.g. sqlite:///out/demo/mlflow.db")
+    mlflow.set_tracking_uri(uri)
+    problem = tracking_problem(attempts=1)
+    if problem:
+        raise ServiceUnavailable(f"MLflow tracking server {uri}", f"cannot be reached ({problem})",
+                                 "check that it runs and the address, then run the command again")
     try:
         mlflow.MlflowClient().get_model_version(args.name, args.version)
     except mlflow.exceptions.MlflowException:
@@ -240,6 +269,12 @@ def _sampler_render(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from salmon.bench.runner import run_benches
+    from salmon.core.paths import check_output
+
+    for flag, value, kind in (("--json", args.json, "file"), ("--markdown", args.markdown, "file"),
+                              ("--work", args.work, "dir")):
+        if value:
+            check_output(value, kind, flag)
 
     if args.threads:
         import torch
@@ -300,7 +335,11 @@ def _cluster_commands(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="salmon", description="Align base language models with a handful of principles (SALMON).")
+        prog="salmon", description="Align base language models with a handful of principles (SALMON).",
+        epilog="Exit codes: 0 done, 1 an evaluation gate failed, 2 bad input, 3 a service could not be reached, "
+               "4 an unexpected error (a bug; its traceback goes to a log file, or to stderr with --debug).")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an unexpected error instead of writing it to a log file")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _pipeline_commands(sub)
@@ -379,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from salmon.stages.common import fixed_threading
+
+    fixed_threading()
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
@@ -389,6 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a connection error, a refused path, or a bug: one line either way
+        return report_unexpected(e, debug=args.debug or bool(os.environ.get("SALMON_DEBUG")))
 
 
 if __name__ == "__main__":

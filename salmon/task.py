@@ -40,6 +40,7 @@ from salmon.core.config import (
 from salmon.core.digest import digest_dir, digest_file, digest_value
 from salmon.core.errors import SalmonInputError
 from salmon.core.io import finite_or_none
+from salmon.core.paths import check_config_paths
 from salmon.stages.common import log
 
 BASE_NAMES = ", ".join(f"'{n}'" for n in PACKAGED)
@@ -280,6 +281,7 @@ def run_stage_task(
     principle_values, principle_tags = _check_refs(stage, stage_plan.get("principles", {}))
     merged = {**stage_plan.get("overrides", {}), **principle_values, **values}
     cfg = build_config(CONFIGS[stage], stage=stage, preset=stage_plan.get("preset") or None, values=merged)
+    check_config_paths(cfg, stage)
     inputs = inputs or {}
     outputs = outputs or {}
     input_digests = {k: checked_input_digest(k, a) for k, a in inputs.items()}
@@ -598,6 +600,18 @@ def validate_pipeline_params(params: dict[str, Any]) -> None:
         SalmonInputError: naming the parameter, its value and what to give instead.
     """
     from salmon.core.config import PRESETS_DIR
+    from salmon.core.io import non_finite
+
+    for key, value in params.items():  # one policy for every number, nested ones included
+        if non_finite(value):
+            raise _param_error(key, value, f"holds a NaN or infinite number ({', '.join(non_finite(value, key))})",
+                               "give a finite number")
+    from salmon.cluster.names import check_name
+
+    for key, kind in (("mlflow_secret", "secret"), ("s3_secret", "secret"), ("sampler_api_key_secret", "secret"),
+                      ("model_cache_pvc", "persistent volume claim")):
+        if key in params:
+            check_name(params[key], kind, f"pipeline parameter {key}")
 
     sampler = params.get("sampler", "none")
     if sampler not in SAMPLER_MODES:

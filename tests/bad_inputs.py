@@ -22,8 +22,9 @@ import yaml
 from salmon.core.io import record_line
 from salmon.nano.world import make_pairs, make_prompts
 
-CATEGORIES = ("principle file", "data file", "config", "model URI", "pipeline parameter", "CLI")
-"""The categories of issue 7, in the order the docs list them."""
+CATEGORIES = ("principle file", "data file", "config", "model URI", "pipeline parameter", "CLI", "output path",
+              "number", "duplicate or stray", "Kubernetes name")
+"""The categories of bad input, in the order the docs list them."""
 
 Via = Literal["main", "subprocess", "call"]
 
@@ -119,8 +120,9 @@ def one_principle(**fields: Any) -> list[dict[str, Any]]:
     return [{**base, **fields}]
 
 
-LONG_TEXT = " ".join(["The AI should weigh every consideration carefully and explain each one."] * 80)
-"""About 900 words: longer than the tiny models' context (512 tokens) and the RM's input (384)."""
+LONG_TEXT = " ".join(["The AI should weigh every consideration carefully and explain each one."] * 26)
+"""About 300 words (1,900 characters, under the 2,000 a definition may have): longer than the tiny
+models' context (512 tokens) and the RM's input (384)."""
 
 
 def long_principle_set(kind: str = "rl") -> dict[str, Any]:
@@ -840,7 +842,220 @@ def _cli() -> list[BadInput]:
     ]
 
 
-CASES: list[BadInput] = [*_principles(), *_data(), *_configs(), *_models(), *_pipeline(), *_cli()]
+# ----------------------------------------------------------------------------- outputs, numbers, names
+
+
+def outputs_case(names: str, argv: Callable[[Ctx], list[str]], files: dict[str, str | bytes] | None = None,
+                 folders: tuple[str, ...] = (), outputs: tuple[str, ...] = ()) -> Build:
+    """A command whose output path is wrong; ``files`` and ``folders`` are made first (the inputs
+    or obstacles), and must come out unchanged."""
+    def build(c: Ctx) -> Setup:
+        for name, content in (files or {}).items():
+            c.write(name, content)
+        for name in folders:
+            (c.tmp / name).mkdir(parents=True, exist_ok=True)
+        return Setup(names.format(tmp=c.tmp), argv(c), outputs=[c.out(o) for o in outputs])
+    return build
+
+
+def _outputs() -> list[BadInput]:
+    cat = "output path"
+    judged = judgements_text([p.pair_id for p in make_pairs(make_prompts(4, seed=1), seed=2)])
+    return [
+        BadInput("output-is-an-input", cat, "aggregate told to write its output over its pairs file",
+                 outputs_case("aggregate config key output", lambda c: [
+                     "aggregate", "--preset", "nano", f"pairs={c.tmp / 'pairs.jsonl'}",
+                     f"judgements={c.tmp / 'j.jsonl'}", f"output={c.tmp / 'pairs.jsonl'}"],
+                     files={"pairs.jsonl": pairs_text(), "j.jsonl": judged}),
+                 "is also aggregate config key pairs, which this command reads", "write the output to another path"),
+        BadInput("output-rm-score-over-input", cat, "rm score --output the same file as --input",
+                 outputs_case("--output", lambda c: [
+                     "rm", "score", "--model", str(c.tmp / "rm"), "--input", str(c.tmp / "requests.jsonl"),
+                     "--output", str(c.tmp / "requests.jsonl")], files={"requests.jsonl": REQUEST}),
+                 "is also --input, which this command reads", "write the output to another path"),
+        BadInput("output-two-outputs-one-file", cat, "selfalign told to write its audit over its own output",
+                 outputs_case("selfalign config key", lambda c: [
+                     "selfalign", f"prompts={c.tmp / 'p.jsonl'}", f"output={c.tmp / 'sft.jsonl'}",
+                     f"generations_output={c.tmp / 'sft.jsonl'}", "model=/nonexistent"],
+                     files={"p.jsonl": prompts_text()}, outputs=("sft.jsonl",)),
+                 "which this command also writes", "give each output its own path"),
+        BadInput("output-parent-is-a-file", cat, "sample told to write under a path whose parent is a file",
+                 outputs_case("sample config key output", lambda c: [
+                     "sample", "--preset", "nano", f"prompts={c.tmp / 'p.jsonl'}",
+                     f"output={c.tmp / 'p.jsonl' / 'pairs.jsonl'}"], files={"p.jsonl": prompts_text()}),
+                 "is a file, not a folder", "give a path under a folder"),
+        BadInput("output-file-is-a-folder", cat, "label told to write its judgements onto an existing folder",
+                 outputs_case("label config key output", lambda c: [
+                     "label", "--preset", "nano", f"pairs={c.tmp / 'pairs.jsonl'}", f"output={c.tmp / 'taken'}"],
+                     files={"pairs.jsonl": pairs_text()}, folders=("taken",)),
+                 "is an existing folder, where a file is written", "give a file path"),
+        BadInput("output-dir-is-a-file", cat, "sft told to write its output folder onto an existing file",
+                 outputs_case("sft config key output_dir", lambda c: [
+                     "sft", "--preset", "nano", f"data={c.tmp / 'data.jsonl'}", "base_model=/nonexistent",
+                     f"output_dir={c.tmp / 'taken.txt'}"], files={"data.jsonl": "{}\n", "taken.txt": "keep"}),
+                 "is an existing file, where a folder is written", "give a folder path"),
+        BadInput("output-compile-onto-a-file", cat, "pipeline compile --out an existing file",
+                 outputs_case("--out", lambda c: ["pipeline", "compile", "--out", str(c.tmp / "build.txt")],
+                              files={"build.txt": "keep"}),
+                 "is an existing file, where a folder is written", "give a folder path"),
+        BadInput("output-nano-prompts-onto-a-folder", cat, "nano prompts --out an existing folder",
+                 outputs_case("--out", lambda c: ["nano", "prompts", "--out", str(c.tmp / "taken")],
+                              folders=("taken",)),
+                 "is an existing folder, where a file is written", "give a file path"),
+    ]
+
+
+def sample_meta_overflow(c: Ctx) -> Setup:
+    meta = prompts_text(2).replace('"meta":{', '"meta":{"w":1e999,', 1)
+    f = c.write("prompts.jsonl", meta)
+    out = c.out("pairs.jsonl")
+    return Setup(f"{f}:1", nano_stage("sample", f"prompts={f}", f"output={out}"), outputs=[out])
+
+
+def _numbers() -> list[BadInput]:
+    cat = "number"
+    pairs = make_pairs(make_prompts(4, seed=1), seed=2)
+
+    def judged_with(value: str) -> str:
+        return "".join(f'{{"pair_id": "{p.pair_id}", "principle_id": "concise", "delta_12": {value}, '
+                       f'"delta_21": 1.0, "backend": "rules"}}\n' for p in pairs)
+
+    def aggregate_on(judgements: str) -> Build:
+        def build(c: Ctx) -> Setup:
+            pf, jf = c.write("pairs.jsonl", jsonl(pairs)), c.write("j.jsonl", judgements)
+            out = c.out("instances.jsonl")
+            return Setup(f"{jf}:1", nano_stage("aggregate", f"pairs={pf}", f"judgements={jf}", f"output={out}"),
+                         outputs=[out])
+        return build
+
+    def params(id_: str, description: str, values: dict[str, Any], names: str) -> BadInput:
+        return BadInput(id_, cat, description, lambda c: Setup(names, call=params_call(values)),
+                        "holds a NaN or infinite number", "give a finite number", via="call")
+
+    return [
+        BadInput("number-nan-in-jsonl", cat, "NaN as a judgement delta (aggregate)", aggregate_on(judged_with("NaN")),
+                 "holds NaN, which is not a JSON number", "write a finite number"),
+        BadInput("number-infinity-in-jsonl", cat, "-Infinity as a judgement delta (aggregate)",
+                 aggregate_on(judged_with("-Infinity")), "holds -Infinity, which is not a JSON number",
+                 "write a finite number"),
+        BadInput("number-overflow-in-jsonl", cat, "1e999 (too big for a float) in a prompt's meta (sample)",
+                 sample_meta_overflow, "the number 1e999, which is not finite", "write a finite number"),
+        BadInput("number-principle-weight", cat, "a principle weight of 1e999",
+                 validate("name: corpus\nversion: '1'\nkind: rl\ndescription: d\nprinciples:\n  - id: concise\n"
+                          "    name: Concise\n    definition: Be brief.\n    weight: 1e999\n"),
+                 "weight: Input should be a finite number", "principles/README.md"),
+        BadInput("number-config-inf", cat, "epochs=inf (train_rm)",
+                 stage_run("epochs", "train_rm", "instances=i.jsonl", "base_model=m", "output_dir={tmp}/rm",
+                           "epochs=inf", outputs=("rm",)), "Input should be a finite number", "salmon train_rm --help"),
+        BadInput("number-config-nan", cat, "learning_rate=.nan (sft)",
+                 stage_run("learning_rate", "sft", "data=d.jsonl", "base_model=m", "output_dir={tmp}/sft",
+                           "learning_rate=.nan", outputs=("sft",)), "Input should be a finite number",
+                 "salmon sft --help"),
+        BadInput("number-deepspeed-override", cat, "an infinite value in deepspeed_overrides (train_rm)",
+                 stage_run("train_rm config", "train_rm", "instances=i.jsonl", "base_model=m", "output_dir={tmp}/rm",
+                           "deepspeed=zero2", "deepspeed_overrides.gradient_clipping=.inf", outputs=("rm",)),
+                 "deepspeed_overrides holds a NaN or infinite number", "salmon train_rm --help"),
+        params("number-pipeline-gate", "a pipeline gate of .nan", {"min_rm_accuracy": float("nan")},
+               "min_rm_accuracy"),
+        params("number-pipeline-override", "an infinite value inside stage_overrides",
+               {"stage_overrides": {"ppo": {"kl_coef": float("inf")}}}, "stage_overrides"),
+    ]
+
+
+def _strays() -> list[BadInput]:
+    cat = "duplicate or stray"
+    prompts = make_prompts(4, seed=1)
+    pairs = make_pairs(prompts, seed=2)
+
+    def label_on(records: list[Any]) -> Build:
+        def build(c: Ctx) -> Setup:
+            f = c.write("pairs.jsonl", jsonl(records))
+            out = c.out("judgements.jsonl")
+            return Setup(f"{f}:{len(records)}", nano_stage("label", f"pairs={f}", f"output={out}", "progress=false"),
+                         outputs=with_partial(out))
+        return build
+
+    def sample_on(records: list[Any]) -> Build:
+        def build(c: Ctx) -> Setup:
+            f = c.write("prompts.jsonl", jsonl(records))
+            out = c.out("pairs.jsonl")
+            return Setup(f"{f}:{len(records)}", nano_stage("sample", f"prompts={f}", f"output={out}"), outputs=[out])
+        return build
+
+    def aggregate_with(judgements: str, principles: str = "nano") -> Build:
+        def build(c: Ctx) -> Setup:
+            pf, jf = c.write("pairs.jsonl", jsonl(pairs)), c.write("j.jsonl", judgements)
+            out = c.out("instances.jsonl")
+            names = str(jf) if principles == "nano" else "principle set rl"
+            return Setup(names, nano_stage("aggregate", f"pairs={pf}", f"judgements={jf}", f"output={out}",
+                                           f"principles={principles}"), outputs=[out])
+        return build
+
+    return [
+        BadInput("dup-pair-ids", cat, "two pairs with one pair_id (label)", label_on([*pairs, pairs[0]]),
+                 "duplicate pair_id", "give every ResponsePair its own id"),
+        BadInput("dup-prompt-ids", cat, "two prompts with one prompt_id (sample)", sample_on([*prompts, prompts[2]]),
+                 "duplicate prompt_id", "give every PromptRecord its own id"),
+        BadInput("stray-judged-principle", cat, "judgements for a principle the set does not have (aggregate)",
+                 aggregate_with(judgements_text([p.pair_id for p in pairs], "kindness")),
+                 "holds judgements for 'kindness', which principle set nano does not have",
+                 "give the principle set the pairs were judged with"),
+        BadInput("stray-no-negative-definitions", cat, "an RL-time set (no negative definitions) for aggregate",
+                 aggregate_with(judgements_text([p.pair_id for p in pairs]), principles="rl"),
+                 "have no negative_definition", "use a reward_model set"),
+        BadInput("dup-yaml-key-config", cat, "a --config file with a key given twice (label)",
+                 label_config_file("batch_size: 2\nbatch_size: 8\n"), "found the key 'batch_size' twice",
+                 "fix the YAML syntax"),
+        BadInput("dup-yaml-key-principles", cat, "a principle set with a key given twice",
+                 validate("name: corpus\nname: other\nversion: '1'\nkind: rl\ndescription: d\nprinciples: []\n"),
+                 "found the key 'name' twice", "fix the YAML syntax"),
+        BadInput("size-principle-definition", cat, "a principle definition of 5,000 characters",
+                 validate(principle_set(one_principle(definition="Be clear. " * 500))),
+                 "String should have at most 2000 characters", "principles/README.md"),
+        BadInput("size-principle-file", cat, "a principle file of 2 MB, refused before it is parsed",
+                 validate("# " + "x" * (2 << 20) + "\n"), "more than a principle set may be",
+                 "shorten the definitions"),
+    ]
+
+
+def _names() -> list[BadInput]:
+    cat = "Kubernetes name"
+
+    def args(names: str, *argv: str, outputs: tuple[str, ...] = ()) -> Callable[[Ctx], Setup]:
+        return lambda c: Setup(names, [a.format(tmp=c.tmp) for a in argv], outputs=[c.out(o) for o in outputs])
+
+    def param(key: str, value: str) -> BadInput:
+        return BadInput(f"name-pipeline-{key.replace('_', '-')}", cat, f"a pipeline {key} that is not a name",
+                        lambda c: Setup(f"pipeline parameter {key}", call=params_call({key: value})),
+                        "is not a valid", "give a valid Kubernetes", via="call")
+
+    return [
+        BadInput("name-job", cat, "job render --name with an underscore",
+                 args("--name", "job", "render", "--stage", "sft", "--name", "my_job"),
+                 "'my_job' is not a valid object name", "give a valid Kubernetes object name"),
+        BadInput("name-namespace", cat, "a job namespace in capitals (job render)",
+                 args("job setting namespace", "job", "render", "--stage", "sft", "namespace=ML"),
+                 "'ML' is not a valid namespace name", "salmon job render --help"),
+        BadInput("name-service-account", cat, "a service account with a space (job render)",
+                 args("job setting service_account", "job", "render", "--stage", "ppo", "service_account=my sa"),
+                 "'my sa' is not a valid service account name", "salmon job render --help"),
+        BadInput("name-sampler", cat, "a vLLM server name with a dot (sampler render)",
+                 args("sampler setting name", "sampler", "render", "model=/mnt/models/base", "name=vllm.1"),
+                 "'vllm.1' is not a valid object name", "salmon sampler render --help"),
+        BadInput("name-version", cat, "pipeline compile --version with capitals and a dot",
+                 args("--version", "pipeline", "compile", "--out", "{tmp}/build", "--version", "V1.0",
+                      outputs=("build",)),
+                 "'V1.0' is not a valid version name", "give a valid Kubernetes version name"),
+        BadInput("name-submit-namespace", cat, "pipeline submit --namespace with capitals (checked before upload)",
+                 args("--namespace", "pipeline", "submit", "--host", "http://127.0.0.1:9", "--namespace", "Team"),
+                 "'Team' is not a valid namespace name", "give a valid Kubernetes namespace name"),
+        param("mlflow_secret", "mlflow secret"),
+        param("model_cache_pvc", "Models/Cache"),
+    ]
+
+
+CASES: list[BadInput] = [*_principles(), *_data(), *_configs(), *_models(), *_pipeline(), *_cli(), *_outputs(),
+                         *_numbers(), *_strays(), *_names()]
 
 
 def render_markdown(cases: list[BadInput] | None = None) -> str:

@@ -4,7 +4,8 @@ Every case must end with exit code 2 and one ``error:`` line, the last on stderr
 stage's ``[stage] ...`` progress lines may come before it; argparse-level misuse gives argparse's
 usage and ``salmon ...: error:`` line instead), that names the input and says what to do, with no
 traceback, and must leave no partial output: the paths it was told to write do not exist and its
-folder holds no new file, hidden temporary files included. ``docs/reliability.md`` carries the
+folder holds no new file, hidden temporary files included, and no changed one (an input the case
+names as its output keeps its bytes). ``docs/reliability.md`` carries the
 corpus table; ``SALMON_UPDATE_GOLDEN=1`` rewrites it.
 """
 
@@ -64,9 +65,13 @@ def bad_rm(bad_model: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(out)
 
 
-def snapshot(folder: Path) -> set[str]:
-    """Every path under ``folder`` (files and folders, hidden ones included)."""
-    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every path under ``folder`` (files and folders, hidden ones included) with the SHA-256 of
+    each file's content: an input a case is told to overwrite must come out unchanged."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+            for p in folder.rglob("*")}
 
 
 def rebind_log_streams() -> None:
@@ -144,7 +149,8 @@ def test_bad_input_gives_one_clear_error_and_no_output(case: BadInput, tmp_path:
 
     for path in setup.outputs:
         assert not path.exists(), f"partial output {path}"
-    assert snapshot(folder) == before, f"new files: {sorted(snapshot(folder) - before)}"
+    after = snapshot(folder)
+    assert after == before, f"files added or changed: {sorted(k for k in after if after.get(k) != before.get(k))}"
 
 
 def test_corpus_covers_every_category_and_ids_are_unique() -> None:

@@ -70,7 +70,7 @@ def test_both_job_kinds_run_the_same_torchrun_command() -> None:
 def test_job_spec_is_checked() -> None:
     with pytest.raises(ValueError, match="procs_per_node"):
         _spec(gpus=8, procs_per_node=2)
-    with pytest.raises(ValueError, match="DNS label"):
+    with pytest.raises(ValueError, match="not a valid object name"):
         _spec(name="Salmon_SFT")
     with pytest.raises(ValueError, match="exactly one of pvc or memory"):
         Volume(name="x", mount_path="/x")

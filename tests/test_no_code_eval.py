@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCANNED = ("salmon", "components", "pipelines")
-SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "BaseLoader", "CBaseLoader"}
+SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "BaseLoader", "CBaseLoader", "UniqueKeySafeLoader"}
 
 
 def _name(node: ast.AST) -> str:
@@ -119,3 +119,11 @@ def test_the_scan_catches_each_unsafe_call(snippet: str) -> None:
 def test_the_scan_leaves_safe_calls_alone(snippet: str) -> None:
     """Safe look-alikes are not flagged (the scan is by syntax tree, not by text)."""
     assert unsafe_calls(snippet) == [], snippet
+
+
+def test_the_project_loader_counted_as_safe_is_a_safe_loader() -> None:
+    import yaml
+
+    from salmon.core.yamlio import UniqueKeySafeLoader
+
+    assert issubclass(UniqueKeySafeLoader, yaml.SafeLoader)

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from salmon.cluster.names import check_name
 from salmon.core.config import parse_overrides
 from salmon.core.errors import SalmonInputError
 
@@ -73,7 +74,7 @@ def render_job_yaml(stage: str, executor: str, overrides: list[str], *, name: st
         raise SalmonInputError(f"--executor {executor}", "unknown", "use trainjob or pytorchjob")
     values = {"namespace": "kubeflow", **parse_overrides(overrides)}
     settings = _build(ClusterSettings, "job setting", values)
-    job = name or job_name(stage, "dry-run", stage)
+    job = check_name(name, "object", "--name") if name else job_name(stage, "dry-run", stage)
     spec = job_spec(stage, settings, name=job, work=Path(settings.mount_path) / "salmon-jobs" / job,
                     executor=executor)
     return _validated([render_job(spec, executor)], f"{executor} for {stage}", validate)

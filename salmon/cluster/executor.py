@@ -21,10 +21,11 @@ import json
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from salmon.cluster.names import name_validator
 from salmon.cluster.spec import RUNTIME_IMAGE, OwnerRef, SecretEnv, Toleration, TrainingJobSpec, Volume, job_name
 
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -35,7 +36,8 @@ class ClusterSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    namespace: str = Field(default="", description="Namespace of the jobs ('' = the step's own namespace).")
+    namespace: Annotated[str, AfterValidator(name_validator("namespace", optional=True))] = Field(
+        default="", description="Namespace of the jobs ('' = the step's own namespace).")
     image: str = Field(default=RUNTIME_IMAGE, description="Runtime image of the training pods.")
     pvc: str = Field(default="salmon-model-cache", description="PVC shared by the step and the job's pods.")
     mount_path: str = Field(default="/mnt/models", description="Where that PVC is mounted in both.")
@@ -47,9 +49,12 @@ class ClusterSettings(BaseModel):
     memory: str = Field(default="64Gi", description="Memory per pod.")
     shm: str = Field(default="16Gi", description="/dev/shm size of PyTorchJob pods (TrainJob: the runtime.s).")
     deadline_seconds: int = Field(default=86400, ge=60, description="Deadline of each job.")
-    mlflow_secret: str = Field(default="salmon-mlflow", description="Secret with the MLflow variables.")
-    s3_secret: str = Field(default="salmon-s3", description="Secret with the S3 variables.")
-    service_account: str | None = Field(default=None, description="Service account of the training pods.")
+    mlflow_secret: Annotated[str, AfterValidator(name_validator("secret"))] = Field(
+        default="salmon-mlflow", description="Secret with the MLflow variables.")
+    s3_secret: Annotated[str, AfterValidator(name_validator("secret"))] = Field(
+        default="salmon-s3", description="Secret with the S3 variables.")
+    service_account: Annotated[str | None, AfterValidator(name_validator("service account"))] = Field(
+        default=None, description="Service account of the training pods.")
     poll_seconds: float = Field(default=10.0, gt=0, description="How often the launcher polls the job.")
 
     def resolved_namespace(self) -> str:

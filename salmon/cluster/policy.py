@@ -33,6 +33,8 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from salmon.cluster.names import DNS1123_SUBDOMAIN
+
 SECRET_LIKE = re.compile(r"PASSWORD|PASSWD|SECRET|KEY|TOKEN|CREDENTIAL", re.IGNORECASE)
 """Names (env variables, ConfigMap keys, parameters) whose value would be a secret."""
 
@@ -98,7 +100,6 @@ SECRET_ARGS = re.compile(r"^--(?:api-key|password|token|secret|access-key|secret
 _IMAGE = re.compile(r"^(?P<repo>[a-z0-9]+(?:[._/:-][a-z0-9]+)*?)(?::(?P<tag>[\w][\w.-]{0,127}))?"
                     r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
 _ENV_VALUE = re.compile(r"\.env\[\d+\]\.value$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 def label(doc: Mapping[str, Any]) -> str:
@@ -350,7 +351,7 @@ def pipeline_secret_errors(docs: Iterable[Mapping[str, Any]], text: str = "", wh
                 if not SECRET_LIKE.search(pname) or not isinstance(pdef, dict) or "defaultValue" not in pdef:
                     continue
                 default = pdef["defaultValue"]
-                if not (pname.endswith("_secret") and isinstance(default, str) and _DNS_SUBDOMAIN.match(default)):
+                if not (pname.endswith("_secret") and isinstance(default, str) and DNS1123_SUBDOMAIN.match(default)):
                     errors.append(f"{where}{path}: parameter {pname} has a default that is not a Secret name")
             container = value.get("container")
             if isinstance(container, dict):

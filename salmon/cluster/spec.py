@@ -12,20 +12,17 @@ Pure pydantic: no kubernetes client, no torch.
 from __future__ import annotations
 
 import hashlib
-import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from salmon.cluster.names import name_validator
 
 TRAINING_STAGES = ("sft", "train_rm", "ppo")
 RUNTIME_IMAGE = "ghcr.io/salmon-mlops/salmon-runtime:0.1.0"
 VLLM_IMAGE = "ghcr.io/salmon-mlops/salmon-vllm:0.1.0"
 """The vLLM server image: images/vllm, the pinned upstream vllm/vllm-openai plus the salmon client,
 running as a non-root user."""
-DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-MAX_NAME = 40
-"""Longest object name salmon renders: JobSet and the pod names derived from it must stay under
-the 63-character label limit after the controllers add their suffixes."""
 
 
 class _Spec(BaseModel):
@@ -77,18 +74,13 @@ class OwnerRef(_Spec):
     uid: str = Field(description="Owner UID.")
 
 
-def _check_name(value: str) -> str:
-    if len(value) > MAX_NAME or not DNS_LABEL.match(value):
-        raise ValueError(f"'{value}' must be a DNS label of at most {MAX_NAME} characters "
-                         "(lowercase letters, digits, '-'; starting with a letter)")
-    return value
-
-
 class TrainingJobSpec(_Spec):
     """One distributed training run of a salmon stage on Kubernetes."""
 
-    name: str = Field(description="Job name; see job_name() for the deterministic one launchers use.")
-    namespace: str = Field(default="kubeflow", description="Namespace of the job.")
+    name: Annotated[str, AfterValidator(name_validator("object"))] = Field(
+        description="Job name; see job_name() for the deterministic one launchers use.")
+    namespace: Annotated[str, AfterValidator(name_validator("namespace"))] = Field(
+        default="kubeflow", description="Namespace of the job.")
     stage: Literal["sft", "train_rm", "ppo"] = Field(description="The training stage to run.")
     stage_args: list[str] = Field(default_factory=list, description=(
         "Arguments after `-m salmon.stages.<stage>`: e.g. ['--config', 'cfg.yaml', 'deepspeed=zero2']."))
@@ -107,7 +99,8 @@ class TrainingJobSpec(_Spec):
     priority_class: str | None = Field(default=None, description=(
         "Priority class: PyTorchJob schedulingPolicy.priorityClass; on a TrainJob the Kueue label "
         "kueue.x-k8s.io/priority-class."))
-    service_account: str | None = Field(default=None, description="Service account of the training pods.")
+    service_account: Annotated[str | None, AfterValidator(name_validator("service account"))] = Field(
+        default=None, description="Service account of the training pods.")
     deadline_seconds: int | None = Field(default=None, ge=60, description="Active deadline of the whole job.")
     backoff_limit: int = Field(default=0, ge=0, le=10, description=(
         "Pod restarts before the job fails (PyTorchJob runPolicy.backoffLimit; on a TrainJob the "
@@ -116,8 +109,6 @@ class TrainingJobSpec(_Spec):
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the job.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations on the job.")
     owner: OwnerRef | None = Field(default=None, description="Owner for garbage collection.")
-
-    _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
     @model_validator(mode="after")
     def _gpus_match(self) -> TrainingJobSpec:
@@ -135,8 +126,9 @@ class TrainingJobSpec(_Spec):
 class VLLMServerSpec(_Spec):
     """A vLLM OpenAI-compatible server serving one model (and optional LoRA adapters)."""
 
-    name: str = Field(description="Deployment and Service name.")
-    namespace: str = Field(default="kubeflow", description="Namespace.")
+    name: Annotated[str, AfterValidator(name_validator("object"))] = Field(description="Deployment and Service name.")
+    namespace: Annotated[str, AfterValidator(name_validator("namespace"))] = Field(
+        default="kubeflow", description="Namespace.")
     image: str = Field(default=VLLM_IMAGE, description="Pinned vLLM OpenAI server image.")
     model: str = Field(description="Model folder on the mounted PVC (e.g. /mnt/models/base) or s3://bucket/prefix.")
     served_model_name: str = Field(default="policy", description="Model name clients send.")
@@ -171,8 +163,6 @@ class VLLMServerSpec(_Spec):
     extra_args: list[str] = Field(default_factory=list, description="More `vllm serve` arguments.")
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels.")
     owner: OwnerRef | None = Field(default=None, description="Owner for garbage collection.")
-
-    _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
     @model_validator(mode="after")
     def _tp_fits(self) -> VLLMServerSpec:

@@ -35,6 +35,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
 from typing import Any
 
+from salmon.cluster.names import DNS1123_SUBDOMAIN, name_problem
 from salmon.core.errors import SalmonInputError
 
 DEFAULT_KUBERNETES_VERSION = "1.33"
@@ -54,8 +55,6 @@ PYTORCHJOB_CLEAN_POD_POLICIES = ("None", "Running", "All")
 PYTORCHJOB_RESTART_POLICIES = ("Always", "OnFailure", "Never", "ExitCode")
 PYTORCHJOB_REPLICA_TYPES = ("Master", "Worker")
 
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 # --------------------------------------------------------------------------------------- input
@@ -67,8 +66,10 @@ def load_yaml_documents(text: str) -> list[dict[str, Any]]:
     """
     import yaml
 
+    from salmon.core.yamlio import safe_load_all
+
     try:
-        raw = list(yaml.safe_load_all(text))
+        raw = safe_load_all(text)
     except yaml.YAMLError as err:
         raise SalmonInputError("manifest YAML", f"does not parse: {err}", "fix the YAML syntax") from err
     docs: list[dict[str, Any]] = []
@@ -332,14 +333,14 @@ def _custom_metadata_errors(doc: dict[str, Any], scope: str) -> list[str]:
     name = meta.get("name")
     if not name and not meta.get("generateName"):
         out.append("metadata.name: is required")
-    elif name is not None and (not isinstance(name, str) or len(name) > 253 or not _DNS_SUBDOMAIN.match(name)):
+    elif name is not None and (not isinstance(name, str) or len(name) > 253 or not DNS1123_SUBDOMAIN.match(name)):
         out.append(f"metadata.name: {name!r} is not a DNS subdomain (lowercase alphanumerics, '-', '.'; "
                    "at most 253 characters)")
     namespace = meta.get("namespace")
     if namespace is not None:
         if scope == "Cluster":
             out.append("metadata.namespace: must not be set on a cluster-scoped resource")
-        elif not isinstance(namespace, str) or len(namespace) > 63 or not _DNS_LABEL.match(namespace):
+        elif name_problem(namespace, "namespace"):
             out.append(f"metadata.namespace: {namespace!r} is not a DNS label")
     for key in ("labels", "annotations"):
         value = meta.get(key)

@@ -23,9 +23,17 @@ from salmon.core.deepspeed_config import (
     precision_field,
 )
 from salmon.core.errors import SalmonInputError
+from salmon.core.yamlio import safe_load
 
 Device = Literal["auto", "cpu", "cuda"]
-MODEL_REF: dict[str, Any] = {"model_ref": True}
+INPUT: dict[str, Any] = {"path": "input"}
+"""Marks a field that names a file or folder the stage reads (never overwritten: see
+:mod:`salmon.core.paths`)."""
+OUTPUT: dict[str, Any] = {"path": "output"}
+"""Marks a field that names a file the stage writes."""
+OUTPUT_DIR: dict[str, Any] = {"path": "output_dir"}
+"""Marks a field that names a folder the stage writes into."""
+MODEL_REF: dict[str, Any] = {"model_ref": True, "path": "input"}
 """Marks a field that names a base model: a folder, or a packaged model (``smollm2``) that the
 stage entry points resolve to its prepared folder (:func:`model_ref_fields`)."""
 DType = Literal["float32", "bfloat16", "float16"]
@@ -42,7 +50,7 @@ def _check_dromedary_system(key: str, value: str | None) -> None:
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def prompt_format_field() -> Any:
@@ -112,14 +120,14 @@ class _ServerClient(_Config):
 class SampleConfig(_ServerClient, _PolicyPrompt):
     """``sample``: two responses per prompt from the policy (method §2.1)."""
 
-    prompts: str = Field(description="PromptRecord JSONL to answer.")
-    output: str = Field(description="ResponsePair JSONL to write.")
+    prompts: str = Field(json_schema_extra=INPUT, description="PromptRecord JSONL to answer.")
+    output: str = Field(json_schema_extra=OUTPUT, description="ResponsePair JSONL to write.")
     backend: Literal["hf", "openai", "nano"] = Field(
         default="hf", description="hf: generate with a local HF model; openai: an OpenAI-compatible server "
                                   "(vLLM); nano: the nano response generator.")
     model: str | None = Field(default=None, json_schema_extra=MODEL_REF,
                               description="HF model folder or packaged model name, e.g. smollm2 (hf backend).")
-    adapter: str | None = Field(
+    adapter: str | None = Field(json_schema_extra=INPUT,
         default=None, description="PEFT adapter merged into the model (the SFT policy); with openai, the server "
                                   "serves it as a LoRA model (see served_model).")
     seeds: tuple[int, int] = Field(default=(42, 43), description="One sampling seed per response.")
@@ -138,9 +146,10 @@ class SampleConfig(_ServerClient, _PolicyPrompt):
 class LabelConfig(_ServerClient):
     """``label``: the judge compares each pair under each principle, in both orders (method §2.2)."""
 
-    pairs: str = Field(description="ResponsePair JSONL to judge.")
-    output: str = Field(description="Judgement JSONL to write.")
-    principles: str = Field(default="reward_model", description="Principle set name or YAML path.")
+    pairs: str = Field(json_schema_extra=INPUT, description="ResponsePair JSONL to judge.")
+    output: str = Field(json_schema_extra=OUTPUT, description="Judgement JSONL to write.")
+    principles: str = Field(
+        json_schema_extra=INPUT, default="reward_model", description="Principle set name or YAML path.")
     principle_ids: list[str] | None = Field(default=None, description="Judge only these principles.")
     backend: Literal["hf", "openai", "rules"] = Field(
         default="hf", description="hf: a local causal LM judges by logits; openai: a model server judges by "
@@ -149,7 +158,7 @@ class LabelConfig(_ServerClient):
         default=None, json_schema_extra=MODEL_REF,
         description="HF model folder (or packaged model name) of the judge (hf); with openai, the served model's "
                     "folder, whose tokenizer builds the prompts.")
-    adapter: str | None = Field(
+    adapter: str | None = Field(json_schema_extra=INPUT,
         default=None, description="PEFT adapter merged into the judge (the SFT policy); with openai, the server "
                                   "serves it as a LoRA model (see served_model).")
     prompt_format: PromptFormat = Field(
@@ -179,10 +188,11 @@ class LabelConfig(_ServerClient):
 class AggregateConfig(_Config):
     """``aggregate``: principle-conditioned RM instances from judgements (method §2.3)."""
 
-    pairs: str = Field(description="ResponsePair JSONL that was judged.")
-    judgements: str = Field(description="Judgement JSONL from label.")
-    output: str = Field(description="RMInstance JSONL to write.")
-    principles: str = Field(default="reward_model", description="Principle set name or YAML path.")
+    pairs: str = Field(json_schema_extra=INPUT, description="ResponsePair JSONL that was judged.")
+    judgements: str = Field(json_schema_extra=INPUT, description="Judgement JSONL from label.")
+    output: str = Field(json_schema_extra=OUTPUT, description="RMInstance JSONL to write.")
+    principles: str = Field(
+        json_schema_extra=INPUT, default="reward_model", description="Principle set name or YAML path.")
     dimensions: list[str] | None = Field(
         default=None, description="Principle ids to use; default: those with rm_training true (8 of 11).")
     splits: list[Literal["train", "heldout"]] = Field(
@@ -207,8 +217,8 @@ class AggregateConfig(_Config):
 class TrainRMConfig(_DeepSpeedSettings):
     """``train_rm``: the principle-following reward model, Bradley-Terry loss (method §3)."""
 
-    instances: str = Field(description="RMInstance JSONL from aggregate.")
-    output_dir: str = Field(description="Folder for the trained RM and checkpoints.")
+    instances: str = Field(json_schema_extra=INPUT, description="RMInstance JSONL from aggregate.")
+    output_dir: str = Field(json_schema_extra=OUTPUT_DIR, description="Folder for the trained RM and checkpoints.")
     base_model: str = Field(description="HF causal LM folder (or packaged model name) to start from.",
                             json_schema_extra=MODEL_REF)
     finetune: Literal["lora", "full"] = Field(default="lora", description="LoRA adapters or all weights.")
@@ -235,7 +245,7 @@ class TrainRMConfig(_DeepSpeedSettings):
     seed: int = Field(default=42, description="Seed for head init and data order.")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
     dtype: DType = Field(default="float32", description="Base weights dtype; the head stays float32.")
-    pmp_data: str | None = Field(
+    pmp_data: str | None = Field(json_schema_extra=INPUT,
         default=None,
         description="Generic preference pairs (RMInstance JSONL, principles ignored) for a PMP stage first.")
     pmp_learning_rate: float = Field(default=5e-5, gt=0, description="PMP peak learning rate.")
@@ -249,11 +259,12 @@ class TrainRMConfig(_DeepSpeedSettings):
 class EvalRMConfig(_Config):
     """``eval_rm``: accuracy, flip rate and principle sensitivity on held-out pairs (method §10)."""
 
-    model: str = Field(description="RM folder written by train_rm.")
-    pairs: str = Field(description="ResponsePair JSONL (held-out prompts are used).")
-    judgements: str = Field(description="Judgement JSONL for those pairs.")
-    output_dir: str = Field(description="Folder for metrics.json and report.md.")
-    principles: str = Field(default="reward_model", description="Principle set name or YAML path.")
+    model: str = Field(json_schema_extra=INPUT, description="RM folder written by train_rm.")
+    pairs: str = Field(json_schema_extra=INPUT, description="ResponsePair JSONL (held-out prompts are used).")
+    judgements: str = Field(json_schema_extra=INPUT, description="Judgement JSONL for those pairs.")
+    output_dir: str = Field(json_schema_extra=OUTPUT_DIR, description="Folder for metrics.json and report.md.")
+    principles: str = Field(
+        json_schema_extra=INPUT, default="reward_model", description="Principle set name or YAML path.")
     dimensions: list[str] | None = Field(default=None, description="As in aggregate.")
     splits: list[Literal["train", "heldout"]] = Field(default=["heldout"], description="Pairs to evaluate on.")
     passes: int = Field(default=2, ge=1, description="Principle-subset draws per pair for the accuracy set.")
@@ -265,7 +276,7 @@ class EvalRMConfig(_Config):
     batch_size: int = Field(default=16, ge=1, description="Sequences per forward pass.")
     seed: int = Field(default=1234, description="Seed for the evaluation draws.")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
-    intervention_set: str | None = Field(
+    intervention_set: str | None = Field(json_schema_extra=INPUT,
         default="interventions",
         description="RL-time intervention lines for the self-praise check (method §10 item 10); null: skip it.")
     intervention_ids: list[str] | None = Field(
@@ -280,21 +291,24 @@ class EvalRMConfig(_Config):
 class PPOConfig(_DeepSpeedSettings, _PolicyPrompt):
     """``ppo``: RL against the principle-following reward model (method §4). Defaults: the method."""
 
-    prompts: str = Field(description="PromptRecord JSONL to roll out on.")
+    prompts: str = Field(json_schema_extra=INPUT, description="PromptRecord JSONL to roll out on.")
     policy_model: str = Field(
         description="HF causal LM folder or packaged model name (or the base of policy_adapter) to start the policy "
                     "from.", json_schema_extra=MODEL_REF)
-    reward_model: str = Field(description="RM folder written by train_rm.")
-    output_dir: str = Field(description="Folder for the policy, checkpoints and rollout dumps.")
-    policy_adapter: str | None = Field(default=None, description="SFT LoRA adapter to start policy and reference from.")
+    reward_model: str = Field(json_schema_extra=INPUT, description="RM folder written by train_rm.")
+    output_dir: str = Field(
+        json_schema_extra=OUTPUT_DIR, description="Folder for the policy, checkpoints and rollout dumps.")
+    policy_adapter: str | None = Field(
+        json_schema_extra=INPUT, default=None, description="SFT LoRA adapter to start policy and reference from.")
     role_layout: Literal["shared", "separate"] = Field(
         default="shared",
         description="shared: the four roles as LoRA adapters on one base (needs a LoRA RM on policy_model); "
                     "separate: four modules (any RM).")
     algorithm: Literal["ppo", "grpo", "rloo"] = Field(
         default="ppo", description="ppo (value model, GAE) or a critic-free variant on the same rewards.")
-    rl_principles: str = Field(default="rl", description="Principle set sampled at RL time (steers the policy).")
-    interventions: str | None = Field(
+    rl_principles: str = Field(
+        json_schema_extra=INPUT, default="rl", description="Principle set sampled at RL time (steers the policy).")
+    interventions: str | None = Field(json_schema_extra=INPUT,
         default="interventions", description="Principle set always shown first; null for none.")
     rl_principle_ids: list[str] | None = Field(
         default=None, description="Use only these principles of rl_principles; null for all.")
@@ -351,7 +365,8 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt):
 class PromptSource(_Config):
     """One JSONL file of prompts to load."""
 
-    uri: str = Field(description="Local path or s3://bucket/key of a JSONL file, one object per line.")
+    uri: str = Field(
+        json_schema_extra=INPUT, description="Local path or s3://bucket/key of a JSONL file, one object per line.")
     prompt_type: Literal["general", "reasoning", "red_teaming"] = Field(
         default="general", description="Type tag of every prompt of this source (picks the RL length multiplier).")
     instruction_field: str = Field(default="instruction", description="JSON key of the instruction.")
@@ -368,7 +383,8 @@ class RedTeamConfig(_Config):
 
     model: str = Field(description="Base model folder (or packaged model name) that brainstorms topics and writes "
                                    "questions.", json_schema_extra=MODEL_REF)
-    seeds: str = Field(description="JSONL seeds, one per question type: {type, topic, question}.")
+    seeds: str = Field(
+        json_schema_extra=INPUT, description="JSONL seeds, one per question type: {type, topic, question}.")
     topic_rounds: int = Field(default=5, ge=1, description="Brainstorm rounds (each asks for new topics per type).")
     topics_shown: int = Field(default=5, ge=1, description="Known topics shown per brainstorm prompt.")
     examples_shown: int = Field(default=5, ge=1, description="Seed examples shown per question prompt.")
@@ -388,7 +404,7 @@ class PromptsConfig(_Config):
     nano_prompts: int | None = Field(
         default=None, ge=1,
         description="Add N prompts of the synthetic nano world (kept as generated, with its held-out topics).")
-    output: str = Field(description="PromptRecord JSONL to write.")
+    output: str = Field(json_schema_extra=OUTPUT, description="PromptRecord JSONL to write.")
     min_words: int = Field(default=2, ge=0, description="Drop prompts shorter than this (whitespace words).")
     max_words: int = Field(default=256, ge=1, description="Drop prompts longer than this (whitespace words).")
     dedupe: Literal["exact", "normalized"] = Field(
@@ -408,8 +424,8 @@ class PromptsConfig(_Config):
 class SelfAlignConfig(_Config):
     """``selfalign``: principle-driven answers from a base model, filtered (method §1.3-1.4)."""
 
-    prompts: str = Field(description="PromptRecord JSONL to answer.")
-    output: str = Field(description="SFTExample JSONL to write.")
+    prompts: str = Field(json_schema_extra=INPUT, description="PromptRecord JSONL to answer.")
+    output: str = Field(json_schema_extra=OUTPUT, description="SFTExample JSONL to write.")
     backend: Literal["hf", "nano"] = Field(
         default="hf", description="hf: in-context generation by a base model; nano: the nano generator (fallback).")
     model: str | None = Field(default=None, json_schema_extra=MODEL_REF,
@@ -419,8 +435,9 @@ class SelfAlignConfig(_Config):
         description="dromedary: the rules, exemplars and request as one plain-text prompt (the method's); "
                     "chat_template: rules and exemplars as the system message, the request as the user turn, the "
                     "internal-thought header opening the assistant turn, which ends at the tokenizer's eos.")
-    rules: str = Field(default="self_align", description="Principle set of the rules shown in the prompt.")
-    exemplars: str = Field(default="exemplars/self_align.yaml",
+    rules: str = Field(
+        json_schema_extra=INPUT, default="self_align", description="Principle set of the rules shown in the prompt.")
+    exemplars: str = Field(json_schema_extra=INPUT, default="exemplars/self_align.yaml",
                            description="Exemplar YAML; a relative path is looked up in the principles folder.")
     temperature: float = Field(default=0.7, ge=0, description="Sampling temperature.")
     top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling mass.")
@@ -432,7 +449,7 @@ class SelfAlignConfig(_Config):
                     "it is dropped, since a target that never ends its turn teaches the policy not to stop.")
     copy_min_chars: int = Field(default=16, ge=0, description="Instruction/input longer than this must not be copied.")
     final_name: str = Field(default="Dromedary", description="The assistant's name in kept answers.")
-    generations_output: str | None = Field(
+    generations_output: str | None = Field(json_schema_extra=OUTPUT,
         default=None, description="Also write every raw generation with its filter reason here (JSONL), to audit "
                                   "the filters; null: not written.")
     splits: list[Literal["train", "heldout"]] = Field(default=["train"], description="Prompts to answer.")
@@ -452,10 +469,11 @@ class SFTConfig(_DeepSpeedSettings):
                 _check_dromedary_system(f"system_prompts[{i}]", text)
         return self
 
-    data: str = Field(description="SFTExample JSONL (selfalign's output).")
+    data: str = Field(json_schema_extra=INPUT, description="SFTExample JSONL (selfalign's output).")
     base_model: str = Field(description="HF causal LM folder (or packaged model name) to train an adapter on.",
                             json_schema_extra=MODEL_REF)
-    output_dir: str = Field(description="Folder for the adapter (adapter/), checkpoints and the train log.")
+    output_dir: str = Field(
+        json_schema_extra=OUTPUT_DIR, description="Folder for the adapter (adapter/), checkpoints and the train log.")
     prompt_format: PromptFormat = prompt_format_field()
     system_prompts: list[str] | None = Field(
         default=None, min_length=1,
@@ -490,16 +508,20 @@ class SFTConfig(_DeepSpeedSettings):
 class EvalPolicyConfig(_PolicyPrompt):
     """``eval_policy``: a policy against a baseline (the SFT model) on held-out prompts."""
 
-    prompts: str = Field(description="PromptRecord JSONL to evaluate on.")
+    prompts: str = Field(json_schema_extra=INPUT, description="PromptRecord JSONL to evaluate on.")
     base_model: str = Field(
         description="HF causal LM folder (or packaged model name) that both adapters sit on (or the baseline itself).",
         json_schema_extra=MODEL_REF)
-    output_dir: str = Field(description="Folder for metrics.json, report.md, responses.jsonl and plots/.")
-    policy_adapter: str | None = Field(default=None, description="The policy's LoRA adapter (ppo's policy/).")
-    baseline_adapter: str | None = Field(default=None, description="The baseline's LoRA adapter; null: the base.")
+    output_dir: str = Field(
+        json_schema_extra=OUTPUT_DIR, description="Folder for metrics.json, report.md, responses.jsonl and plots/.")
+    policy_adapter: str | None = Field(
+        json_schema_extra=INPUT, default=None, description="The policy's LoRA adapter (ppo's policy/).")
+    baseline_adapter: str | None = Field(
+        json_schema_extra=INPUT, default=None, description="The baseline's LoRA adapter; null: the base.")
     policy_label: str = Field(default="policy", description="Name of the policy in tables and plots.")
     baseline_label: str = Field(default="sft", description="Name of the baseline in tables and plots.")
-    reward_model: str | None = Field(default=None, description="RM folder for rewards and win rates; null: none.")
+    reward_model: str | None = Field(
+        json_schema_extra=INPUT, default=None, description="RM folder for rewards and win rates; null: none.")
     principle_sets: list[str] = Field(
         default=["harmless", "honest", "non_evasive"],
         description="Held-out principle sets the RM scores under, each 'set' or 'set:id1,id2' (all shown).")
@@ -543,7 +565,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise SalmonInputError(f"override '{item}'", "expected key=value",
                                    "write overrides as key=value, e.g. learning_rate=1e-4")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = out
@@ -574,7 +596,7 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise SalmonInputError(str(p), "config file not found", "check the path")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = safe_load(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise SalmonInputError(str(p), f"not UTF-8 text ({e.reason} at byte {e.start})",
                                "save the file as UTF-8") from None

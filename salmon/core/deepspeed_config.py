@@ -83,6 +83,10 @@ def check_deepspeed_settings(mode: DeepSpeedMode, offload_optimizer: bool, offlo
             raise ValueError(f"{', '.join(used)} only apply with deepspeed: zero2 or zero3")
     if offload_param and mode != "zero3":
         raise ValueError("offload_param needs deepspeed: zero3 (ZeRO-2 does not partition parameters)")
+    from salmon.core.io import non_finite
+
+    if non_finite(overrides):
+        raise ValueError(f"deepspeed_overrides holds a NaN or infinite number at {', '.join(non_finite(overrides))}")
     bad = [k for k in BATCH_KEYS if k in overrides]
     if bad:
         raise ValueError(f"deepspeed_overrides may not set {', '.join(bad)}: they follow from the batch settings")

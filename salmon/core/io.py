@@ -116,6 +116,28 @@ def write_json(path: str | Path, value: Any) -> None:
     write_text(path, json.dumps(value, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
+def non_finite(value: Any, where: str = "") -> list[str]:
+    """Where NaN or an infinity sits in a nested value (dict keys and list indexes, dot-joined)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [where or "(value)"]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in non_finite(v, f"{where}[{i}]")]
+    return []
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text}, which is not finite")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name}, which is not a JSON number")
+
+
 def finite_or_none(value: Any) -> Any:
     """``value`` with every NaN or infinite float (in nested dicts and lists) replaced by None."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -294,8 +316,11 @@ def _numbered_records(path: str | Path, model: type[M], *,
             raise SalmonInputError(where, f"not UTF-8 ({e.reason} at byte {e.start})",
                                    "re-encode the file as UTF-8") from None
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
+            obj = json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+        except ValueError as e:
+            if not isinstance(e, json.JSONDecodeError):  # NaN, Infinity or a number too big for a float
+                raise SalmonInputError(where, f"holds {e}", "write a finite number (or null where a field "
+                                       "may be missing)") from None
             if lineno == last:  # no newline after it: the writer stopped in the middle of the line
                 if allow_truncated_tail:
                     return

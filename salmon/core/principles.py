@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from salmon.core.digest import digest_value
 from salmon.core.errors import SalmonInputError
+from salmon.core.yamlio import safe_load
 
 PromptType = Literal["general", "reasoning", "red_teaming"]
 """The three prompt types of the method: general, reasoning (math, logic), red-teaming."""
@@ -25,18 +26,30 @@ PromptType = Literal["general", "reasoning", "red_teaming"]
 SetKind = Literal["reward_model", "rl", "interventions", "self_align", "nano"]
 
 ID_PATTERN = r"^[a-z][a-z0-9_]*$"
+MAX_NAME_CHARS = 80
+MAX_DEFINITION_CHARS = 2000
+"""Longest principle text (about 500 tokens): a judge prompt holds one definition beside two outputs
+within its 1536 tokens, and an RM input several within 1280. Longer text is refused when the
+set is read, not minutes later by a stage."""
+MAX_PRINCIPLES = 100
+MAX_FILE_BYTES = 1 << 20
+"""A principle file is refused above 1 MiB before it is parsed (100 principles of 2,000
+characters are well under it)."""
 
 
 class Principle(BaseModel):
     """One principle: what the judge and the reward model are told to value."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    id: str = Field(pattern=ID_PATTERN, description="Stable identifier, lower_snake_case.")
-    name: str = Field(min_length=1, description="Short name shown to the judge, e.g. 'Concise'.")
-    definition: str = Field(min_length=1, description="The text shown to the judge and the RM.")
+    id: str = Field(pattern=ID_PATTERN, max_length=MAX_NAME_CHARS, description="Stable identifier, lower_snake_case.")
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS,
+                      description="Short name shown to the judge, e.g. 'Concise'.")
+    definition: str = Field(min_length=1, max_length=MAX_DEFINITION_CHARS,
+                            description="The text shown to the judge and the RM.")
     negative_definition: str | None = Field(
-        default=None, description="The opposite text, shown to the RM when the principle is negated."
+        default=None, max_length=MAX_DEFINITION_CHARS,
+        description="The opposite text, shown to the RM when the principle is negated."
     )
     weight: float = Field(default=1.0, ge=0, description="Sampling weight at RL time.")
     boosts: dict[PromptType, Annotated[float, Field(ge=0)]] = Field(
@@ -51,13 +64,15 @@ class Principle(BaseModel):
 class PrincipleSet(BaseModel):
     """A named, versioned list of principles."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(pattern=ID_PATTERN, description="Set name, e.g. 'reward_model'.")
     version: str = Field(min_length=1, description="Human version label; bump on any edit.")
     kind: SetKind = Field(description="What the set is used for.")
-    description: str = Field(min_length=1, description="One paragraph on what the set is for.")
-    principles: list[Principle] = Field(min_length=1, description="The principles, in order.")
+    description: str = Field(min_length=1, max_length=2 * MAX_DEFINITION_CHARS,
+                             description="One paragraph on what the set is for.")
+    principles: list[Principle] = Field(min_length=1, max_length=MAX_PRINCIPLES,
+                                        description="The principles, in order.")
 
     @model_validator(mode="after")
     def _check(self) -> PrincipleSet:
@@ -156,8 +171,12 @@ def load_principle_set(name_or_path: str | Path) -> PrincipleSet:
             )
     if not path.is_file():
         raise SalmonInputError(str(path), "file not found", "check the path")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise SalmonInputError(str(path), f"is {path.stat().st_size:,} bytes, more than a principle set may be "
+                               f"({MAX_FILE_BYTES:,}: at most {MAX_PRINCIPLES} principles of {MAX_DEFINITION_CHARS:,} "
+                               "characters)", "shorten the definitions")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise SalmonInputError(str(path), "not UTF-8 text", "save the file as UTF-8") from None
     except yaml.YAMLError as e:

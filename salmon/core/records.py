@@ -16,7 +16,7 @@ MetaValue = str | int | float | bool
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     KEY: ClassVar[tuple[str, ...]] = ()
     """The fields that identify a record: no two records of one file share them."""

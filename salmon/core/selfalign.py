@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from salmon.core.errors import SalmonInputError
 from salmon.core.principles import PrincipleSet
 from salmon.core.templates import DROMEDARY_END_OF_TURN
+from salmon.core.yamlio import safe_load
 
 END_OF_TURN = DROMEDARY_END_OF_TURN
 """Appended to an answer whose turn ended (Dromedary format); the SFT target ends with it."""
@@ -29,7 +30,7 @@ _SEGMENT_END = re.compile(r"(?<=[\n.?!;:,`])")
 class ExemplarTurn(BaseModel):
     """One user turn of an exemplar, with the assistant's internal thought and answer."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     user: str = Field(min_length=1, description="What the user writes.")
     thoughts: str = Field(min_length=1, description="The internal thought after the fixed prefix.")
@@ -39,7 +40,7 @@ class ExemplarTurn(BaseModel):
 class Exemplar(BaseModel):
     """A worked conversation shown in the self-alignment prompt."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     id: str = Field(min_length=1, description="Short name.")
     turns: list[ExemplarTurn] = Field(min_length=1, description="User turns in order.")
@@ -49,7 +50,7 @@ class Exemplar(BaseModel):
 class ExemplarSet(BaseModel):
     """The exemplars of the self-alignment prompt, with the closing exchange of each."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     version: str = Field(min_length=1, description="Human version label.")
     assistant: str = Field(min_length=1, description="The assistant's name in the prompt, e.g. Watson.")
@@ -65,7 +66,7 @@ def load_exemplars(path: str | Path) -> ExemplarSet:
     if not p.is_file():
         raise SalmonInputError(str(p), "file not found", "give the path of an exemplar YAML file")
     try:
-        return ExemplarSet.model_validate(yaml.safe_load(p.read_text(encoding="utf-8")))
+        return ExemplarSet.model_validate(safe_load(p.read_text(encoding="utf-8")))
     except (yaml.YAMLError, ValidationError) as e:
         raise SalmonInputError(str(p), f"not a valid exemplar file ({str(e).splitlines()[0]})",
                                "see principles/exemplars/self_align.yaml for the layout") from None

@@ -21,30 +21,52 @@ from salmon.stages.common import StageResult, log, stage_main
 STAGE = "aggregate"
 
 
-def training_dimensions(pset: PrincipleSet, dimensions: list[str] | None) -> tuple[str, ...]:
-    """The configured dimensions (checked against the set), or the set's rm_training ones."""
+def training_dimensions(pset: PrincipleSet, dimensions: list[str] | None,
+                        negated: bool = False) -> tuple[str, ...]:
+    """The configured dimensions (checked against the set), or the set's rm_training ones; with
+    ``negated`` (principles may be shown negated), each must have a negative definition."""
     if dimensions is not None and not dimensions:
         raise SalmonInputError(f"principle set {pset.name}", "an empty list of dimensions",
                                "give at least one principle id, or dimensions=null for the rm_training ones")
     if dimensions:
         for d in dimensions:
             pset.get(d)
-        return tuple(dimensions)
-    dims = tuple(p.id for p in pset.principles if p.rm_training)
+        dims = tuple(dimensions)
+    else:
+        dims = tuple(p.id for p in pset.principles if p.rm_training)
     if not dims:
         raise SalmonInputError(f"principle set {pset.name}", "no principle has rm_training: true",
                                "mark the training dimensions or pass dimensions=[...]")
+    lacking = [d for d in dims if not pset.get(d).negative_definition]
+    if negated and lacking:
+        raise SalmonInputError(f"principle set {pset.name} ({pset.kind})",
+                               f"principles {', '.join(lacking)} have no negative_definition, which a negated "
+                               "principle shows", "use a reward_model set, add negative definitions, or set "
+                               "negation_p=0")
     return dims
+
+
+def check_judged_principles(judgements: list[Judgement], pset: PrincipleSet, source: str) -> None:
+    """Every judgement's principle must be in the set the stage reads (a judgement of another
+    set's principle would be silently ignored)."""
+    known = set(pset.ids())
+    stray = sorted({j.principle_id for j in judgements} - known)
+    if stray:
+        raise SalmonInputError(source, f"holds judgements for {', '.join(repr(s) for s in stray)}, which principle "
+                               f"set {pset.name} does not have", "give the principle set the pairs were judged with "
+                               "(principles=...)")
 
 
 def run(cfg: AggregateConfig) -> StageResult:
     pset = load_principle_set(cfg.principles)
-    dims = training_dimensions(pset, cfg.dimensions)
+    dims = training_dimensions(pset, cfg.dimensions, negated=cfg.negation_p > 0)
     pairs = [p for p in read_jsonl(cfg.pairs, ResponsePair) if p.prompt.split in cfg.splits]
     if not pairs:
         raise SalmonInputError(cfg.pairs, f"no pairs in splits {cfg.splits}",
                                "check the splits key or the prompts' split field")
-    judgements = index_judgements(read_jsonl(cfg.judgements, Judgement))
+    judged = read_jsonl(cfg.judgements, Judgement)
+    check_judged_principles(judged, pset, cfg.judgements)
+    judgements = index_judgements(judged)
     params = AggregateParams(
         dimensions=dims, normalizer=cfg.normalizer, passes=cfg.passes, geometric_p=cfg.geometric_p,
         max_principles=cfg.max_principles, negation_p=cfg.negation_p, ai_phrase=cfg.ai_phrase,

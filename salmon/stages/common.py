@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from salmon.core.config import build_config
-from salmon.core.errors import GateFailed, SalmonInputError, ServiceUnavailable, report
+from salmon.core.errors import GateFailed, SalmonInputError, ServiceUnavailable, report, report_unexpected
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -73,7 +73,10 @@ def preflight_model(stage: str, path: str, *, prompt_format: str | None = None,
 
 
 def resolve(cls: type[C], stage: str, args: argparse.Namespace) -> C:
+    from salmon.core.paths import check_config_paths
+
     cfg = build_config(cls, stage=stage, preset=args.preset, config_file=args.config, overrides=args.overrides)
+    check_config_paths(cfg, stage)  # before any work, and before a packaged model is prepared
     return resolve_model_names(cfg, stage)
 
 
@@ -90,10 +93,20 @@ def resolve_model_names(cfg: C, stage: str) -> C:
     return cfg
 
 
+def fixed_threading() -> None:
+    """Ask the math libraries for the thread count they are given, not fewer when the machine is
+    busy, so that a run (and a resumed run) computes the same floats however loaded the machine
+    is. Called by the entry points before torch loads; an explicit setting in the environment wins."""
+    os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+    os.environ.setdefault("OMP_DYNAMIC", "FALSE")
+
+
 def stage_main(stage: str, cls: type[C], run: Callable[[C], StageResult],
                argv: Sequence[str] | None = None, description: str = "") -> int:
     """Entry point of ``python -m salmon.stages.<stage>``: parse, run, print the result as JSON."""
     import json
+
+    fixed_threading()
 
     parser = argparse.ArgumentParser(
         prog=f"python -m salmon.stages.{stage}", description=description,
@@ -108,6 +121,8 @@ def stage_main(stage: str, cls: type[C], run: Callable[[C], StageResult],
             result = run(resolve(cls, stage, args))
     except (SalmonInputError, GateFailed, ServiceUnavailable) as e:
         return report(e)
+    except Exception as e:  # a connection error, a refused path, or a bug: one line either way
+        return report_unexpected(e, debug=bool(os.environ.get("SALMON_DEBUG")))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone prints the result
         print(json.dumps(result.as_dict(), indent=2))
     if args.result and os.environ.get("RANK", "0") == "0":

@@ -31,7 +31,7 @@ from salmon.core.errors import GateFailed, SalmonInputError
 from salmon.core.io import read_jsonl, write_json, write_text
 from salmon.core.principles import PrincipleSet, load_principle_set
 from salmon.core.records import Judgement, ResponsePair, RMInstance, RMPrinciple
-from salmon.stages.aggregate import training_dimensions
+from salmon.stages.aggregate import check_judged_principles, training_dimensions
 from salmon.stages.common import StageResult, log, stage_main
 
 STAGE = "eval_rm"
@@ -77,7 +77,7 @@ def run(cfg: EvalRMConfig) -> StageResult:
 
     read_rm_meta(cfg.model)  # the RM folder first: a wrong folder is named before the data
     pset = load_principle_set(cfg.principles)
-    dims = training_dimensions(pset, cfg.dimensions)
+    dims = training_dimensions(pset, cfg.dimensions, negated=True)  # the flip rate shows negations
     interventions = (load_principle_set(cfg.intervention_set).subset(cfg.intervention_ids)
                      if cfg.intervention_set else None)
     for pid in cfg.sensitivity:
@@ -85,7 +85,9 @@ def run(cfg: EvalRMConfig) -> StageResult:
     pairs = [p for p in read_jsonl(cfg.pairs, ResponsePair) if p.prompt.split in cfg.splits]
     if not pairs:
         raise SalmonInputError(cfg.pairs, f"no pairs in splits {cfg.splits}", "check the splits key")
-    judgements = index_judgements(read_jsonl(cfg.judgements, Judgement))
+    judged = read_jsonl(cfg.judgements, Judgement)
+    check_judged_principles(judged, pset, cfg.judgements)
+    judgements = index_judgements(judged)
     params = AggregateParams(dimensions=dims, normalizer=cfg.normalizer, passes=cfg.passes,
                              geometric_p=cfg.geometric_p, max_principles=cfg.max_principles,
                              ai_phrase_p=0.0, language_rule=False, label_noise=0.0,
