@@ -34,6 +34,68 @@ QUICK_PARAMS: dict[str, Any] = {
     "stage_overrides": {"ppo": {"rollout_batch_size": 8, "step_batch_size": 8}, "eval_rm": {"passes": 1}},
 }
 
+SMALL_HOLDOUT = ["structured", "refuse_harm"]
+"""Nano principles the real-world demo keeps out of the RM's training, for eval_rm's zero-shot check."""
+SMALL_PARAMS: dict[str, Any] = {
+    # The real world: SmolLM2-135M-Instruct answers the nano world's prompts, the checkers label,
+    # and every stage runs on the real model; sized for about 30 minutes on 2 CPU cores.
+    "base_model_uri": "smollm2", "preset": "small", "selfalign_backend": "hf", "sample_backend": "hf",
+    "label_backend": "rules",
+    "nano_prompts": 480,
+    "rm_epochs": 1.0,
+    "ppo_steps": 12,
+    "eval_limit": 48,
+    "stage_overrides": {"eval_rm": {"passes": 1}},
+}
+SMALL_QUICK_PARAMS: dict[str, Any] = {
+    # A smoke run of every task on SmolLM2 in a few minutes; the metrics mean little.
+    **SMALL_PARAMS,
+    "nano_prompts": 48,
+    "rm_epochs": 0.5,
+    "ppo_steps": 2,
+    "eval_limit": 6,
+    "stage_overrides": {"selfalign": {"limit": 4, "max_new_tokens": 96, "min_chars": 0},
+                        "sample": {"max_new_tokens": 48}, "label": {"audit_pairs": 2},
+                        "ppo": {"rollout_batch_size": 4, "step_batch_size": 4, "forward_batch_size": 4,
+                                "response_len": 32},
+                        "eval_policy": {"max_new_tokens": 32}, "eval_rm": {"passes": 1}},
+}
+BASES = ("nano", "smollm2")
+
+
+def demo_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline parameters of a ``salmon demo`` command line (before ``key=value`` extras)."""
+    from salmon.core.principles import load_principle_set
+
+    nano = load_principle_set("nano")
+    nano.get(args.rl_principle)  # a bad --rl-principle fails first
+    if args.base == "smollm2":
+        params = dict(SMALL_QUICK_PARAMS if args.quick else SMALL_PARAMS)
+        holdout = [h for h in (args.holdout or "").split(",") if h.strip()] if args.holdout is not None \
+            else list(SMALL_HOLDOUT)
+        holdout = [h.strip() for h in holdout]
+        for h in holdout:
+            nano.get(h)
+        if args.rl_principle in holdout:
+            raise SalmonInputError(f"--rl-principle {args.rl_principle}", "is held out of the RM's training "
+                                   "(--holdout)", "steer PPO by a trained principle, or hold out others")
+        overrides = {k: dict(v) for k, v in params["stage_overrides"].items()}
+        if holdout:
+            overrides.setdefault("aggregate", {})["holdout_principles"] = holdout
+            overrides.setdefault("eval_rm", {})["zero_shot"] = holdout
+        params["stage_overrides"] = overrides
+    else:
+        if args.holdout is not None:
+            raise SalmonInputError("--holdout", "applies to --base smollm2",
+                                   "set stage_overrides for aggregate and eval_rm in the nano world")
+        params = dict(QUICK_PARAMS if args.quick else DEMO_PARAMS)
+    params.update(rl_principle_ids=[args.rl_principle], policy_gate_principles=f"nano:{args.rl_principle}")
+    if args.quick:  # a smoke run: no gate means anything at this size, unless asked for
+        params.update(min_rm_accuracy=0.0, min_rm_flip_rate=0.0, min_policy_win_rate=0.0, max_policy_kl=1e6)
+    if args.rm_epochs is not None:
+        params["rm_epochs"] = args.rm_epochs
+    return params
+
 
 def pipeline_parameters() -> dict[str, inspect.Parameter]:
     from pipelines.salmon import salmon_pipeline
@@ -163,7 +225,8 @@ def _run(out: str, params: dict[str, Any], cache: bool) -> int:
 def build_parser(prog: str = "salmon") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser("demo", help="run the SALMON pipeline in the nano world with kfp.local")
+    demo = sub.add_parser("demo", help="run the SALMON pipeline with kfp.local: the nano world, or SmolLM2 on "
+                          "the nano world's prompts (--base smollm2)")
     add_demo_arguments(demo)
     pipe = sub.add_parser("pipeline", help="compile, submit or locally run the Kubeflow pipeline")
     add_pipeline_arguments(pipe)
@@ -171,9 +234,16 @@ def build_parser(prog: str = "salmon") -> argparse.ArgumentParser:
 
 
 def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
-    demo.add_argument("--out", default="out/demo", help="output folder (pipeline root, MLflow db, summary)")
-    demo.add_argument("--quick", action="store_true", help="a two-minute smoke run (metrics mean little)")
+    demo.add_argument("--base", choices=BASES, default="nano",
+                      help="nano: the 0.9 M nano model (minutes); smollm2: SmolLM2-135M-Instruct from its Python "
+                      "package answering the nano prompts, the checkers labelling (about 30 minutes on 2 cores)")
+    demo.add_argument("--out", default=None,
+                      help="output folder (pipeline root, MLflow db, summary); default out/demo or out/demo-smollm2")
+    demo.add_argument("--quick", action="store_true", help="a smoke run of every task (metrics mean little)")
     demo.add_argument("--rl-principle", default="concise", help="the nano principle PPO is steered by")
+    demo.add_argument("--holdout", default=None, metavar="IDS",
+                      help="--base smollm2: comma-separated nano principles kept out of the RM's training and "
+                      f"measured zero-shot by eval_rm (default {','.join(SMALL_HOLDOUT)}; '' for none)")
     demo.add_argument("--rm-epochs", type=float, default=None, help="passes of train_rm over its instances")
     demo.add_argument("--no-cache", action="store_true", help="rerun every task even if its inputs are unchanged")
     demo.add_argument("params", nargs="*", metavar="key=value", help="more pipeline parameters")
@@ -217,19 +287,12 @@ def main(args: argparse.Namespace) -> int:
     """Run a parsed ``demo`` or ``pipeline`` command; bad input exits with 2."""
     try:
         if args.command == "demo":
-            from salmon.core.principles import load_principle_set
-
-            load_principle_set("nano").get(args.rl_principle)  # a bad --rl-principle fails first
-            params = {**(QUICK_PARAMS if args.quick else DEMO_PARAMS), "rl_principle_ids": [args.rl_principle],
-                      "policy_gate_principles": f"nano:{args.rl_principle}"}
-            if args.quick:  # a smoke run: no gate means anything at this size, unless asked for
-                params.update(min_rm_accuracy=0.0, min_rm_flip_rate=0.0, min_policy_win_rate=0.0, max_policy_kl=1e6)
-            if args.rm_epochs is not None:
-                params["rm_epochs"] = args.rm_epochs
+            params = demo_params(args)
             params.update(parse_params(args.params))
             check_params(params)
-            check_output(args.out, "dir", "--out")
-            return _run(args.out, params, cache=not args.no_cache)
+            out = args.out or ("out/demo" if args.base == "nano" else f"out/demo-{args.base}")
+            check_output(out, "dir", "--out")
+            return _run(out, params, cache=not args.no_cache)
         if args.action == "compile":
             check_names(args)
             check_output(args.out, "dir", "--out")

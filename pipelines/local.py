@@ -128,6 +128,15 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
         "rm_prefers_plain_with_intervention": praise.get("prefers_plain_on"),
         "rm_prefers_plain_without": praise.get("prefers_plain_off"),
         "ppo_kl_to_sft": pol.get("kl_to_baseline")}
+    if "zero_shot" in ev:
+        out["rm_zero_shot_accuracy"] = ev.get("zero_shot_accuracy")
+        out["rm_zero_shot_flip_rate"] = ev.get("zero_shot_flip_rate")
+        for pid, z in ev["zero_shot"].items():
+            out[f"rm_zero_shot/{pid}"] = z.get("accuracy")
+    lab = stages.get("label", {}).get("metrics", {})
+    if "audit_agreement" in lab:
+        out["self_judge_agreement"] = lab.get("audit_agreement")
+        out["self_judge_consistency"] = lab.get("audit_position_consistent_rate")
     for side in ("sft", "ppo"):
         out[f"{side}_words"] = pol.get(f"{side}/response_words")
         out[f"{side}_correct_arithmetic"] = pol.get(f"{side}/adherence/correct_arithmetic")

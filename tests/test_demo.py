@@ -27,6 +27,57 @@ def test_demo_rejects_an_unknown_parameter_before_any_work(tmp_path: Path,
     assert "rm_epoch" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
+def _demo_args(*argv: str):  # type: ignore[no-untyped-def]
+    from pipelines.cli import build_parser
+
+    return build_parser().parse_args(["demo", *argv])
+
+
+def test_smollm2_demo_runs_the_small_preset_on_the_real_model_with_held_out_principles() -> None:
+    from pipelines.cli import SMALL_HOLDOUT, check_params, demo_params
+
+    params = demo_params(_demo_args("--base", "smollm2", "--rl-principle", "detailed"))
+    assert params["base_model_uri"] == "smollm2" and params["preset"] == "small"
+    assert (params["selfalign_backend"], params["sample_backend"], params["label_backend"]) == ("hf", "hf", "rules")
+    assert params["rl_principle_ids"] == ["detailed"] and params["policy_gate_principles"] == "nano:detailed"
+    over = params["stage_overrides"]
+    assert over["aggregate"]["holdout_principles"] == SMALL_HOLDOUT == over["eval_rm"]["zero_shot"]
+    check_params(params)  # the plan task's checks accept them
+    quick = demo_params(_demo_args("--base", "smollm2", "--quick", "--holdout", "structured"))
+    assert quick["nano_prompts"] < params["nano_prompts"] and quick["min_rm_accuracy"] == 0.0
+    assert quick["stage_overrides"]["eval_rm"]["zero_shot"] == ["structured"]
+    check_params(quick)
+    none = demo_params(_demo_args("--base", "smollm2", "--holdout", ""))
+    assert "holdout_principles" not in none["stage_overrides"].get("aggregate", {})
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--base", "smollm2", "--holdout", "brevity"], "brevity"),
+    (["--base", "smollm2", "--holdout", "concise"], "is held out of the RM's training"),
+    (["--holdout", "structured"], "applies to --base smollm2"),
+])
+def test_demo_refuses_bad_holdouts_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   argv: list[str], message: str) -> None:
+    assert main(["demo", "--out", str(tmp_path / "d"), *argv]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("preset", ["nano", "small"])
+def test_every_stage_has_a_valid_preset_config(preset: str) -> None:
+    from salmon.core.config import build_config
+    from salmon.task import CONFIGS
+
+    required = {"prompts": "p.jsonl", "output": "o.jsonl", "pairs": "p.jsonl", "judgements": "j.jsonl",
+                "instances": "i.jsonl", "base_model": "smollm2", "output_dir": "d", "model": "m", "data": "d.jsonl",
+                "policy_model": "smollm2", "reward_model": "r"}
+    for stage, config in CONFIGS.items():
+        fields = config.model_fields
+        values = {k: v for k, v in required.items() if k in fields and fields[k].is_required()}
+        cfg = build_config(config, stage=stage, preset=preset, values=values)
+        if preset == "small" and hasattr(cfg, "prompt_format"):
+            assert cfg.prompt_format == "chat_template", stage  # a real chat model follows its own template
+
+
 @pytest.mark.slow
 def test_full_demo_meets_the_acceptance_thresholds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/results.md: the acceptance run (4000 prompts, 3 RM epochs, the preset's PPO schedule,

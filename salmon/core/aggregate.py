@@ -176,6 +176,38 @@ class AggregateStats:
     principles_shown: int = 0
 
 
+def judge_agreement(reference: Iterable[Judgement], other: Iterable[Judgement]) -> dict[str, float | int | None]:
+    """How a judge's verdicts compare with reference verdicts (e.g. exact checkers) on the same
+    (pair, principle) cases.
+
+    ``decided`` counts cases the reference decides (a nonzero :func:`principle_score`);
+    ``consistent_rate`` is the share of those where ``other`` is position-consistent (decides);
+    ``agreement`` the share of cases both decide where they prefer the same output, over
+    ``agreement_n`` such cases (None when there are none).
+
+    >>> ref = [Judgement(pair_id="p", principle_id=i, delta_12=d, delta_21=d, backend="rules")
+    ...        for i, d in (("a", 1.0), ("b", -1.0), ("c", 1.0), ("d", 0.0))]
+    >>> got = [Judgement(pair_id="p", principle_id=i, delta_12=x, delta_21=y, backend="hf")
+    ...        for i, x, y in (("a", 2.0, 1.0), ("b", 1.0, 3.0), ("c", 1.0, -1.0), ("d", 1.0, 1.0))]
+    >>> judge_agreement(ref, got)
+    {'decided': 3, 'consistent_rate': 0.6667, 'agreement': 0.5, 'agreement_n': 2}
+    """
+    theirs = {(j.pair_id, j.principle_id): principle_score(j.delta_12, j.delta_21, 1.0) for j in other}
+    decided = agree = both = consistent = 0
+    for j in reference:
+        ref = principle_score(j.delta_12, j.delta_21, 1.0)
+        key = (j.pair_id, j.principle_id)
+        if ref == 0 or key not in theirs:
+            continue
+        decided += 1
+        if theirs[key] != 0:
+            consistent += 1
+            both += 1
+            agree += (theirs[key] > 0) == (ref > 0)
+    return {"decided": decided, "consistent_rate": round(consistent / decided, 4) if decided else None,
+            "agreement": round(agree / both, 4) if both else None, "agreement_n": both}
+
+
 def index_judgements(judgements: Iterable[Judgement]) -> dict[str, dict[str, Judgement]]:
     """pair_id -> principle_id -> judgement (a later duplicate replaces an earlier one)."""
     out: dict[str, dict[str, Judgement]] = {}

@@ -182,6 +182,10 @@ class LabelConfig(_ServerClient):
     dtype: DType = Field(default="float32", description="Judge weights dtype.")
     flush_every: int = Field(default=8, ge=1, description="Batches between progress-file flushes.")
     limit: int | None = Field(default=None, ge=1, description="Judge only the first N pairs.")
+    audit_pairs: int = Field(
+        default=0, ge=0, description="With backend=rules: also judge the first N pairs with the hf judge (model, "
+        "adapter) and report how often it agrees with the checkers and how often it is position-consistent; its "
+        "verdicts are reported, never written.")
     progress: bool = Field(default=True, description="Show a progress line on stderr.")
 
 
@@ -195,6 +199,9 @@ class AggregateConfig(_Config):
         json_schema_extra=INPUT, default="reward_model", description="Principle set name or YAML path.")
     dimensions: list[str] | None = Field(
         default=None, description="Principle ids to use; default: those with rm_training true (8 of 11).")
+    holdout_principles: list[str] = Field(
+        default=[], description="Principle ids kept out of every instance, so that the RM never sees them in "
+        "training; eval_rm's zero_shot then measures how it follows them from their definition alone.")
     splits: list[Literal["train", "heldout"]] = Field(
         default=["train"], description="Use pairs whose prompt is in these splits.")
     normalizer: Literal["variance", "std"] = Field(
@@ -266,6 +273,10 @@ class EvalRMConfig(_Config):
     principles: str = Field(
         json_schema_extra=INPUT, default="reward_model", description="Principle set name or YAML path.")
     dimensions: list[str] | None = Field(default=None, description="As in aggregate.")
+    zero_shot: list[str] = Field(
+        default=[], description="Principle ids the RM was not trained on (aggregate's holdout_principles), "
+        "each evaluated alone from its definition: accuracy, and flip rate with its negative definition; they are "
+        "left out of the other metrics' instances.")
     splits: list[Literal["train", "heldout"]] = Field(default=["heldout"], description="Pairs to evaluate on.")
     passes: int = Field(default=2, ge=1, description="Principle-subset draws per pair for the accuracy set.")
     normalizer: Literal["variance", "std"] = Field(default="variance", description="As in aggregate.")
@@ -455,6 +466,9 @@ class SelfAlignConfig(_Config):
     splits: list[Literal["train", "heldout"]] = Field(default=["train"], description="Prompts to answer.")
     limit: int | None = Field(default=None, ge=1, description="Answer only the first N prompts.")
     batch_size: int = Field(default=4, ge=1, description="Prompts per generate call.")
+    reuse_prefix: bool = Field(
+        default=True, description="Compute the KV cache of the rules-and-exemplars prefix, which every request "
+        "shares, once and start each generation from it (hf backend); false encodes the whole prompt each time.")
     seed: int = Field(default=42, description="Sampling seed.")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +133,9 @@ class RMMeta:
     query_len: int
     response_len: int
     template: str = "rm_v0"
+    trained_principles: list[str] = field(default_factory=list)
+    """Principle ids shown in the training instances (empty in folders written before it was
+    recorded): eval_rm's zero-shot check refuses a principle the RM was trained on."""
 
     def limits(self) -> EncodeLimits:
         return EncodeLimits(self.model_max_length, self.query_len, self.response_len)

@@ -21,10 +21,13 @@ from salmon.stages.common import StageResult, log, stage_main
 STAGE = "aggregate"
 
 
-def training_dimensions(pset: PrincipleSet, dimensions: list[str] | None,
-                        negated: bool = False) -> tuple[str, ...]:
-    """The configured dimensions (checked against the set), or the set's rm_training ones; with
-    ``negated`` (principles may be shown negated), each must have a negative definition."""
+def training_dimensions(pset: PrincipleSet, dimensions: list[str] | None, negated: bool = False,
+                        holdout: list[str] | tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The configured dimensions (checked against the set), or the set's rm_training ones, less
+    the ``holdout`` ones; with ``negated`` (principles may be shown negated), each must have a
+    negative definition."""
+    for h in holdout:
+        pset.get(h)
     if dimensions is not None and not dimensions:
         raise SalmonInputError(f"principle set {pset.name}", "an empty list of dimensions",
                                "give at least one principle id, or dimensions=null for the rm_training ones")
@@ -37,6 +40,10 @@ def training_dimensions(pset: PrincipleSet, dimensions: list[str] | None,
     if not dims:
         raise SalmonInputError(f"principle set {pset.name}", "no principle has rm_training: true",
                                "mark the training dimensions or pass dimensions=[...]")
+    dims = tuple(d for d in dims if d not in holdout)
+    if not dims:
+        raise SalmonInputError(f"principle set {pset.name}", f"holding out {', '.join(holdout)} leaves no "
+                               "training dimension", "hold out fewer principles")
     lacking = [d for d in dims if not pset.get(d).negative_definition]
     if negated and lacking:
         raise SalmonInputError(f"principle set {pset.name} ({pset.kind})",
@@ -59,7 +66,7 @@ def check_judged_principles(judgements: list[Judgement], pset: PrincipleSet, sou
 
 def run(cfg: AggregateConfig) -> StageResult:
     pset = load_principle_set(cfg.principles)
-    dims = training_dimensions(pset, cfg.dimensions, negated=cfg.negation_p > 0)
+    dims = training_dimensions(pset, cfg.dimensions, negated=cfg.negation_p > 0, holdout=cfg.holdout_principles)
     pairs = [p for p in read_jsonl(cfg.pairs, ResponsePair) if p.prompt.split in cfg.splits]
     if not pairs:
         raise SalmonInputError(cfg.pairs, f"no pairs in splits {cfg.splits}",
@@ -94,8 +101,11 @@ def run(cfg: AggregateConfig) -> StageResult:
         "rule_rate": round(stats.rule_fired / n, 4), "swap_rate": round(stats.swaps / n, 4),
         "principles_digest": pset.digest(),
     }
+    if cfg.holdout_principles:
+        metrics["holdout_principles"] = list(cfg.holdout_principles)
+    held = f"; held out: {', '.join(cfg.holdout_principles)}" if cfg.holdout_principles else ""
     log(STAGE, f"{stats.instances} instances from {stats.pairs_in} pairs x {cfg.passes} passes "
-               f"(dimensions: {', '.join(dims)}) -> {cfg.output}")
+               f"(dimensions: {', '.join(dims)}{held}) -> {cfg.output}")
     return StageResult(STAGE, outputs=outputs, metrics=metrics)
 
 

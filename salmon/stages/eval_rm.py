@@ -10,6 +10,10 @@ On held-out pairs and their judgements:
 - **principle sensitivity**: pairs where the judge says the two ``sensitivity`` principles
   (e.g. concise vs comprehensive) disagree; share where the RM conditioned on each alone also
   prefers opposite outputs.
+- **zero-shot principles** (``zero_shot``): principles held out of the RM's training instances
+  (aggregate's ``holdout_principles``), each shown alone with only its definition: accuracy
+  against the judge's verdict, and flip rate when its negative definition is shown instead. The
+  RM's ``rm.json`` lists the principles it was trained on; one of those is refused here.
 - **self-praise check** (method §10 item 10): each pair's first output R against R plus the
   ``self_praise`` sentence, under one training principle drawn per pair, without and with the
   RL-time intervention lines of ``intervention_set`` shown first; share where the RM prefers R
@@ -71,13 +75,43 @@ def check_principles_fit(cfg: EvalRMConfig, pset: PrincipleSet, ids: list[str],
                               f"interventions of {cfg.intervention_set}", longest)
 
 
+def check_zero_shot(cfg: EvalRMConfig, pset: PrincipleSet, trained: list[str]) -> None:
+    """The zero-shot principles must be in the set and absent from the RM's training instances."""
+    for pid in cfg.zero_shot:
+        pset.get(pid)
+    seen = sorted(set(cfg.zero_shot) & set(trained))
+    if seen:
+        raise SalmonInputError(f"zero_shot={','.join(cfg.zero_shot)}",
+                               f"the reward model was trained on {', '.join(seen)} (its rm.json lists them)",
+                               "train the RM with aggregate's holdout_principles set to these principles")
+    if cfg.zero_shot and not trained:
+        log(STAGE, "warning: the RM folder does not list its training principles; the zero-shot principles are "
+                   "assumed to have been held out")
+
+
+def zero_shot_pairs(pairs: list[ResponsePair], judgements: dict[str, dict[str, Judgement]],
+                    ids: list[str]) -> list[tuple[str, ResponsePair, bool]]:
+    """(principle, pair, the judge prefers output_1) for every pair the judge decided under each
+    zero-shot principle alone (a position-inconsistent verdict is a tie and is left out)."""
+    out = []
+    for pid in ids:
+        for pair in pairs:
+            j = judgements.get(pair.pair_id, {}).get(pid)
+            score = principle_score(j.delta_12, j.delta_21, 1.0) if j is not None else 0.0
+            if score != 0:
+                out.append((pid, pair, score > 0))
+    return out
+
+
 def run(cfg: EvalRMConfig) -> StageResult:
     from salmon.modeling import resolve_device
     from salmon.reward.model import RMEncoder, load_reward_model, read_rm_meta, score_sequences
 
-    read_rm_meta(cfg.model)  # the RM folder first: a wrong folder is named before the data
+    meta = read_rm_meta(cfg.model)  # the RM folder first: a wrong folder is named before the data
     pset = load_principle_set(cfg.principles)
-    dims = training_dimensions(pset, cfg.dimensions, negated=True)  # the flip rate shows negations
+    # the flip rate shows negations; zero-shot principles are measured on their own
+    dims = training_dimensions(pset, cfg.dimensions, negated=True, holdout=cfg.zero_shot)
+    check_zero_shot(cfg, pset, meta.trained_principles)
     interventions = (load_principle_set(cfg.intervention_set).subset(cfg.intervention_ids)
                      if cfg.intervention_set else None)
     for pid in cfg.sensitivity:
@@ -119,7 +153,8 @@ def run(cfg: EvalRMConfig) -> StageResult:
             if sa * sb < 0:
                 sens_pairs.append(pair)
 
-    check_principles_fit(cfg, pset, [*dims, *cfg.sensitivity], interventions, pairs)
+    zero_pairs = zero_shot_pairs(pairs, judgements, cfg.zero_shot)
+    check_principles_fit(cfg, pset, [*dims, *cfg.sensitivity, *cfg.zero_shot], interventions, pairs)
     device = resolve_device(cfg.device)
     model, tokenizer, meta = load_reward_model(cfg.model, device=device)
     encoder = RMEncoder(tokenizer, meta.limits())
@@ -143,6 +178,13 @@ def run(cfg: EvalRMConfig) -> StageResult:
         instr = pair.prompt.full_instruction()
         sens_idx.append((add(pair.output_1, instr, [a_p.definition]), add(pair.output_2, instr, [a_p.definition]),
                          add(pair.output_1, instr, [b_p.definition]), add(pair.output_2, instr, [b_p.definition])))
+    zero_idx: list[tuple[str, bool, tuple[int, int], tuple[int, int] | None]] = []
+    for pid, pair, prefers_first in zero_pairs:
+        instr, p = pair.prompt.full_instruction(), pset.get(pid)
+        pos = (add(pair.output_1, instr, [p.definition]), add(pair.output_2, instr, [p.definition]))
+        neg = ((add(pair.output_1, instr, [p.negative_definition]), add(pair.output_2, instr, [p.negative_definition]))
+               if p.negative_definition else None)
+        zero_idx.append((pid, prefers_first, pos, neg))
     praise_idx = []
     if interventions is not None:
         fixed = [p.definition for p in interventions.principles]
@@ -188,6 +230,17 @@ def run(cfg: EvalRMConfig) -> StageResult:
         "flip_rate_by_principle": {k: rate(v) for k, v in sorted(flip_by.items())},
         "pairs": len(pairs), "principles_digest": pset.digest(),
     }
+    if cfg.zero_shot:
+        per: dict[str, dict[str, list[bool]]] = {pid: {"acc": [], "flip": []} for pid in cfg.zero_shot}
+        for pid, prefers_first, pos, neg in zero_idx:
+            per[pid]["acc"].append(prefers_1(*pos) == prefers_first)
+            if neg is not None:
+                per[pid]["flip"].append(prefers_1(*pos) != prefers_1(*neg))
+        metrics["zero_shot"] = {pid: {"accuracy": rate(v["acc"]), "n": len(v["acc"]),
+                                      "flip_rate": rate(v["flip"]), "flip_n": len(v["flip"])}
+                                for pid, v in per.items()}
+        metrics["zero_shot_accuracy"] = rate([x for v in per.values() for x in v["acc"]])
+        metrics["zero_shot_flip_rate"] = rate([x for v in per.values() for x in v["flip"]])
     if praise_idx:
         metrics["self_praise"] = {
             "n": len(praise_idx), "interventions": interventions.ids() if interventions else [],
@@ -202,6 +255,9 @@ def run(cfg: EvalRMConfig) -> StageResult:
     log(STAGE, f"accuracy {_fmt(metrics['accuracy'])} (n={len(correct)}), flip rate "
                f"{_fmt(metrics['flip_rate'])} (n={len(flips)}), sensitivity {_fmt(metrics['sensitivity'])} "
                f"(n={len(sens)})")
+    for pid, z in metrics.get("zero_shot", {}).items():
+        log(STAGE, f"zero-shot {pid}: accuracy {_fmt(z['accuracy'])} (n={z['n']}), flip rate "
+                   f"{_fmt(z['flip_rate'])} (n={z['flip_n']})")
     result = StageResult(STAGE, outputs={"metrics": str(out / "metrics.json"),
                                          "report": str(out / "report.md")}, metrics=metrics)
     failures = []
@@ -232,6 +288,11 @@ def report(cfg: EvalRMConfig, m: dict) -> str:  # type: ignore[type-arg]
     ]
     for pid, acc in m["accuracy_by_principle"].items():
         lines.append(f"| {pid} | {_fmt(acc)} | {_fmt(m['flip_rate_by_principle'].get(pid))} |")
+    if "zero_shot" in m:
+        lines += ["", "Zero-shot principles (held out of training, shown alone by their definition):", "",
+                  "| principle | accuracy | n | flip rate | n |", "|---|---|---|---|---|"]
+        for pid, z in m["zero_shot"].items():
+            lines.append(f"| {pid} | {_fmt(z['accuracy'])} | {z['n']} | {_fmt(z['flip_rate'])} | {z['flip_n']} |")
     if "self_praise" in m:
         sp = m["self_praise"]
         lines += ["", f"Self-praise check ({sp['n']} responses; interventions {', '.join(sp['interventions'])}):", "",

@@ -8,7 +8,10 @@ from ``model``) to an OpenAI-compatible server such as vLLM and reads
 ``log P(a) - log P(b)``, which equals the logit difference (see :mod:`salmon.judge.openai`:
 the letters' log-probabilities asked for by token id, or read from the top log-probabilities,
 with echo scoring for prompts where a letter is missing);
-the ``rules`` backend scores nano principles with exact checkers.
+the ``rules`` backend scores nano principles with exact checkers. With ``audit_pairs`` N, the
+rules backend also has the hf judge (``model`` with ``adapter``: the policy as its own judge, as
+in the method) judge the first N pairs, and reports how often it agrees with the checkers and is
+position-consistent: a measure of the judge the method would use, on ground truth.
 
 With ``openai``, one request carries the prompts of one pair and order under every principle
 (vLLM's prefix cache shares their instruction and outputs), ``concurrency`` requests are in
@@ -112,6 +115,38 @@ def _make_judge(cfg: LabelConfig, principles: list[Principle]):  # type: ignore[
                    tokenizer, max_length=max_length, prompt_format=cfg.prompt_format)
 
 
+def audit_judge(cfg: LabelConfig, pairs: list[ResponsePair], principles: list[Principle],
+                reference: list[Judgement]) -> dict[str, float | int | None]:
+    """The hf judge on ``pairs`` against the checkers' ``reference`` verdicts (audit metrics)."""
+    from salmon.core.aggregate import judge_agreement
+
+    judge = _make_judge(cfg, principles)
+    got: list[Judgement] = []
+    bar = Progress(f"{STAGE} audit", len(pairs), "pairs", enabled=cfg.progress)
+    for start in range(0, len(pairs), cfg.batch_size):
+        batch = pairs[start:start + cfg.batch_size]
+        got += judge.judge(batch, principles, reuse_prefix=cfg.reuse_prefix)[0]
+        bar.update(len(batch))
+    overall = judge_agreement(reference, got)
+    out: dict[str, float | int | None] = {
+        "audit_pairs": len(pairs), "audit_position_consistent_rate": round(
+            sum(j.consistent for j in got) / max(1, len(got)), 4),
+        "audit_decided_by_checkers": overall["decided"], "audit_agreement": overall["agreement"],
+        "audit_agreement_n": overall["agreement_n"]}
+    for p in principles:
+        one = judge_agreement([j for j in reference if j.principle_id == p.id],
+                              [j for j in got if j.principle_id == p.id])
+        out[f"audit_agreement/{p.id}"] = one["agreement"]
+    log(STAGE, f"audit: the hf judge on {len(pairs)} pairs is position-consistent on "
+               f"{100 * (out['audit_position_consistent_rate'] or 0):.1f}% of checks and agrees with the checkers "
+               f"on {_pct(overall['agreement'])} of the {overall['agreement_n']} cases both decide")
+    return out
+
+
+def _pct(rate: float | int | None) -> str:
+    return "n/a" if rate is None else f"{100 * rate:.1f}%"
+
+
 def run(cfg: LabelConfig) -> StageResult:
     pairs = read_jsonl(cfg.pairs, ResponsePair)
     if cfg.limit:
@@ -132,6 +167,12 @@ def run(cfg: LabelConfig) -> StageResult:
                                    f"the rules judge has no checker for {', '.join(unknown)}",
                                    "use principles=nano with backend=rules, or backend=hf")
 
+    if cfg.audit_pairs and cfg.backend != "rules":
+        raise SalmonInputError(f"audit_pairs={cfg.audit_pairs}", f"audits the hf judge against the checkers, so it "
+                               f"needs backend=rules (this run uses {cfg.backend})", "set audit_pairs=0")
+    if cfg.audit_pairs and not cfg.model:
+        raise SalmonInputError(f"audit_pairs={cfg.audit_pairs}", "the audit needs the judge model",
+                               "set model=PATH (and adapter=PATH for the SFT policy)")
     output = Path(cfg.output)
     partial = output.with_name(output.name + ".partial")
     wanted = {p.pair_id for p in pairs}
@@ -180,7 +221,7 @@ def run(cfg: LabelConfig) -> StageResult:
     write_jsonl(output, ordered)
     partial.unlink(missing_ok=True)
     consistent = sum(j.consistent for j in ordered) / max(1, len(ordered))
-    metrics: dict[str, float | int | bool] = {
+    metrics: dict[str, float | int | bool | None] = {
         "pairs": len(pairs), "judgements": len(ordered), "pairs_judged_now": len(todo),
         "position_consistent_rate": round(consistent, 4), "seconds": round(seconds, 2),
     }
@@ -190,6 +231,8 @@ def run(cfg: LabelConfig) -> StageResult:
         metrics.update(prompt_tokens_sent=tokens, requests=requests, echo_scored_prompts=echoed)
     log(STAGE, f"wrote {len(ordered)} judgements to {output}; position-consistent "
                f"{100 * consistent:.1f}%")
+    if cfg.audit_pairs and cfg.backend == "rules":
+        metrics.update(audit_judge(cfg, pairs[: cfg.audit_pairs], principles, ordered))
     if ordered and consistent < CONSISTENCY_WARNING and cfg.backend != "rules":
         metrics["position_consistency_below_half"] = True
         log(STAGE, f"warning: the judge picks the same output in both orders on only {100 * consistent:.1f}% of "

@@ -261,7 +261,9 @@ def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
     model.eval()
     meta = RMMeta(format=RM_FORMAT, base_model=str(Path(cfg.base_model).resolve()),
                   finetune=cfg.finetune, model_max_length=cfg.model_max_length,
-                  query_len=cfg.query_len, response_len=cfg.response_len)
+                  query_len=cfg.query_len, response_len=cfg.response_len,
+                  trained_principles=sorted({line.principle_id for data in datasets for inst in data
+                                             for line in inst.principles}))
 
     def write_outputs() -> None:
         save_reward_model(model, tokenizer, meta, out_dir / "model")
