@@ -238,17 +238,120 @@ class PolicyTurns:
         return [self.read(r) for r in raw]
 
 
+def common_prefix_length(queries: Sequence[Sequence[int]]) -> int:
+    """How many leading ids all ``queries`` share, short of the whole of any query.
+
+    The count stops one id before the end of the shortest query, so that every query keeps at
+    least one id after the shared prefix: generation from a cached prefix still has to feed the
+    model one new id per sequence. 0 when there are no queries or the first ids differ.
+
+    >>> common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 2, 9]])
+    2
+    >>> common_prefix_length([[1, 2, 3], [1, 2, 3, 4]])
+    2
+    """
+    if not queries:
+        return 0
+    limit = min(len(q) for q in queries) - 1
+    first = queries[0]
+    n = 0
+    while n < limit and all(q[n] == first[n] for q in queries):
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class SharedPrefix:
+    """Leading ids that every query of a generation shares, run through the model once.
+
+    :func:`generate_ids` starts each batch from a copy of ``cache`` expanded to the batch, so
+    the prefix is never encoded again; ``cache`` itself is left as it is.
+
+    Attributes:
+        ids: the shared ids.
+        cache: their key/value cache (a transformers ``DynamicCache`` of batch size 1).
+    """
+
+    ids: list[int]
+    cache: Any
+
+
+def prefix_reuse_unsupported(model: Any, length: int) -> str | None:
+    """Why generation on ``model`` cannot start from a shared prefix's cache, or ``None`` when it
+    can. ``length``: the longest sequence generation will hold (query plus new ids).
+
+    The shared layout puts the padding of each batch between the prefix and the queries' own
+    ids. Full-attention layers see only the real ids through the attention mask, whatever the
+    slots in between; a sliding-window layer counts slots, so it gives the same result only when
+    the whole sequence fits its window. Caches other than transformers' dynamic one (static,
+    quantized, recurrent states) are not reused.
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    supports = getattr(model, "_supports_default_dynamic_cache", None)
+    if supports is None or not supports():
+        return f"{type(model).__name__} does not use transformers' dynamic cache"
+    impl = getattr(getattr(model, "generation_config", None), "cache_implementation", None)
+    if impl not in (None, "hybrid"):  # generate replaces "hybrid" with the dynamic cache
+        return f"the model's generation config asks for the '{impl}' cache"
+    for layer in DynamicCache(config=model.config).layers:
+        if type(layer) is DynamicSlidingWindowLayer:
+            if length >= layer.sliding_window:
+                return (f"a {length}-token sequence does not fit the model's {layer.sliding_window}-token "
+                        "sliding window")
+        elif type(layer) is not DynamicLayer:
+            return f"the model's cache has {type(layer).__name__} layers"
+    return None
+
+
+def encode_prefix(model: Any, ids: Sequence[int]) -> SharedPrefix:
+    """Run ``model`` once on ``ids`` (positions 0 to len - 1, no padding) and keep their cache."""
+    import torch
+    from transformers import DynamicCache
+
+    if not ids:
+        raise ValueError("the shared prefix is empty")
+    device = next(model.parameters()).device
+    cache = DynamicCache(config=model.config)
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=torch.tensor([list(ids)], dtype=torch.long, device=device), past_key_values=cache,
+              use_cache=True, logits_to_keep=1)
+    return SharedPrefix([int(i) for i in ids], cache)
+
+
+def _prefix_batch(prefix: SharedPrefix, n: int) -> Any:
+    """A copy of the prefix's cache repeated ``n`` times along the batch (generation extends it)."""
+    import copy
+
+    cache = copy.deepcopy(prefix.cache)
+    cache.batch_repeat_interleave(n)
+    return cache
+
+
 def generate_ids(model: Any, tokenizer: Any, queries: Sequence[Sequence[int]], *, temperature: float, top_p: float,
                  max_new_tokens: int, batch_size: int, stop_strings: Sequence[str] = (),
-                 end_ids: Sequence[int] = ()) -> list[list[int]]:
+                 end_ids: Sequence[int] = (), prefix: SharedPrefix | None = None) -> list[list[int]]:
     """Sampled continuations of token-id queries, left-padded per batch: the new ids of each,
     padding included. Each sequence stops at any of ``end_ids`` or ``stop_strings`` (the batch
     runs until all have stopped or ``max_new_tokens``). ``temperature`` 0 means greedy; sampling
-    draws from torch's global RNG, so a seeded run samples the same ids."""
+    draws from torch's global RNG, so a seeded run samples the same ids.
+
+    ``prefix`` (from :func:`encode_prefix`; every query must start with its ids and go on past
+    them): each batch starts from a copy of the prefix's cache instead of encoding the prefix
+    again. A row is laid out as ``[prefix][padding][rest of the query]``, the padding masked
+    out; ``generate`` numbers positions by the running count of the attention mask, so every
+    query sees the positions of its unpadded ids, as without the prefix. Greedy generation gives
+    the same ids either way, up to float rounding in the attention over a different layout.
+    """
     import torch
 
     device = next(model.parameters()).device
     pad_id = int(tokenizer.pad_token_id)
+    shared = prefix.ids if prefix is not None else []
+    if prefix is not None and any(len(q) <= len(shared) or list(q[:len(shared)]) != shared for q in queries):
+        raise ValueError("a query does not extend the shared prefix by at least one id")
     sampling: dict[str, Any] = (dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=None)
                                 if temperature > 0 else dict(do_sample=False, temperature=None, top_p=None,
                                                              top_k=None))
@@ -258,16 +361,21 @@ def generate_ids(model: Any, tokenizer: Any, queries: Sequence[Sequence[int]], *
     model.eval()
     out: list[list[int]] = []
     for start in range(0, len(queries), batch_size):
-        chunk = [list(q) for q in queries[start:start + batch_size]]
-        width = max(len(q) for q in chunk)
+        chunk = [list(q)[len(shared):] for q in queries[start:start + batch_size]]
+        width = len(shared) + max(len(q) for q in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        if shared:
+            ids[:, :len(shared)] = torch.tensor(shared, dtype=torch.long)
+            mask[:, :len(shared)] = 1
         for i, q in enumerate(chunk):
             ids[i, width - len(q):] = torch.tensor(q, dtype=torch.long)
             mask[i, width - len(q):] = 1
+        cache = {"past_key_values": _prefix_batch(prefix, len(chunk))} if prefix is not None else {}
         with torch.no_grad():
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad_id, **stopping, **sampling)
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad_id, **cache, **stopping,
+                                 **sampling)
         out += [row.tolist() for row in gen[:, width:]]
     return out
 

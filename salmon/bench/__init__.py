@@ -16,5 +16,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "hardware": ("salmon.bench.hardware", "achieved FLOP/s of RM training and PPO learning vs matmul peak"),
     "sampling": ("salmon.bench.sampling", "sample with hf vs openai on a vLLM server"),
     "stopping": ("salmon.bench.stopping", "SmolLM2 rollouts stopping at the end of their turn vs to the token limit"),
+    "selfalign": ("salmon.bench.selfalign", "SmolLM2 self-alignment generation from the shared prefix's cache vs "
+                  "whole prompts"),
     "pipeline": ("pipelines.bench", "the nano pipeline under kfp.local vs the stage recipes in one process"),
 }

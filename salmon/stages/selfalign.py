@@ -8,6 +8,11 @@ conversation artefacts). Generation stops at the next ``User:`` turn or at the t
 either of which ends the assistant's turn; a generation that ran out of tokens is dropped. The
 output is SFTExample JSONL for ``sft``; the metrics count every drop reason.
 
+Every prompt opens with the same rules and exemplars. With ``reuse_prefix`` (the default) the
+tokens all prompts share are run through the model once, and each batch generates from a copy
+of their key/value cache (:func:`salmon.turns.generate_ids`); greedy outputs are the same as
+when every prompt is encoded whole.
+
 ``prompt_format: dromedary`` (the method's) writes everything as one plain-text prompt for a base
 model. ``chat_template`` puts the rules and exemplars in the system message and the request in the
 user turn, and opens the assistant turn with the internal-thought header; kept answers then carry
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from salmon.core.config import SelfAlignConfig
 from salmon.core.errors import GateFailed, SalmonInputError
@@ -41,6 +46,9 @@ from salmon.core.selfalign import (
     thought_header,
 )
 from salmon.stages.common import StageResult, log, preflight_model, stage_main
+
+if TYPE_CHECKING:
+    from salmon.turns import SharedPrefix
 
 STAGE = "selfalign"
 
@@ -67,6 +75,28 @@ def self_align_query(tok: Any, cfg: SelfAlignConfig, rules: PrincipleSet, ex: Ex
     return encode(tok, render_chat(tok, messages, add_generation_prompt=True) + thought_header(ex))
 
 
+def stop_strings(ex: ExemplarSet) -> list[str]:
+    """Where generation stops besides eos: the next speaker, whose turn ends the assistant's."""
+    return ["\n\nUser:", f"\n\n{ex.assistant} ("]
+
+
+def shared_prefix(model: Any, queries: list[list[int]], longest: int) -> SharedPrefix | None:
+    """The cache of the ids every query starts with (the rules and exemplars, and whatever
+    opens the request), encoded once; ``None`` (logged) when there is nothing to share or the
+    model's cache cannot be reused (:func:`salmon.turns.prefix_reuse_unsupported`).
+    ``longest``: the longest query plus ``max_new_tokens``."""
+    from salmon.turns import common_prefix_length, encode_prefix, prefix_reuse_unsupported
+
+    n = common_prefix_length(queries)
+    why = "the requests share no leading tokens" if n == 0 else prefix_reuse_unsupported(model, longest)
+    if why:
+        log(STAGE, f"prefix not reused: {why}; every prompt is encoded whole")
+        return None
+    log(STAGE, f"prefix reuse: the first {n} tokens (of {min(len(q) for q in queries)}-{max(len(q) for q in queries)}"
+               f"-token prompts) are shared by all {len(queries)} requests and encoded once")
+    return encode_prefix(model, queries[0][:n])
+
+
 def generate_hf(cfg: SelfAlignConfig, prompts: list[PromptRecord], ex: ExemplarSet) -> list[tuple[str, bool]]:
     """One sampled continuation of the self-alignment prompt per request: its text (no special
     tokens) and whether the model ended it with eos."""
@@ -89,12 +119,13 @@ def generate_hf(cfg: SelfAlignConfig, prompts: list[PromptRecord], ex: ExemplarS
     if window and longest > window:
         log(STAGE, f"warning: the prompt ({max(len(q) for q in queries)} tokens) plus max_new_tokens exceeds the "
                    f"model's {window}-token window; use a model with a longer context or fewer exemplars")
-    stops = ["\n\nUser:", f"\n\n{ex.assistant} ("]  # the next speaker: the assistant's turn is over
+    prefix = shared_prefix(model, queries, longest) if cfg.reuse_prefix else None
+    stops = stop_strings(ex)
     out: list[tuple[str, bool]] = []
     for start in range(0, len(queries), cfg.batch_size):
         for ids in generate_ids(model, tok, queries[start:start + cfg.batch_size], temperature=cfg.temperature,
                                 top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                stop_strings=stops, end_ids=turns.end_ids):
+                                stop_strings=stops, end_ids=turns.end_ids, prefix=prefix):
             text, _, ended = turns.text_of(ids, stops)
             out.append((text, ended))
         log(STAGE, f"generated {len(out)}/{len(queries)}")
