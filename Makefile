@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO_OUT ?= out/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow test-faults-loaded test-distributed test-vllm vllm-env lint env clean lock-runtime
+.PHONY: demo test test-slow test-faults-loaded test-distributed test-real-quick test-vllm vllm-env lint env clean lock-runtime
 
 # The venv is rebuilt when the project's dependency files change. `make demo` needs only the
 # runtime extras; `make test` adds the developer tools.
@@ -45,6 +45,10 @@ test-slow: env
 # resumed runs must still end bit-identical to the uninterrupted ones (about 8 minutes).
 test-faults-loaded: env
 	$(BIN)/python scripts/under_load.py --burners 2 --times 3 -- $(BIN)/pytest -q tests/test_faults.py $(PYTEST_ARGS)
+
+# `salmon demo --base smollm2 --quick`: every task of the pipeline on SmolLM2-135M-Instruct.
+test-real-quick: env
+	$(BIN)/pytest -q -m slow tests/test_demo.py -k quick_smollm2 $(PYTEST_ARGS)
 
 # SFT, train_rm and PPO under torchrun with 2 processes, DeepSpeed ZeRO-2 and ZeRO-3 (gloo, CPU).
 test-distributed: env

@@ -38,13 +38,14 @@ SMALL_HOLDOUT = ["structured", "refuse_harm"]
 """Nano principles the real-world demo keeps out of the RM's training, for eval_rm's zero-shot check."""
 SMALL_PARAMS: dict[str, Any] = {
     # The real world: SmolLM2-135M-Instruct answers the nano world's prompts, the checkers label,
-    # and every stage runs on the real model; sized for about 30 minutes on 2 CPU cores.
+    # and every stage runs on the real model; sized for about 30 minutes on 2 CPU cores (every
+    # SmolLM2 forward there costs about 575 prompt tokens per second).
     "base_model_uri": "smollm2", "preset": "small", "selfalign_backend": "hf", "sample_backend": "hf",
     "label_backend": "rules",
-    "nano_prompts": 480,
+    "nano_prompts": 160,
     "rm_epochs": 1.0,
-    "ppo_steps": 12,
-    "eval_limit": 48,
+    "ppo_steps": 8,
+    "eval_limit": 32,
     "stage_overrides": {"eval_rm": {"passes": 1}},
 }
 SMALL_QUICK_PARAMS: dict[str, Any] = {
@@ -52,13 +53,15 @@ SMALL_QUICK_PARAMS: dict[str, Any] = {
     **SMALL_PARAMS,
     "nano_prompts": 48,
     "rm_epochs": 0.5,
-    "ppo_steps": 2,
-    "eval_limit": 6,
-    "stage_overrides": {"selfalign": {"limit": 4, "max_new_tokens": 96, "min_chars": 0},
+    "ppo_steps": 1,
+    "eval_limit": 4,
+    "stage_overrides": {"selfalign": {"limit": 8, "max_new_tokens": 128, "min_chars": 0, "keep_truncated": True},
+                        "sft": {"epochs": 1, "source_max_len": 128, "target_max_len": 128},
                         "sample": {"max_new_tokens": 48}, "label": {"audit_pairs": 2},
                         "ppo": {"rollout_batch_size": 4, "step_batch_size": 4, "forward_batch_size": 4,
-                                "response_len": 32},
-                        "eval_policy": {"max_new_tokens": 32}, "eval_rm": {"passes": 1}},
+                                "response_len": 32, "ppo_epochs": 1},
+                        "eval_policy": {"max_new_tokens": 32},
+                        "eval_rm": {"passes": 1}},
 }
 BASES = ("nano", "smollm2")
 
@@ -80,6 +83,12 @@ def demo_params(args: argparse.Namespace) -> dict[str, Any]:
             raise SalmonInputError(f"--rl-principle {args.rl_principle}", "is held out of the RM's training "
                                    "(--holdout)", "steer PPO by a trained principle, or hold out others")
         overrides = {k: dict(v) for k, v in params["stage_overrides"].items()}
+        # scored by the RM under the steering principle (and concise and detailed in a full run);
+        # every checker's adherence is reported either way
+        scored = [args.rl_principle] if args.quick else list(dict.fromkeys(["concise", "detailed", args.rl_principle]))
+        overrides.setdefault("eval_policy", {})["principle_sets"] = [f"nano:{p}" for p in scored]
+        if args.quick:
+            overrides["eval_policy"]["adherence"] = [args.rl_principle]
         if holdout:
             overrides.setdefault("aggregate", {})["holdout_principles"] = holdout
             overrides.setdefault("eval_rm", {})["zero_shot"] = holdout

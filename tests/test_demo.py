@@ -43,7 +43,9 @@ def test_smollm2_demo_runs_the_small_preset_on_the_real_model_with_held_out_prin
     over = params["stage_overrides"]
     assert over["aggregate"]["holdout_principles"] == SMALL_HOLDOUT == over["eval_rm"]["zero_shot"]
     check_params(params)  # the plan task's checks accept them
-    quick = demo_params(_demo_args("--base", "smollm2", "--quick", "--holdout", "structured"))
+    quick = demo_params(_demo_args("--base", "smollm2", "--quick", "--holdout", "structured", "--rl-principle",
+                                   "detailed"))
+    assert quick["stage_overrides"]["eval_policy"]["principle_sets"] == ["nano:detailed"]
     assert quick["nano_prompts"] < params["nano_prompts"] and quick["min_rm_accuracy"] == 0.0
     assert quick["stage_overrides"]["eval_rm"]["zero_shot"] == ["structured"]
     check_params(quick)
@@ -103,3 +105,30 @@ def test_full_demo_meets_the_acceptance_thresholds(tmp_path: Path, monkeypatch: 
     assert head["sft_correct_arithmetic"] - head["ppo_correct_arithmetic"] <= 0.05
     assert 0.0 < head["ppo_kl_to_sft"] < 5.0
     assert summary["models"]["salmon-policy"]["champion"] is True
+
+
+@pytest.mark.slow
+def test_quick_smollm2_demo_runs_every_task_on_the_real_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`salmon demo --base smollm2 --quick` (in .ci/run): every task runs on SmolLM2-135M-Instruct,
+    with the checkers labelling, the self-judge audited, two principles held out of the RM and
+    measured zero-shot, and both models registered."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "demo"
+    assert main(["demo", "--base", "smollm2", "--quick", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    stages = summary["stages"]
+    assert set(stages) >= {"prompts", "selfalign", "sft", "sample", "label", "aggregate", "train_rm", "eval_rm",
+                           "ppo", "eval_policy"}
+    assert stages["selfalign"]["metrics"]["backend"] == "hf" and stages["selfalign"]["metrics"]["kept"] >= 1
+    label = stages["label"]["metrics"]
+    assert label["audit_pairs"] == 2 and 0 <= label["audit_position_consistent_rate"] <= 1
+    assert stages["aggregate"]["metrics"]["holdout_principles"] == ["structured", "refuse_harm"]
+    ev = stages["eval_rm"]["metrics"]
+    assert set(ev["zero_shot"]) == {"structured", "refuse_harm"}
+    head = summary["headline"]
+    assert head["sft_words"] > 0 and head["ppo_words"] > 0 and head["ppo_kl_to_sft"] is not None
+    assert "self_judge_consistency" in head and "rm_zero_shot_accuracy" in head
+    assert {"salmon-policy", "salmon-reward"} <= set(summary["models"])
+    report = capsys.readouterr().err
+    assert "rm_zero_shot_accuracy" in report and "SALMON pipeline finished" in report
