@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The GPU check: the `gpu` test tier (bf16 and QLoRA SFT on SmolLM2) and the real world on the GPU
+# at a larger size, in at most 8 minutes on one H100. Figures go to one JSON file:
+#
+#   bash scripts/gpu-check.sh [OUT_DIR]        # default $OUT or out/gpu-check
+#
+# Uses .venv when present (make env), else the python3 on PATH with the project importable.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-out/gpu-check}}"
+mkdir -p "$out"
+py=python3
+[ -x .venv/bin/python ] && py=.venv/bin/python
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$out/gpu.txt" 2>&1 || true
+start=$(date +%s)
+
+# 1. the gpu tier (about 2 minutes)
+timeout 240 "$py" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$out/gpu-tier.log"
+tier=${PIPESTATUS[0]}
+
+# 2. the real world at a larger size on the GPU (about 5 minutes): 1,000 prompts, bf16 judge
+#    audit, the small preset's stages on cuda
+timeout 330 "$py" -m salmon demo --base smollm2 --out "$out/demo" --no-cache nano_prompts=1000 ppo_steps=16 \
+    eval_limit=100 2>&1 | tee "$out/demo.log" | grep -E '^\s*\[|SALMON pipeline|^[a-z_/:]+ +[-0-9.]+$' || true
+demo=${PIPESTATUS[0]}
+
+"$py" - "$out" "$tier" "$demo" "$start" <<'PY'
+import json, sys, time
+from pathlib import Path
+out, tier, demo, start = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+summary = out / "demo" / "summary.json"
+figures = {"gpu": (out / "gpu.txt").read_text().strip(), "gpu_tier_exit": tier, "demo_exit": demo,
+           "seconds": round(time.time() - start)}
+if summary.is_file():
+    s = json.loads(summary.read_text())
+    figures.update(headline=s.get("headline"), pipeline_seconds=s.get("seconds"),
+                   stage_seconds={k: v["metrics"].get("seconds") for k, v in s.get("stages", {}).items()})
+(out / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
+print(json.dumps(figures, indent=2))
+PY
+[ "$tier" = 0 ] && [ "$demo" = 0 ]
