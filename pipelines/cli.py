@@ -38,8 +38,8 @@ SMALL_HOLDOUT = ["structured", "refuse_harm"]
 """Nano principles the real-world demo keeps out of the RM's training, for eval_rm's zero-shot check."""
 SMALL_PARAMS: dict[str, Any] = {
     # The real world: SmolLM2-135M-Instruct answers the nano world's prompts, the checkers label,
-    # and every stage runs on the real model; sized for about 30 minutes on 2 CPU cores (every
-    # SmolLM2 forward there costs about 575 prompt tokens per second).
+    # and every stage runs on the real model: 40 minutes on 2 CPU cores (docs/results.md), where
+    # every SmolLM2 forward costs about 575 prompt tokens per second.
     "base_model_uri": "smollm2", "preset": "small", "selfalign_backend": "hf", "sample_backend": "hf",
     "label_backend": "rules",
     "nano_prompts": 160,
@@ -245,7 +245,7 @@ def build_parser(prog: str = "salmon") -> argparse.ArgumentParser:
 def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--base", choices=BASES, default="nano",
                       help="nano: the 0.9 M nano model (minutes); smollm2: SmolLM2-135M-Instruct from its Python "
-                      "package answering the nano prompts, the checkers labelling (about 30 minutes on 2 cores)")
+                      "package answering the nano prompts, the checkers labelling (about 40 minutes on 2 cores)")
     demo.add_argument("--out", default=None,
                       help="output folder (pipeline root, MLflow db, summary); default out/demo or out/demo-smollm2")
     demo.add_argument("--quick", action="store_true", help="a smoke run of every task (metrics mean little)")
