@@ -74,9 +74,8 @@ def demo_params(args: argparse.Namespace) -> dict[str, Any]:
     nano.get(args.rl_principle)  # a bad --rl-principle fails first
     if args.base == "smollm2":
         params = dict(SMALL_QUICK_PARAMS if args.quick else SMALL_PARAMS)
-        holdout = [h for h in (args.holdout or "").split(",") if h.strip()] if args.holdout is not None \
-            else list(SMALL_HOLDOUT)
-        holdout = [h.strip() for h in holdout]
+        given = SMALL_HOLDOUT if args.holdout is None else args.holdout.split(",")
+        holdout = [h.strip() for h in given if h.strip()]
         for h in holdout:
             nano.get(h)
         if args.rl_principle in holdout:
