@@ -38,13 +38,12 @@ SMALL_HOLDOUT = ["structured", "refuse_harm"]
 """Nano principles the real-world demo keeps out of the RM's training, for eval_rm's zero-shot check."""
 SMALL_PARAMS: dict[str, Any] = {
     # The real world: SmolLM2-135M-Instruct answers the nano world's prompts, the checkers label,
-    # and every stage runs on the real model: 40 minutes on 2 CPU cores (docs/results.md), where
-    # every SmolLM2 forward costs about 575 prompt tokens per second.
+    # and every stage runs on the real model, within 30 minutes on 2 CPU cores (docs/results.md).
     "base_model_uri": "smollm2", "preset": "small", "selfalign_backend": "hf", "sample_backend": "hf",
     "label_backend": "rules",
     "nano_prompts": 160,
-    "rm_epochs": 1.0,
-    "ppo_steps": 8,
+    "rm_epochs": 2.0,
+    "ppo_steps": 6,
     "eval_limit": 32,
     "stage_overrides": {"eval_rm": {"passes": 1}},
 }

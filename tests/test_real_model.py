@@ -196,3 +196,35 @@ def _served_like_sampled(model: str, adapter: Path) -> None:
                              temperature=0, top_p=1, max_new_tokens=24, batch_size=1)
     assert answers == [turns.answer_text(t.text) for t in sampled]
     _no_leaks(answers)
+
+
+def test_sample_and_selfalign_generate_in_bfloat16_when_asked(smollm2_model: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import salmon.modeling as modeling
+
+    loaded: list[Any] = []
+    real = modeling.load_causal_lm
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        model = real(*args, **kwargs)
+        loaded.append(next(model.parameters()).dtype)
+        return model
+
+    monkeypatch.setattr(modeling, "load_causal_lm", spy)
+    d = tmp_path
+    _run(["prompts", "nano_prompts=4", "seed=3", f"output={d / 'prompts.jsonl'}"], capsys)
+    _run(["sample", f"prompts={d / 'prompts.jsonl'}", f"output={d / 'pairs.jsonl'}", "model=smollm2",
+          "prompt_format=chat_template", "max_new_tokens=12", "min_chars=1", "batch_size=4", "device=cpu",
+          "dtype=bfloat16"], capsys)
+    pairs = read_jsonl(d / "pairs.jsonl", ResponsePair)
+    assert pairs and all(p.output_1.strip() and p.output_2.strip() for p in pairs)
+    _no_leaks([t for p in pairs for t in (p.output_1, p.output_2)])
+    code = main(["selfalign", f"prompts={d / 'prompts.jsonl'}", f"output={d / 'selfalign.jsonl'}",
+                 "model=smollm2", "prompt_format=chat_template", "limit=2", "max_new_tokens=8", "min_chars=0",
+                 "batch_size=2", "device=cpu", "dtype=bfloat16"])
+    capsys.readouterr()
+    assert code in (0, 1)  # 1: nothing passed the filters
+    assert loaded == [torch.bfloat16, torch.bfloat16]

@@ -230,3 +230,30 @@ def test_max_steps_stops_and_a_rerun_finishes_the_same_model(tmp_path: Path, tin
     a = load_file(str(Path(full.outputs["model"]) / "reward_head.safetensors"))
     b = load_file(str(Path(again.outputs["model"]) / "reward_head.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_lora_layers_adapts_only_the_top_layers_and_saves_a_loadable_rm(tmp_path: Path, tiny_model: str) -> None:
+    from salmon.core.errors import SalmonInputError
+    from salmon.reward.model import load_reward_model
+
+    result = _train(tmp_path, tiny_model, tmp_path / "top", lora_layers=1, epochs=0.5)
+    n_layers = json.loads((Path(tiny_model) / "config.json").read_text())["num_hidden_layers"]
+    rm, tok, meta = load_reward_model(result.outputs["model"], device=torch.device("cpu"))
+    adapted = {n.split(".layers.")[1].split(".")[0] for n, _ in rm.named_parameters() if "lora_" in n}
+    assert adapted == {str(n_layers - 1)}
+    # PPO's shared layout loads it as the reward and value adapters of the policy's causal LM
+    from salmon.ppo.shared import SharedRoles
+    from salmon.reward.model import RMEncoder, score_sequences
+
+    shared = SharedRoles(tiny_model, None, result.outputs["model"], lora_r=4, lora_alpha=8,
+                         device=torch.device("cpu"))
+    encoder = RMEncoder(tok, meta.limits())
+    rows = [encoder.encode_rm(r, "Tell me about bees.", ["Be brief."]) for r in ("Bees.", "Bees make honey.")]
+    pad = int(tok.pad_token_id)
+    assert shared.score(rows, pad, 2) == pytest.approx(score_sequences(rm, rows, pad, 2), abs=1e-5)
+    # fewer trainable parameters than LoRA on every layer
+    everywhere = _train(tmp_path, tiny_model, tmp_path / "all", epochs=0.5)
+    assert 0 < result.metrics["trainable_parameters"] < everywhere.metrics["trainable_parameters"]
+    with pytest.raises(SalmonInputError, match="lora_layers=99"):
+        _train(tmp_path, tiny_model, tmp_path / "too_many", lora_layers=99)
+    assert not (tmp_path / "too_many").exists()

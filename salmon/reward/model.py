@@ -174,8 +174,9 @@ def read_rm_meta(path: str) -> RMMeta:
     return meta
 
 
-def load_reward_model(path: str, *, device: torch.device) -> tuple[Any, PreTrainedTokenizerBase, RMMeta]:
-    """Load a saved RM folder for scoring (eval mode)."""
+def load_reward_model(path: str, *, device: torch.device,
+                      dtype: str = "float32") -> tuple[Any, PreTrainedTokenizerBase, RMMeta]:
+    """Load a saved RM folder for scoring (eval mode); ``dtype`` is the body's, the head stays float32."""
     from safetensors.torch import load_file
 
     p = Path(path)
@@ -186,10 +187,10 @@ def load_reward_model(path: str, *, device: torch.device) -> tuple[Any, PreTrain
         from peft import PeftModel
 
         check_model_dir(meta.base_model)
-        body = PeftModel.from_pretrained(load_backbone(meta.base_model, device=device),
+        body = PeftModel.from_pretrained(load_backbone(meta.base_model, device=device, dtype=dtype),
                                          str(p / "adapter"))
     else:
-        body = load_backbone(str(p / "backbone"), device=device)
+        body = load_backbone(str(p / "backbone"), device=device, dtype=dtype)
     model = build_reward_model(body)
     model.head.load_state_dict(load_file(str(p / "reward_head.safetensors")))
     model.to(device)

@@ -156,7 +156,7 @@ def run(cfg: EvalRMConfig) -> StageResult:
     zero_pairs = zero_shot_pairs(pairs, judgements, cfg.zero_shot)
     check_principles_fit(cfg, pset, [*dims, *cfg.sensitivity, *cfg.zero_shot], interventions, pairs)
     device = resolve_device(cfg.device)
-    model, tokenizer, meta = load_reward_model(cfg.model, device=device)
+    model, tokenizer, meta = load_reward_model(cfg.model, device=device, dtype=cfg.dtype)
     encoder = RMEncoder(tokenizer, meta.limits())
     rows: list[list[int]] = []
 

@@ -402,6 +402,7 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
             rng = random.Random(step_seed(cfg.seed, ctx.rank, step))
         items = [kept[i] for i in mine for _ in range(group)]
         q_ids = [queries[i] for i in mine for _ in range(group)]
+        t_step = time.monotonic()
         sampled = turns.generate(roles.sampler, q_ids, temperature=cfg.temperature, top_p=cfg.top_p,
                                  max_new_tokens=cfg.response_len, batch_size=cfg.forward_batch_size)
         texts = [t.text for t in sampled]
@@ -411,6 +412,7 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
                  for p in items]
         rm_rows = [encoder.encode_rm(turns.answer_text(t), p.full_instruction(), drawn, fixed)
                    for t, p, (fixed, drawn) in zip(texts, items, lines, strict=True)]
+        t_sampled = time.monotonic()
         scores = torch.tensor(roles.score(rm_rows, int(roles.rm_tokenizer.pad_token_id), cfg.forward_batch_size),
                               device=device)
 
@@ -436,6 +438,8 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
         raw_advantages = advantages
         if cfg.whiten_advantages:  # over the tokens of every rank
             advantages = ppo_math.whiten(advantages, mask, all_sum=ctx.all_sum_tensor if ctx.deepspeed else None)
+
+        t_scored = time.monotonic()  # RM scores, log-probs and values of the rollouts
 
         # 5. clipped updates over minibatches
         losses: list[float] = []
@@ -491,7 +495,8 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
         history.append(entry)
         ctx.log(STAGE, f"step {done}/{total} rm {entry['rm_score']:+.3f} kl {entry['kl']:.4f} "
                    f"len {entry['response_tokens']:.0f} stop {entry['stop_rate']:.2f} "
-                   f"({time.monotonic() - t0:.0f}s)")
+                   f"({time.monotonic() - t0:.0f}s; this step: rollout {t_sampled - t_step:.0f}s, "
+                   f"scoring {t_scored - t_sampled:.0f}s, update {time.monotonic() - t_scored:.0f}s)")
         dump = []
         for i, (p, t) in enumerate(zip(items, texts, strict=True)):
             n = int(lengths[i])

@@ -106,7 +106,7 @@ def generate_hf(cfg: SampleConfig, prompts: list[PromptRecord]) -> tuple[list[tu
     if not cfg.model:
         raise SalmonInputError("sample config", "backend hf needs model=<HF folder>")
     device = resolve_device(cfg.device)
-    model = with_adapter(load_causal_lm(cfg.model, device=device), cfg.adapter)
+    model = with_adapter(load_causal_lm(cfg.model, device=device, dtype=cfg.dtype), cfg.adapter)
     turns = sample_turns(cfg)
     queries = [turns.query_ids(p.full_instruction()) for p in prompts]
     outputs: list[list[str]] = []

@@ -112,7 +112,7 @@ def generate_hf(cfg: SelfAlignConfig, prompts: list[PromptRecord], ex: ExemplarS
     tok = load_tokenizer(cfg.model)
     queries = [self_align_query(tok, cfg, rules, ex, p.full_instruction()) for p in prompts]
     turns = PolicyTurns(tok, "dromedary", stop="", end_ids=generation_end_ids(cfg.model))
-    model = load_causal_lm(cfg.model, device=resolve_device(cfg.device))
+    model = load_causal_lm(cfg.model, device=resolve_device(cfg.device), dtype=cfg.dtype)
     torch.manual_seed(cfg.seed)
     window = int(getattr(model.config, "max_position_embeddings", 0) or 0)
     longest = max(len(q) for q in queries) + cfg.max_new_tokens

@@ -2,8 +2,10 @@
 
 A causal-LM body with LoRA (r=64, alpha=16 on all linear layers by default; ``finetune=full``
 for small models) and a float32 scalar head read at the last token of left-padded inputs.
-Each instance gives two sequences, (response, instruction, principle lines) for both outputs,
-run in one forward; the loss is Bradley-Terry, ``-log sigmoid(r_chosen - r_rejected)``.
+``lora_layers=N`` puts LoRA on the last N layers only, which stops backpropagation there (a
+cheaper step, for CPU runs). Each instance gives two sequences, (response, instruction,
+principle lines) for both outputs, run in one forward; the loss is Bradley-Terry,
+``-log sigmoid(r_chosen - r_rejected)``.
 
 With ``pmp_data``, a preference-model pre-training phase on generic pairs (template without
 principles) runs first and the principle-conditioned phase continues its weights.
@@ -84,6 +86,33 @@ def _checkpoint_step(phase_index: int, step: int) -> int:
     return phase_index * 10_000_000 + step
 
 
+def lora_targets(cfg: TrainRMConfig, body: Any) -> str | list[str]:
+    """peft ``target_modules`` for the body: ``cfg.lora_target``, confined with ``cfg.lora_layers``
+    to the linear modules of the last N decoder layers, named in full (``layers.<i>.<path>``)."""
+    import torch
+
+    names = None if cfg.lora_target == "all-linear" else {t.strip() for t in cfg.lora_target.split(",")}
+    if cfg.lora_layers is None:
+        return "all-linear" if names is None else sorted(names)
+    n = int(getattr(body.config, "num_hidden_layers", 0) or 0)
+    if cfg.lora_layers > n:
+        raise SalmonInputError(f"lora_layers={cfg.lora_layers}", f"exceeds the {n} layers of {cfg.base_model}",
+                               f"set lora_layers to at most {n}, or null for every layer")
+    top = {str(i) for i in range(n - cfg.lora_layers, n)}
+    out = []
+    for name, module in body.named_modules():
+        parts = name.split(".")
+        if not isinstance(module, torch.nn.Linear) or "layers" not in parts:
+            continue
+        at = parts.index("layers")
+        if at + 1 < len(parts) and parts[at + 1] in top and (names is None or parts[-1] in names):
+            out.append(name)
+    if not out:
+        raise SalmonInputError(f"lora_layers={cfg.lora_layers}", f"found no linear modules in 'layers.<i>' of "
+                               f"{cfg.base_model}", "leave lora_layers null for this architecture")
+    return out
+
+
 def build_model(cfg: TrainRMConfig, device: Any = None) -> tuple[Any, Any]:
     """The RM to train and its tokenizer: base body (+ LoRA) and a fresh head (on ``cfg.device`` by default)."""
     import torch
@@ -97,10 +126,8 @@ def build_model(cfg: TrainRMConfig, device: Any = None) -> tuple[Any, Any]:
     tokenizer = load_tokenizer(cfg.base_model)
     body = load_backbone(cfg.base_model, device=device, dtype=cfg.dtype)
     if cfg.finetune == "lora":
-        target: str | list[str] = (cfg.lora_target if cfg.lora_target == "all-linear"
-                                   else [t.strip() for t in cfg.lora_target.split(",")])
         body = get_peft_model(body, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                               lora_dropout=cfg.lora_dropout, target_modules=target))
+                                               lora_dropout=cfg.lora_dropout, target_modules=lora_targets(cfg, body)))
     model = build_reward_model(body, seed=cfg.seed)
     model.train()
     return model, tokenizer
