@@ -45,7 +45,7 @@ SMALL_PARAMS: dict[str, Any] = {
     "rm_epochs": 2.0,
     "ppo_steps": 6,
     "eval_limit": 32,
-    "stage_overrides": {"eval_rm": {"passes": 1}},
+    "stage_overrides": {},
 }
 SMALL_QUICK_PARAMS: dict[str, Any] = {
     # A smoke run of every task on SmolLM2 in a few minutes; the metrics mean little.
@@ -243,7 +243,7 @@ def build_parser(prog: str = "salmon") -> argparse.ArgumentParser:
 def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--base", choices=BASES, default="nano",
                       help="nano: the 0.9 M nano model (minutes); smollm2: SmolLM2-135M-Instruct from its Python "
-                      "package answering the nano prompts, the checkers labelling (about 40 minutes on 2 cores)")
+                      "package answering the nano prompts, the checkers labelling (about 23 minutes on 2 cores)")
     demo.add_argument("--out", default=None,
                       help="output folder (pipeline root, MLflow db, summary); default out/demo or out/demo-smollm2")
     demo.add_argument("--quick", action="store_true", help="a smoke run of every task (metrics mean little)")

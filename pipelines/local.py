@@ -137,12 +137,19 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     if "audit_agreement" in lab:
         out["self_judge_agreement"] = lab.get("audit_agreement")
         out["self_judge_consistency"] = lab.get("audit_position_consistent_rate")
+        out["self_judge_mean_agreement"] = lab.get("audit_mean_agreement")
     for side in ("sft", "ppo"):
         out[f"{side}_words"] = pol.get(f"{side}/response_words")
         out[f"{side}_correct_arithmetic"] = pol.get(f"{side}/adherence/correct_arithmetic")
+    sft_words, ppo_words = out["sft_words"], out["ppo_words"]
+    if isinstance(sft_words, int | float) and isinstance(ppo_words, int | float) and sft_words > 0:
+        out["ppo_words_change"] = round(ppo_words / sft_words - 1, 4)
     for key, value in pol.items():
+        side, _, rest = key.partition("/")
         if key.startswith("win_rate/"):
             out[f"ppo_{key}"] = value
+        elif side in ("sft", "ppo") and (rest.startswith("adherence/") or rest == "stop_rate"):
+            out[f"{side}_{rest}"] = value
     return out
 
 

@@ -108,6 +108,36 @@ def test_full_demo_meets_the_acceptance_thresholds(tmp_path: Path, monkeypatch: 
 
 
 @pytest.mark.slow
+def test_default_smollm2_demo_holds_its_floors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/results.md, "The default run": `salmon demo --base smollm2` runs every task on
+    SmolLM2-135M-Instruct within the 30-minute budget of 2 CPU cores (measured: 22 min 35 s), and
+    its figures stay at the floors below the measured ones. The issue's goals (RM accuracy 0.85,
+    PPO words -30 %) are not met on a CPU budget; the floors keep what it does reach."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "real"
+    assert main(["demo", "--base", "smollm2", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cached"] == [] and summary["seconds"] <= 30 * 60, summary["seconds"]
+    stages, head = summary["stages"], summary["headline"]
+    # the self-judge audit: 24 pairs, its order-averaged verdicts compared on every decided case
+    label = stages["label"]["metrics"]
+    assert label["audit_pairs"] == 24 and label["audit_mean_agreement_n"] >= 30
+    assert head["self_judge_consistency"] <= 0.5  # SmolLM2-135M is no judge: why the checkers label
+    # the RM: no worse than chance on held-out real answers (measured 0.56, n = 32), the two principles
+    # held out of its training measured zero-shot
+    ev = stages["eval_rm"]["metrics"]
+    assert ev["accuracy_n"] >= 25 and head["rm_heldout_accuracy"] >= 0.5
+    assert ev["flip_n"] >= 10 and head["rm_flip_rate"] is not None
+    assert ev["zero_shot"]["structured"]["n"] >= 5 and set(ev["zero_shot"]) == {"structured", "refuse_harm"}
+    assert stages["train_rm"]["metrics"]["instances"] >= 200 and stages["train_rm"]["metrics"]["train_loss"] < 0.69
+    # PPO under `concise`: the KL stays bounded; words and adherence reported for both policies
+    assert 0 < stages["ppo"]["metrics"]["kl"] <= 5 and abs(head["ppo_kl_to_sft"]) <= 5
+    assert head["sft_words"] > 0 and head["ppo_words"] > 0 and "ppo_words_change" in head
+    assert {"sft_adherence/concise", "ppo_adherence/concise", "ppo_stop_rate"} <= set(head)
+    assert {"salmon-policy", "salmon-reward", "salmon-sft"} <= set(summary["models"])
+
+
+@pytest.mark.slow
 def test_quick_smollm2_demo_runs_every_task_on_the_real_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     """`salmon demo --base smollm2 --quick` (in .ci/run): every task runs on SmolLM2-135M-Instruct,
@@ -132,3 +162,21 @@ def test_quick_smollm2_demo_runs_every_task_on_the_real_model(tmp_path: Path, mo
     assert {"salmon-policy", "salmon-reward"} <= set(summary["models"])
     report = capsys.readouterr().err
     assert "rm_zero_shot_accuracy" in report and "SALMON pipeline finished" in report
+
+
+def test_headline_reports_words_change_stop_rate_and_every_checker_adherence() -> None:
+    from pipelines.local import headline
+
+    pol = {"sft/response_words": 50.0, "ppo/response_words": 40.0, "sft/stop_rate": 0.5, "ppo/stop_rate": 0.75,
+           "sft/adherence/concise": 0.2, "ppo/adherence/concise": 0.4, "sft/adherence/correct_arithmetic": 1.0,
+           "ppo/adherence/correct_arithmetic": 0.5, "kl_to_baseline": 1.5, "win_rate/nano:concise": 0.6,
+           "sft/reward/nano:concise": -0.1}
+    head = headline({"stages": {"eval_policy": {"metrics": pol}, "label": {"metrics": {
+        "audit_agreement": 0.5, "audit_position_consistent_rate": 0.25}}}})
+    assert head["ppo_words_change"] == pytest.approx(-0.2)
+    assert (head["sft_stop_rate"], head["ppo_stop_rate"]) == (0.5, 0.75)
+    assert (head["sft_adherence/concise"], head["ppo_adherence/concise"]) == (0.2, 0.4)
+    assert head["ppo_correct_arithmetic"] == 0.5 and head["ppo_win_rate/nano:concise"] == 0.6
+    assert head["ppo_kl_to_sft"] == 1.5 and head["self_judge_consistency"] == 0.25
+    assert not any("reward/" in k for k in head)
+    assert "ppo_words_change" not in headline({"stages": {}})

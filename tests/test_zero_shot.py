@@ -137,9 +137,15 @@ def test_judge_agreement_counts_by_hand() -> None:
     ref = [j("a", 1, 1, "rules"), j("b", -1, -1, "rules"), j("c", 1, 1, "rules"), j("d", 0, 0, "rules")]
     # a: agrees; b: disagrees; c: inconsistent (a tie); d: the checker has no opinion
     got = [j("a", 2, 1), j("b", 1, 3), j("c", 1, -1), j("d", 1, 1)]
+    # the order-averaged deltas: a +1.5 agrees, b +2 disagrees, c 0 (no opinion)
     assert judge_agreement(ref, got) == {"decided": 3, "consistent_rate": 0.6667, "agreement": 0.5,
-                                         "agreement_n": 2}
-    assert judge_agreement(ref, []) == {"decided": 0, "consistent_rate": None, "agreement": None, "agreement_n": 0}
+                                         "agreement_n": 2, "mean_agreement": 0.5, "mean_agreement_n": 2}
+    # an inconsistent verdict whose mean leans the checker's way counts in the mean agreement only
+    leaning = [j("a", 2, 1), j("b", 1, 3), j("c", 3, -1), j("d", 1, 1)]
+    assert judge_agreement(ref, leaning) == {"decided": 3, "consistent_rate": 0.6667, "agreement": 0.5,
+                                             "agreement_n": 2, "mean_agreement": 0.6667, "mean_agreement_n": 3}
+    assert judge_agreement(ref, []) == {"decided": 0, "consistent_rate": None, "agreement": None, "agreement_n": 0,
+                                        "mean_agreement": None, "mean_agreement_n": 0}
 
 
 def test_label_audits_the_hf_judge_against_the_checkers(tiny_model: str, judged: tuple[Path, Path],
@@ -156,6 +162,7 @@ def test_label_audits_the_hf_judge_against_the_checkers(tiny_model: str, judged:
     assert m["audit_pairs"] == 3 and 0 <= m["audit_position_consistent_rate"] <= 1
     assert 0 < m["audit_decided_by_checkers"] <= 3 * 6 and "audit: the hf judge on 3 pairs" in captured.err
     assert set(m) >= {f"audit_agreement/{p}" for p in ("concise", "detailed", "refuse_harm")}
+    assert m["audit_agreement_n"] <= m["audit_mean_agreement_n"] <= m["audit_decided_by_checkers"]
 
     assert main(["label", f"pairs={pairs}", f"output={tmp_path / 'x.jsonl'}", "backend=rules", "principles=nano",
                  "audit_pairs=3", "progress=false"]) == 2

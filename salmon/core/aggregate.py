@@ -183,29 +183,38 @@ def judge_agreement(reference: Iterable[Judgement], other: Iterable[Judgement]) 
     ``decided`` counts cases the reference decides (a nonzero :func:`principle_score`);
     ``consistent_rate`` is the share of those where ``other`` is position-consistent (decides);
     ``agreement`` the share of cases both decide where they prefer the same output, over
-    ``agreement_n`` such cases (None when there are none).
+    ``agreement_n`` such cases (None when there are none). ``mean_agreement`` compares the sign of
+    ``other``'s order-averaged delta instead, over the ``mean_agreement_n`` decided cases where it
+    is nonzero: a constant position bias cancels in the mean, so an inconsistent judge still
+    counts.
 
     >>> ref = [Judgement(pair_id="p", principle_id=i, delta_12=d, delta_21=d, backend="rules")
     ...        for i, d in (("a", 1.0), ("b", -1.0), ("c", 1.0), ("d", 0.0))]
     >>> got = [Judgement(pair_id="p", principle_id=i, delta_12=x, delta_21=y, backend="hf")
-    ...        for i, x, y in (("a", 2.0, 1.0), ("b", 1.0, 3.0), ("c", 1.0, -1.0), ("d", 1.0, 1.0))]
+    ...        for i, x, y in (("a", 2.0, 1.0), ("b", 1.0, 3.0), ("c", 1.0, -0.5), ("d", 1.0, 1.0))]
     >>> judge_agreement(ref, got)
-    {'decided': 3, 'consistent_rate': 0.6667, 'agreement': 0.5, 'agreement_n': 2}
+    {'decided': 3, 'consistent_rate': 0.6667, 'agreement': 0.5, 'agreement_n': 2, 'mean_agreement': 0.6667, 'mean_agreement_n': 3}
     """
-    theirs = {(j.pair_id, j.principle_id): principle_score(j.delta_12, j.delta_21, 1.0) for j in other}
-    decided = agree = both = consistent = 0
+    theirs = {(j.pair_id, j.principle_id): (principle_score(j.delta_12, j.delta_21, 1.0), j.delta_12 + j.delta_21)
+              for j in other}
+    decided = agree = both = consistent = mean_agree = mean_n = 0
     for j in reference:
         ref = principle_score(j.delta_12, j.delta_21, 1.0)
         key = (j.pair_id, j.principle_id)
         if ref == 0 or key not in theirs:
             continue
         decided += 1
-        if theirs[key] != 0:
+        score, total = theirs[key]
+        if score != 0:
             consistent += 1
             both += 1
-            agree += (theirs[key] > 0) == (ref > 0)
+            agree += (score > 0) == (ref > 0)
+        if total != 0:
+            mean_n += 1
+            mean_agree += (total > 0) == (ref > 0)
     return {"decided": decided, "consistent_rate": round(consistent / decided, 4) if decided else None,
-            "agreement": round(agree / both, 4) if both else None, "agreement_n": both}
+            "agreement": round(agree / both, 4) if both else None, "agreement_n": both,
+            "mean_agreement": round(mean_agree / mean_n, 4) if mean_n else None, "mean_agreement_n": mean_n}
 
 
 def index_judgements(judgements: Iterable[Judgement]) -> dict[str, dict[str, Judgement]]:

@@ -132,14 +132,17 @@ def audit_judge(cfg: LabelConfig, pairs: list[ResponsePair], principles: list[Pr
         "audit_pairs": len(pairs), "audit_position_consistent_rate": round(
             sum(j.consistent for j in got) / max(1, len(got)), 4),
         "audit_decided_by_checkers": overall["decided"], "audit_agreement": overall["agreement"],
-        "audit_agreement_n": overall["agreement_n"]}
+        "audit_agreement_n": overall["agreement_n"], "audit_mean_agreement": overall["mean_agreement"],
+        "audit_mean_agreement_n": overall["mean_agreement_n"]}
     for p in principles:
         one = judge_agreement([j for j in reference if j.principle_id == p.id],
                               [j for j in got if j.principle_id == p.id])
         out[f"audit_agreement/{p.id}"] = one["agreement"]
     log(STAGE, f"audit: the hf judge on {len(pairs)} pairs is position-consistent on "
                f"{100 * (out['audit_position_consistent_rate'] or 0):.1f}% of checks and agrees with the checkers "
-               f"on {_pct(overall['agreement'])} of the {overall['agreement_n']} cases both decide")
+               f"on {_pct(overall['agreement'])} of the {overall['agreement_n']} cases both decide; its "
+               f"order-averaged preference agrees on {_pct(overall['mean_agreement'])} of "
+               f"{overall['mean_agreement_n']} cases the checkers decide")
     return out
 
 
