@@ -192,8 +192,11 @@ def judge_agreement(reference: Iterable[Judgement], other: Iterable[Judgement]) 
     ...        for i, d in (("a", 1.0), ("b", -1.0), ("c", 1.0), ("d", 0.0))]
     >>> got = [Judgement(pair_id="p", principle_id=i, delta_12=x, delta_21=y, backend="hf")
     ...        for i, x, y in (("a", 2.0, 1.0), ("b", 1.0, 3.0), ("c", 1.0, -0.5), ("d", 1.0, 1.0))]
-    >>> judge_agreement(ref, got)
-    {'decided': 3, 'consistent_rate': 0.6667, 'agreement': 0.5, 'agreement_n': 2, 'mean_agreement': 0.6667, 'mean_agreement_n': 3}
+    >>> a = judge_agreement(ref, got)
+    >>> a["decided"], a["consistent_rate"], a["agreement"], a["agreement_n"]
+    (3, 0.6667, 0.5, 2)
+    >>> a["mean_agreement"], a["mean_agreement_n"]
+    (0.6667, 3)
     """
     theirs = {(j.pair_id, j.principle_id): (principle_score(j.delta_12, j.delta_21, 1.0), j.delta_12 + j.delta_21)
               for j in other}
