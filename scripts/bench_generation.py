@@ -4,9 +4,10 @@
     .venv/bin/python scripts/bench_generation.py --batch-sizes 16,32 --dtypes float32,bfloat16
 
 Loads the model (``salmon base prepare`` name or an HF folder) once per dtype and, for each batch
-size, samples ``--new-tokens`` tokens (no early stop, temperature 0.7) for that many chat-template
+size, samples up to ``--new-tokens`` tokens (temperature 0.7) for that many chat-template
 prompts through :func:`salmon.turns.generate_ids`, the path ``sample`` takes. Prints one JSON line
-per (dtype, batch size) with the seconds and the generated tokens per second. Run it on a quiet
+per (dtype, batch size) with the seconds and the token positions generated per second (a row that
+ends at eos early is padded to its batch's length, which costs the same). Run it on a quiet
 machine: another process on the same cores changes the figures.
 """
 

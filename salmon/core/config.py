@@ -39,7 +39,7 @@ stage entry points resolve to its prepared folder (:func:`model_ref_fields`)."""
 DType = Literal["float32", "bfloat16", "float16"]
 GENERATION_DTYPE_HELP = (
     "dtype of the weights that generate (hf backend). bfloat16 halves the memory and, on GPUs and on "
-    "CPUs with AVX512-BF16, generates faster (1.5x at batch 32 for SmolLM2-135M on 2 cores, docs/results.md).")
+    "CPUs with AVX512-BF16, generates faster (1.8x at batch 32 for SmolLM2-135M on 2 cores, docs/results.md).")
 
 
 PromptFormat = Literal["dromedary", "chat_template"]
