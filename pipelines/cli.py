@@ -66,7 +66,8 @@ BASES = ("nano", "smollm2")
 
 
 def demo_params(args: argparse.Namespace) -> dict[str, Any]:
-    """The pipeline parameters of a ``salmon demo`` command line (before ``key=value`` extras)."""
+    """The pipeline parameters of a ``salmon demo`` command line, ``key=value`` extras included; an
+    extra ``stage_overrides`` merges into the demo's per stage (its keys win)."""
     from salmon.core.principles import load_principle_set
 
     nano = load_principle_set("nano")
@@ -101,6 +102,18 @@ def demo_params(args: argparse.Namespace) -> dict[str, Any]:
         params.update(min_rm_accuracy=0.0, min_rm_flip_rate=0.0, min_policy_win_rate=0.0, max_policy_kl=1e6)
     if args.rm_epochs is not None:
         params["rm_epochs"] = args.rm_epochs
+    extra = parse_params(args.params)
+    given = extra.pop("stage_overrides", None)
+    params.update(extra)
+    if isinstance(given, dict) and all(isinstance(v, dict) for v in given.values()):
+        # per stage, the command line's keys over the demo's: a change to one stage keeps the
+        # demo's settings of the others (the held-out principles, the principles scored)
+        merged = {k: dict(v) for k, v in params["stage_overrides"].items()}
+        for stage, values in given.items():
+            merged[stage] = {**merged.get(stage, {}), **values}
+        params["stage_overrides"] = merged
+    elif given is not None:  # not a map of maps: check_params names the problem
+        params["stage_overrides"] = given
     return params
 
 
@@ -253,7 +266,9 @@ def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
                       f"measured zero-shot by eval_rm (default {','.join(SMALL_HOLDOUT)}; '' for none)")
     demo.add_argument("--rm-epochs", type=float, default=None, help="passes of train_rm over its instances")
     demo.add_argument("--no-cache", action="store_true", help="rerun every task even if its inputs are unchanged")
-    demo.add_argument("params", nargs="*", metavar="key=value", help="more pipeline parameters")
+    demo.add_argument("params", nargs="*", metavar="key=value",
+                      help="more pipeline parameters; stage_overrides merges into the demo's own per stage "
+                           "(its keys win)")
 
 
 def add_pipeline_arguments(pipe: argparse.ArgumentParser) -> None:
@@ -295,7 +310,6 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.command == "demo":
             params = demo_params(args)
-            params.update(parse_params(args.params))
             check_params(params)
             out = args.out or ("out/demo" if args.base == "nano" else f"out/demo-{args.base}")
             check_output(out, "dir", "--out")

@@ -21,9 +21,10 @@ timeout 240 "$py" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1
 tier=${PIPESTATUS[0]}
 
 # 2. the real world at a larger size on the GPU (about 5 minutes): 1,000 prompts, bf16 judge
-#    audit, the small preset's stages on cuda
+#    audit, the small preset's stages on cuda, the RM's LoRA on every layer (the method's; the
+#    preset's last-8-layers is a CPU economy)
 timeout 330 "$py" -m salmon demo --base smollm2 --out "$out/demo" --no-cache nano_prompts=1000 ppo_steps=16 \
-    eval_limit=100 2>&1 | tee "$out/demo.log" | grep -E '^\s*\[|SALMON pipeline|^[a-z_/:]+ +[-0-9.]+$' || true
+    eval_limit=100 'stage_overrides={"train_rm": {"lora_layers": null}}' 2>&1 | tee "$out/demo.log" | grep -E '^\s*\[|SALMON pipeline|^[a-z_/:]+ +[-0-9.]+$' || true
 demo=${PIPESTATUS[0]}
 
 "$py" - "$out" "$tier" "$demo" "$start" <<'PY'

@@ -88,7 +88,7 @@ def test_full_demo_meets_the_acceptance_thresholds(tmp_path: Path, monkeypatch: 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--rm-epochs", "3", "nano_prompts=4000", "ppo_steps=0",
-                 "eval_limit=0", "stage_overrides={}"]) == 0
+                 "eval_limit=0", 'stage_overrides={"eval_rm": {"passes": 2}}']) == 0
     summary = json.loads((out / "summary.json").read_text())
     head = summary["headline"]
     assert head["rm_heldout_accuracy"] >= 0.90
@@ -180,3 +180,20 @@ def test_headline_reports_words_change_stop_rate_and_every_checker_adherence() -
     assert head["ppo_kl_to_sft"] == 1.5 and head["self_judge_consistency"] == 0.25
     assert not any("reward/" in k for k in head)
     assert "ppo_words_change" not in headline({"stages": {}})
+
+
+def test_demo_stage_overrides_merge_per_stage_and_keep_the_held_out_principles() -> None:
+    from pipelines.cli import SMALL_HOLDOUT, check_params, demo_params
+    from salmon.core.errors import SalmonInputError
+
+    params = demo_params(_demo_args("--base", "smollm2", 'stage_overrides={"train_rm": {"lora_layers": null}, '
+                                    '"eval_rm": {"passes": 3}}', "rm_epochs=3"))
+    over = params["stage_overrides"]
+    assert over["train_rm"] == {"lora_layers": None} and params["rm_epochs"] == 3
+    assert over["eval_rm"] == {"zero_shot": SMALL_HOLDOUT, "passes": 3}  # merged, the command line's key added
+    assert over["aggregate"]["holdout_principles"] == SMALL_HOLDOUT
+    check_params(params)
+    nano = demo_params(_demo_args('stage_overrides={"eval_rm": {"passes": 2}}'))
+    assert nano["stage_overrides"] == {"eval_rm": {"passes": 2}}  # the demo's passes=1, replaced
+    with pytest.raises(SalmonInputError, match="stage_overrides"):
+        check_params(demo_params(_demo_args("stage_overrides=[1, 2]")))
