@@ -257,3 +257,14 @@ def test_lora_layers_adapts_only_the_top_layers_and_saves_a_loadable_rm(tmp_path
     with pytest.raises(SalmonInputError, match="lora_layers=99"):
         _train(tmp_path, tiny_model, tmp_path / "too_many", lora_layers=99)
     assert not (tmp_path / "too_many").exists()
+
+
+def test_lora_layers_with_full_fine_tuning_is_refused_before_any_work(tmp_path: Path, tiny_model: str,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from salmon.cli import main
+
+    out = tmp_path / "rm"
+    assert main(["train_rm", f"instances={_instances(tmp_path, 4)}", f"base_model={tiny_model}",
+                 f"output_dir={out}", "finetune=full", "lora_layers=1"]) == 2
+    assert "lora_layers applies to finetune=lora" in capsys.readouterr().err
+    assert not out.exists()

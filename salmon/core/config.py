@@ -270,6 +270,12 @@ class TrainRMConfig(_DeepSpeedSettings):
     pmp_query_len: int = Field(default=256, ge=1, description="PMP instruction tokens kept.")
     pmp_response_len: int = Field(default=640, ge=1, description="PMP response tokens kept.")
 
+    @model_validator(mode="after")
+    def _lora_layers_need_lora(self) -> Self:
+        if self.lora_layers is not None and self.finetune != "lora":
+            raise ValueError("lora_layers applies to finetune=lora only; set lora_layers=null with finetune=full")
+        return self
+
 
 class EvalRMConfig(_Config):
     """``eval_rm``: accuracy, flip rate and principle sensitivity on held-out pairs (method §10)."""
