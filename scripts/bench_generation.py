@@ -7,7 +7,8 @@ Loads the model (``salmon base prepare`` name or an HF folder) once per dtype an
 size, samples up to ``--new-tokens`` tokens (temperature 0.7) for that many chat-template
 prompts through :func:`salmon.turns.generate_ids`, the path ``sample`` takes. Prints one JSON line
 per (dtype, batch size) with the seconds and the token positions generated per second (a row that
-ends at eos early is padded to its batch's length, which costs the same). Run it on a quiet
+ends at eos early is padded to its batch's length, which costs the same), then each one's ratio to
+the first measured (the first dtype at the first batch size). Run it on a quiet
 machine: another process on the same cores changes the figures.
 """
 
@@ -35,6 +36,7 @@ def main() -> None:
     path = resolve_model_ref(args.model)
     tok = load_tokenizer(path)
     turns = PolicyTurns(tok, "chat_template")
+    rates: dict[tuple[str, int], float] = {}
     for dtype in args.dtypes.split(","):
         model = load_causal_lm(path, device=torch.device("cpu"), dtype=dtype)
         for bs in (int(b) for b in args.batch_sizes.split(",")):
@@ -45,8 +47,13 @@ def main() -> None:
                                batch_size=bs)  # no end ids: every row runs to max_new_tokens
             seconds = time.monotonic() - t0
             tokens = sum(len(o) for o in out)
+            rates[dtype, bs] = tokens / seconds
             print(json.dumps({"model": args.model, "dtype": dtype, "batch_size": bs, "tokens": tokens,
                               "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}), flush=True)
+    base = next(iter(rates))  # the first measured: first dtype, first batch size
+    for key, rate in rates.items():
+        print(json.dumps({"dtype": key[0], "batch_size": key[1], "x_vs": f"{base[0]} at batch {base[1]}",
+                          "ratio": round(rate / rates[base], 2)}))
 
 
 if __name__ == "__main__":
