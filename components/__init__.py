@@ -16,6 +16,7 @@ from components.stages import (
     eval_rm,
     label,
     plan,
+    pmp_data,
     ppo,
     prompts,
     register,
@@ -27,5 +28,5 @@ from components.stages import (
     train_rm,
 )
 
-__all__ = ["aggregate", "base_model", "eval_policy", "eval_rm", "label", "plan", "ppo", "prompts", "register",
-           "sample", "selfalign", "serve_sampler", "sft", "stop_sampler", "train_rm"]
+__all__ = ["aggregate", "base_model", "eval_policy", "eval_rm", "label", "plan", "pmp_data", "ppo", "prompts",
+           "register", "sample", "selfalign", "serve_sampler", "sft", "stop_sampler", "train_rm"]

@@ -38,6 +38,7 @@ def plan(
     sampler_endpoint: str,
     base_model_uri: str,
     prompt_sources: str,
+    pmp_sources: str,
     nano_prompts: int,
     nano_pretrain_steps: int,
     rl_principle_ids: list,
@@ -51,8 +52,8 @@ def plan(
     policy_gate_principles: str,
     training_task_gpus: int,
 ) -> NamedTuple("Plans", [("prompts", str), ("selfalign", str), ("sft", str), ("sample", str), ("label", str),
-                          ("aggregate", str), ("train_rm", str), ("eval_rm", str), ("ppo", str),
-                          ("eval_policy", str)]):
+                          ("aggregate", str), ("pmp_data", str), ("train_rm", str), ("eval_rm", str),
+                          ("ppo", str), ("eval_policy", str)]):
     """Validate every parameter (before any GPU work), record the principle sets, give each stage
     its plan. Parameters that only the validation reads do not change any plan."""
     from salmon.task import plan_task
@@ -62,7 +63,7 @@ def plan(
               "sample_backend": sample_backend, "label_backend": label_backend, "sft_executor": sft_executor,
               "train_rm_executor": train_rm_executor, "ppo_executor": ppo_executor, "sampler": sampler,
               "sampler_endpoint": sampler_endpoint, "base_model_uri": base_model_uri,
-              "prompt_sources": prompt_sources, "nano_prompts": nano_prompts,
+              "prompt_sources": prompt_sources, "pmp_sources": pmp_sources, "nano_prompts": nano_prompts,
               "nano_pretrain_steps": nano_pretrain_steps, "rl_principle_ids": rl_principle_ids,
               "rm_epochs": rm_epochs, "ppo_steps": ppo_steps, "eval_limit": eval_limit,
               "min_rm_accuracy": min_rm_accuracy, "min_rm_flip_rate": min_rm_flip_rate,
@@ -75,8 +76,8 @@ def plan(
                "s3_secret": s3_secret}
     p = plan_task(preset=preset, stage_overrides=stage_overrides, selfalign_rules=selfalign_rules,
                   label_principles=label_principles, rl_principles=rl_principles, params=params, cluster=cluster)
-    return (p["prompts"], p["selfalign"], p["sft"], p["sample"], p["label"], p["aggregate"], p["train_rm"],
-            p["eval_rm"], p["ppo"], p["eval_policy"])
+    return (p["prompts"], p["selfalign"], p["sft"], p["sample"], p["label"], p["aggregate"], p["pmp_data"],
+            p["train_rm"], p["eval_rm"], p["ppo"], p["eval_policy"])
 
 
 @_component
@@ -190,15 +191,29 @@ def aggregate(plan: str, seed: int, pairs: Input[Dataset], judgements: Input[Dat
 
 
 @_component
-def train_rm(plan: str, executor: str, epochs: float, instances: Input[Dataset], base_model: Input[Model],
-             reward_model: Output[Model], metrics: Output[Metrics], job_manifest: Output[Artifact]) -> str:
-    """The principle-following reward model (in this task, or as a TrainJob / PyTorchJob)."""
-    from salmon.task import run_stage_task
+def pmp_data(plan: str, sources: str, seed: int, pairs: Output[Dataset]) -> str:
+    """Preference-model pre-training pairs from the pmp_sources files; with none, an empty file."""
+    from salmon.task import pmp_data_task
 
-    return run_stage_task("train_rm", plan=plan, executor=executor, values={
-        "instances": instances.path, "base_model": base_model.path, "output_dir": reward_model.path,
-        "epochs": epochs}, inputs={"instances": instances, "base_model": base_model},
-        outputs={"reward_model": reward_model}, metrics=metrics, job_manifest=job_manifest)
+    return pmp_data_task(plan, sources, seed + 7, pairs)
+
+
+@_component
+def train_rm(plan: str, executor: str, epochs: float, instances: Input[Dataset], base_model: Input[Model],
+             pmp_data: Input[Dataset], reward_model: Output[Model], metrics: Output[Metrics],
+             job_manifest: Output[Artifact]) -> str:
+    """The principle-following reward model (in this task, or as a TrainJob / PyTorchJob), after a
+    PMP phase on the pmp_data pairs when there are any."""
+    from salmon.task import has_pmp_pairs, run_stage_task
+
+    values = {"instances": instances.path, "base_model": base_model.path, "output_dir": reward_model.path,
+              "epochs": epochs}
+    inputs = {"instances": instances, "base_model": base_model}
+    if has_pmp_pairs(pmp_data):
+        values["pmp_data"] = pmp_data.path
+        inputs["pmp_data"] = pmp_data
+    return run_stage_task("train_rm", plan=plan, executor=executor, values=values, inputs=inputs,
+                          outputs={"reward_model": reward_model}, metrics=metrics, job_manifest=job_manifest)
 
 
 @_component
@@ -251,8 +266,8 @@ def eval_policy(plan: str, limit: int, prompts: Input[Dataset], base_model: Inpu
 
 
 @_component
-def register(prompts: str, selfalign: str, sft: str, sample: str, label: str, aggregate: str, train_rm: str,
-             eval_rm: str, ppo: str, eval_policy: str, kfp_run_id: str,
+def register(prompts: str, selfalign: str, sft: str, sample: str, label: str, aggregate: str, pmp_data: str,
+             train_rm: str, eval_rm: str, ppo: str, eval_policy: str, kfp_run_id: str,
              min_rm_accuracy: float, min_rm_flip_rate: float, min_policy_win_rate: float, max_policy_kl: float,
              policy_gate_principles: str) -> str:
     """Register the three models (alias candidate); move champion where the gates pass."""
@@ -262,7 +277,8 @@ def register(prompts: str, selfalign: str, sft: str, sample: str, label: str, ag
 
     summary = register_task(
         {"prompts": prompts, "selfalign": selfalign, "sft": sft, "sample": sample, "label": label,
-         "aggregate": aggregate, "train_rm": train_rm, "eval_rm": eval_rm, "ppo": ppo, "eval_policy": eval_policy},
+         "aggregate": aggregate, "pmp_data": pmp_data, "train_rm": train_rm, "eval_rm": eval_rm, "ppo": ppo,
+         "eval_policy": eval_policy},
         kfp_run_id=kfp_run_id, min_rm_accuracy=min_rm_accuracy, min_rm_flip_rate=min_rm_flip_rate,
         min_policy_win_rate=min_policy_win_rate, max_policy_kl=max_policy_kl,
         policy_gate_principles=policy_gate_principles)

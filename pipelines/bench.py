@@ -41,7 +41,8 @@ TINY_PARAMS: dict[str, Any] = {
     "eval_limit": 8,
     "stage_overrides": {"ppo": {"rollout_batch_size": 4, "step_batch_size": 4}, "eval_rm": {"passes": 1}},
 }
-STAGES = ("prompts", "selfalign", "sft", "sample", "label", "aggregate", "train_rm", "eval_rm", "ppo", "eval_policy")
+STAGES = ("prompts", "selfalign", "sft", "sample", "label", "aggregate", "pmp_data", "train_rm", "eval_rm", "ppo",
+          "eval_policy")
 
 
 def pipeline_values(params: dict[str, Any]) -> dict[str, Any]:
@@ -86,8 +87,8 @@ def run_direct(out: Path, params: dict[str, Any]) -> dict[str, float]:
     base_model_task(p["base_model_uri"], base, nano_pretrain_steps=p["nano_pretrain_steps"], seed=seed)
     seconds["base_model"] = time.perf_counter() - t0
     d = {name: str(out / name) for name in ("prompts.jsonl", "sft_data.jsonl", "sft", "pairs.jsonl",
-                                            "judgements.jsonl", "instances.jsonl", "reward_model", "eval_rm",
-                                            "policy", "eval_policy")}
+                                            "judgements.jsonl", "instances.jsonl", "pmp.jsonl", "reward_model",
+                                            "eval_rm", "policy", "eval_policy")}
     ppo_values: dict[str, Any] = {"prompts": d["prompts.jsonl"], "policy_model": base,
                                   "policy_adapter": d["sft"] + "/adapter",
                                   "reward_model": d["reward_model"] + "/model", "output_dir": d["policy"]}
@@ -101,7 +102,14 @@ def run_direct(out: Path, params: dict[str, Any]) -> dict[str, float]:
         "output_dir": d["eval_policy"], "policy_label": "ppo"}
     if p["eval_limit"] > 0:
         eval_values["limit"] = p["eval_limit"]
-    values: dict[str, dict[str, Any]] = {  # what each component passes (components/stages.py)
+    from salmon.core.pmp import parse_source_spec
+
+    pmp_sources = parse_source_spec(p["pmp_sources"])
+    train_rm_values: dict[str, Any] = {"instances": d["instances.jsonl"], "base_model": base,
+                                       "output_dir": d["reward_model"], "epochs": p["rm_epochs"]}
+    if pmp_sources:
+        train_rm_values["pmp_data"] = d["pmp.jsonl"]
+    values: dict[str, dict[str, Any] | None] = {  # what each component passes (components/stages.py)
         "prompts": {"output": d["prompts.jsonl"], "seed": seed, "sources": [],
                     "nano_prompts": p["nano_prompts"] or None},
         "selfalign": {"prompts": d["prompts.jsonl"], "model": base, "output": d["sft_data.jsonl"],
@@ -113,16 +121,20 @@ def run_direct(out: Path, params: dict[str, Any]) -> dict[str, float]:
                   "output": d["judgements.jsonl"], "backend": p["label_backend"]},
         "aggregate": {"pairs": d["pairs.jsonl"], "judgements": d["judgements.jsonl"], "output": d["instances.jsonl"],
                       "seed": seed + 42},
-        "train_rm": {"instances": d["instances.jsonl"], "base_model": base, "output_dir": d["reward_model"],
-                     "epochs": p["rm_epochs"]},
+        # without pmp_sources the pmp_data task only writes an empty file: nothing to run here
+        "pmp_data": {"sources": pmp_sources, "output": d["pmp.jsonl"], "seed": seed + 7} if pmp_sources else None,
+        "train_rm": train_rm_values,
         "eval_rm": {"model": d["reward_model"] + "/model", "pairs": d["pairs.jsonl"],
                     "judgements": d["judgements.jsonl"], "output_dir": d["eval_rm"]},
         "ppo": ppo_values,
         "eval_policy": eval_values,
     }
     for stage in STAGES:
+        stage_values = values[stage]
+        if stage_values is None:
+            continue
         t0 = time.perf_counter()
-        cfg = stage_config(stage, plans[stage], values[stage])
+        cfg = stage_config(stage, plans[stage], stage_values)
         importlib.import_module(f"salmon.stages.{stage}").run(cfg)
         seconds[stage] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_all
@@ -174,6 +186,8 @@ def run(quick: bool, work: Path) -> BenchResult:
                       "direct.plan_s": round(med("direct", "plan"), 2),
                       "direct.base_model_s": round(med("direct", "base_model"), 2)}
     for s in STAGES:
+        if not any(s in r for r in runs["direct"]):  # a stage with nothing to do (pmp_data without sources)
+            continue
         result.figures[f"kfp.{s}_s"] = round(med("kfp", s), 2)
         result.figures[f"direct.{s}_s"] = round(med("direct", s), 2)
     result.notes = [

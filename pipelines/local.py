@@ -32,7 +32,7 @@ class LocalRun:
     """Tasks served from the cache in this run."""
 
 
-TASKS = ("plan", "base-model", "prompts", "selfalign", "sft", "sample", "label", "aggregate", "train-rm",
+TASKS = ("plan", "base-model", "prompts", "selfalign", "sft", "sample", "label", "aggregate", "pmp-data", "train-rm",
          "eval-rm", "ppo", "eval-policy", "register")
 
 

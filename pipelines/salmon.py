@@ -1,6 +1,8 @@
 """The SALMON pipeline: prompts -> selfalign -> sft -> sample -> label -> aggregate -> train_rm ->
 eval_rm -> ppo -> eval_policy -> register, after a ``plan`` task (parameter checks, principle
-digests, per-stage plans) and a ``base_model`` task. The defaults run the nano world.
+digests, per-stage plans) and a ``base_model`` task. ``pmp_data`` turns the ``pmp_sources``
+files into pairs for train_rm's PMP phase; without them it writes an empty file and train_rm has
+no PMP phase. The defaults run the nano world.
 
 Compile with ``salmon pipeline compile``; run locally with ``salmon demo``.
 """
@@ -22,6 +24,7 @@ def salmon_pipeline(
     base_model_uri: str = "nano",
     preset: str = "nano",
     prompt_sources: str = "",
+    pmp_sources: str = "",
     nano_prompts: int = 4000,
     nano_pretrain_steps: int = 300,
     seed: int = 0,
@@ -62,6 +65,7 @@ def salmon_pipeline(
         base_model_uri: The base model: 'nano' builds the tiny nano-world model; 'smollm2' prepares SmolLM2-135M-Instruct from its Python package; otherwise a Hugging Face model folder (PVC path), an s3:// prefix, or models:/<name>/<version> (or @<alias>) for the model folder in a registered version's artifacts.
         preset: Config preset applied to every stage before the overrides ('nano' or '' for the method's defaults).
         prompt_sources: Comma-separated prompt JSONL files (local paths or s3:// URIs); empty for none.
+        pmp_sources: Preference data for train_rm's PMP phase: comma-separated FORMAT:URI entries, FORMAT hh_rlhf (Anthropic HH-RLHF) or shp (Stanford SHP), URI a JSONL file (local path or s3:// URI), e.g. hh_rlhf:s3://data/hh-rlhf/train.jsonl; empty for no PMP phase. Needs train_rm without DeepSpeed.
         nano_prompts: Synthetic nano-world prompts to add (0 for none).
         nano_pretrain_steps: Pretraining steps of the nano base model.
         seed: Seed of every stage (each stage offsets it).
@@ -107,7 +111,8 @@ def salmon_pipeline(
                   train_nodes=train_nodes, train_procs_per_node=train_procs_per_node, gpus=gpus,
                   accelerator_type=accelerator_type, model_cache_pvc=model_cache_pvc, mlflow_secret=mlflow_secret,
                   s3_secret=s3_secret, sampler=sampler, sampler_endpoint=sampler_endpoint,
-                  base_model_uri=base_model_uri, prompt_sources=prompt_sources, nano_prompts=nano_prompts,
+                  base_model_uri=base_model_uri, prompt_sources=prompt_sources, pmp_sources=pmp_sources,
+                  nano_prompts=nano_prompts,
                   nano_pretrain_steps=nano_pretrain_steps, rl_principle_ids=rl_principle_ids, rm_epochs=rm_epochs,
                   ppo_steps=ppo_steps, eval_limit=eval_limit, min_rm_accuracy=min_rm_accuracy,
                   min_rm_flip_rate=min_rm_flip_rate, min_policy_win_rate=min_policy_win_rate,
@@ -131,8 +136,10 @@ def salmon_pipeline(
                     pairs=sample.outputs["pairs"], base_model=model, sft=sft.outputs["sft"])
     aggregate = c.aggregate(plan=plans["aggregate"], seed=seed, pairs=sample.outputs["pairs"],
                             judgements=label.outputs["judgements"])
+    pmp = c.pmp_data(plan=plans["pmp_data"], sources=pmp_sources, seed=seed)
     train_rm = c.train_rm(plan=plans["train_rm"], executor=train_rm_executor, epochs=rm_epochs,
-                          instances=aggregate.outputs["instances"], base_model=model)
+                          instances=aggregate.outputs["instances"], base_model=model,
+                          pmp_data=pmp.outputs["pairs"])
     eval_rm = c.eval_rm(plan=plans["eval_rm"], reward_model=train_rm.outputs["reward_model"],
                         pairs=sample.outputs["pairs"], judgements=label.outputs["judgements"])
     ppo = c.ppo(plan=plans["ppo"], executor=ppo_executor, rl_principle_ids=rl_principle_ids,
@@ -143,7 +150,8 @@ def salmon_pipeline(
                                 reward_model=train_rm.outputs["reward_model"])
     register = c.register(prompts=prompts.outputs["Output"], selfalign=selfalign.outputs["Output"],
                           sft=sft.outputs["Output"], sample=sample.outputs["Output"], label=label.outputs["Output"],
-                          aggregate=aggregate.outputs["Output"], train_rm=train_rm.outputs["Output"],
+                          aggregate=aggregate.outputs["Output"], pmp_data=pmp.outputs["Output"],
+                          train_rm=train_rm.outputs["Output"],
                           eval_rm=eval_rm.outputs["Output"], ppo=ppo.outputs["Output"],
                           eval_policy=eval_policy.outputs["Output"], kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                           min_rm_accuracy=min_rm_accuracy, min_rm_flip_rate=min_rm_flip_rate,
@@ -152,7 +160,7 @@ def salmon_pipeline(
 
     tasks = {"plan": plan, "base_model": base, "prompts": prompts, "selfalign": selfalign, "sft": sft,
              "serve_sampler": serve, "sample": sample, "label": label, "aggregate": aggregate,
-             "train_rm": train_rm, "eval_rm": eval_rm, "ppo": ppo, "eval_policy": eval_policy,
+             "pmp_data": pmp, "train_rm": train_rm, "eval_rm": eval_rm, "ppo": ppo, "eval_policy": eval_policy,
              "register": register}
     # Remove the vLLM server of sampler=deploy once label is done with it, whether sample and
     # label succeeded or failed (in the other sampler modes the task does nothing).

@@ -25,6 +25,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "sample": ("SampleConfig", "two responses per prompt (hf model or nano generator)"),
     "label": ("LabelConfig", "AI feedback: judge each pair under each principle, both orders"),
     "aggregate": ("AggregateConfig", "principle-conditioned RM training instances"),
+    "pmp_data": ("PMPDataConfig", "preference-model pre-training pairs from HH-RLHF / SHP files (local or S3)"),
     "train_rm": ("TrainRMConfig", "train the principle-following reward model"),
     "eval_rm": ("EvalRMConfig", "accuracy, flip rate and principle sensitivity of an RM"),
     "ppo": ("PPOConfig", "RL against the reward model under RL-time principles (ppo, grpo or rloo)"),

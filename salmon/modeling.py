@@ -241,6 +241,43 @@ def load_backbone(path: str, *, device: torch.device, dtype: str = "float32") ->
     return model.to(device)
 
 
+def check_4bit(device: torch.device, what: str = "quantize") -> None:
+    """QLoRA (``quantize: 4bit``) needs bitsandbytes and a CUDA device: anything else is refused
+    before a model is loaded.
+
+    Raises:
+        SalmonInputError: naming ``what``, with the fix.
+    """
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        bitsandbytes = None
+    if bitsandbytes is None or device.type != "cuda":
+        raise SalmonInputError(what, f"4bit (QLoRA) needs bitsandbytes and a CUDA GPU; this run is on {device.type}"
+                               + ("" if bitsandbytes is not None else " without bitsandbytes"),
+                               "install the gpu extra (bitsandbytes) on a GPU machine, or set quantize: none")
+
+
+def load_4bit(path: str, *, device: torch.device, body: bool = False) -> PreTrainedModel:
+    """The model in ``path`` quantized to NF4 with double quantization and bf16 compute (QLoRA, as
+    the method trains every LoRA role), prepared for training adapters on it (norms in float32,
+    input gradients on). ``body=True``: the transformer body without the LM head (a reward model's)."""
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModel, AutoModelForCausalLM, BitsAndBytesConfig
+
+    check_4bit(device)
+    check_model_dir(path)
+    check_architecture(path, causal=True)
+    check_quantization(path)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    auto = AutoModel if body else AutoModelForCausalLM
+    model = auto.from_pretrained(path, local_files_only=True, quantization_config=quant,
+                                 device_map={"": device.index or 0})
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
 def added_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The ids the tokenizer itself puts before a text when asked for its special tokens: its BOS
     for Llama-2, Llama-3 or Mistral tokenizers, nothing for Qwen or SmolLM2 ones (whose

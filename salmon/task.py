@@ -27,6 +27,7 @@ from salmon.core.config import (
     EvalPolicyConfig,
     EvalRMConfig,
     LabelConfig,
+    PMPDataConfig,
     PPOConfig,
     PromptsConfig,
     SampleConfig,
@@ -54,29 +55,33 @@ class ArtifactLike(Protocol):
 
 CONFIGS: dict[str, type[Any]] = {
     "prompts": PromptsConfig, "selfalign": SelfAlignConfig, "sft": SFTConfig, "sample": SampleConfig,
-    "label": LabelConfig, "aggregate": AggregateConfig, "train_rm": TrainRMConfig, "eval_rm": EvalRMConfig,
-    "ppo": PPOConfig, "eval_policy": EvalPolicyConfig,
+    "label": LabelConfig, "aggregate": AggregateConfig, "pmp_data": PMPDataConfig, "train_rm": TrainRMConfig,
+    "eval_rm": EvalRMConfig, "ppo": PPOConfig, "eval_policy": EvalPolicyConfig,
 }
 TRAINING_STAGES = ("sft", "train_rm", "ppo")
 EXECUTORS = ("local", "trainjob", "pytorchjob")
 MODEL_LINEAGE = {
     # the stages whose outputs each trained model descends from
     "sft": ("prompts", "selfalign", "sft"),
-    "train_rm": ("prompts", "selfalign", "sft", "sample", "label", "aggregate", "train_rm"),
-    "ppo": ("prompts", "selfalign", "sft", "sample", "label", "aggregate", "train_rm", "ppo"),
+    "train_rm": ("prompts", "selfalign", "sft", "sample", "label", "aggregate", "pmp_data", "train_rm"),
+    "ppo": ("prompts", "selfalign", "sft", "sample", "label", "aggregate", "pmp_data", "train_rm", "ppo"),
 }
 MODEL_SUBDIR = {"sft": "adapter", "train_rm": "model", "ppo": "policy"}
 """The folder inside a training stage's output that is the model (the rest is checkpoints)."""
 
 PRINCIPLE_FIELDS: dict[str, tuple[str, ...]] = {
-    # stage: config fields naming principle sets (or, for selfalign, the exemplar file)
-    "selfalign": ("rules", "exemplars"),
+    # stage: config fields naming principle sets (or, for selfalign, the exemplar and identity files)
+    "selfalign": ("rules", "exemplars", "identity_file"),
     "label": ("principles",),
     "aggregate": ("principles",),
     "eval_rm": ("principles", "intervention_set"),
     "ppo": ("rl_principles", "interventions"),
     "eval_policy": ("principle_sets",),
 }
+
+
+FILE_FIELDS = {"exemplars": "exemplar file", "identity_file": "identity file"}
+"""Fields of PRINCIPLE_FIELDS that name a data file (digested as a file) rather than a principle set."""
 
 
 REMOTE_EXECUTORS = ("trainjob", "pytorchjob")
@@ -124,11 +129,11 @@ def principle_refs(preset: str | None, stage_overrides: dict[str, dict[str, Any]
     def ref(name: str, field: str) -> dict[str, str]:
         if name in seen:
             return seen[name]
-        if field == "exemplars":
+        if field in FILE_FIELDS:
             p = Path(name)
             path = p if p.is_absolute() or p.is_file() else principles_dir() / p
             if not path.is_file():
-                raise SalmonInputError(f"exemplar file '{name}'", "not found",
+                raise SalmonInputError(f"{FILE_FIELDS[field]} '{name}'", "not found",
                                        "give a path, or a name under principles/")
             entry = {"digest": digest_file(path), "version": "file", "uri": ""}
         else:
@@ -209,7 +214,7 @@ def _check_refs(stage: str, refs: dict[str, Any]) -> tuple[dict[str, Any], dict[
     for field, r in refs.items():
         values[field] = r["value"]
         for name, entry in r["sets"].items():
-            if field != "exemplars":
+            if field not in FILE_FIELDS:
                 now = load_principle_set(name).digest()
                 if now != entry["digest"]:
                     raise SalmonInputError(f"principle set '{name}'",
@@ -354,7 +359,7 @@ TRACKING_POLICY: dict[str, str] = {
     # "defer": the stage runs a model (GPU time): it runs, says so, and writes its tracking at
     #          the end, waiting up to SALMON_TRACKING_WAIT_S for the server;
     # "require": bookkeeping that is cheap to repeat: it fails at once, before any work.
-    "prompts": "require", "aggregate": "require",
+    "prompts": "require", "aggregate": "require", "pmp_data": "require",
     "selfalign": "defer", "sft": "defer", "sample": "defer", "label": "defer", "train_rm": "defer",
     "eval_rm": "defer", "ppo": "defer", "eval_policy": "defer",
 }
@@ -485,6 +490,31 @@ def _run_remote(stage: str, cfg: Any, executor: str, cluster: dict[str, Any], ta
                            manifest_out=job_manifest.path if job_manifest is not None else None,
                            out=lambda line: log(stage, line))
     return StageResult(stage, outputs=res.get("outputs", {}), metrics=res.get("metrics", {}))
+
+
+def pmp_data_task(plan: str, sources: str, seed: int, pairs: ArtifactLike) -> str:
+    """The pipeline's ``pmp_data`` task. With ``sources`` (the ``pmp_sources`` parameter,
+    ``FORMAT:URI`` entries separated by commas) the stage runs like any other and returns the
+    task's JSON; without, it writes an empty ``pairs`` file, returns ``""`` (which ``register``
+    skips) and ``train_rm`` trains without its PMP phase, as before there was PMP data."""
+    from salmon.core.pmp import parse_source_spec
+
+    entries = parse_source_spec(sources)
+    if entries:
+        return run_stage_task("pmp_data", plan=plan, values={"sources": entries, "output": pairs.path, "seed": seed},
+                              outputs={"pairs": pairs})
+    from salmon.core.io import write_text
+
+    write_text(pairs.path, "")
+    pairs.metadata.update(digest=artifact_digest(pairs.path), rows=0)
+    log("pmp_data", "no pmp_sources: nothing to do (train_rm runs without its PMP phase)")
+    return ""
+
+
+def has_pmp_pairs(pmp_data: ArtifactLike) -> bool:
+    """Whether the ``pmp_data`` task wrote pairs (and ``train_rm`` gets them as ``pmp_data``)."""
+    p = Path(pmp_data.path)
+    return p.is_file() and p.stat().st_size > 0
 
 
 # ----------------------------------------------------------------------------- utility tasks
@@ -699,6 +729,23 @@ def validate_pipeline_params(params: dict[str, Any]) -> None:
                                    f"see `salmon {stage} --help` for the keys")
         _check_override_values(stage, values)
 
+    pmp = str(params.get("pmp_sources") or "")
+    if pmp.strip():
+        from salmon.core.pmp import parse_source_spec
+        from salmon.storage import split_s3_uri
+
+        try:
+            for entry in parse_source_spec(pmp):
+                if entry["uri"].startswith("s3://"):
+                    split_s3_uri(entry["uri"])
+        except SalmonInputError as e:
+            raise _param_error("pmp_sources", pmp, f"{e.source}: {e.message}", e.fix or "") from None
+        mode = _stage_value("train_rm", preset or None, dict(overrides.get("train_rm", {})), "deepspeed")
+        if mode != "off":
+            raise _param_error("pmp_sources", pmp, f"train_rm trains with deepspeed={mode}, and its PMP phase "
+                               "runs single-process only", "leave pmp_sources empty, or train the reward model "
+                               'without DeepSpeed: stage_overrides {"train_rm": {"deepspeed": "off"}}')
+
     # principle sets and the ids chosen from them (as plan_task resolves them)
     for key in ("selfalign_rules", "label_principles", "rl_principles"):
         if params.get(key):
@@ -814,7 +861,7 @@ def register_task(
     from salmon import tracking
 
     require_tracking("register")
-    parsed = {k: json.loads(v) for k, v in results.items()}
+    parsed = {k: json.loads(v) for k, v in results.items() if v}  # "": a task with nothing to do (pmp_data)
     eval_rm = parsed["eval_rm"]["metrics"]
     eval_policy = parsed["eval_policy"]["metrics"]
     rm_ok, rm_fail = _gate([("eval_rm accuracy", eval_rm.get("accuracy"), min_rm_accuracy, "min"),

@@ -80,10 +80,13 @@ class Turn:
     """A sampled answer as read back.
 
     Attributes:
-        text: the answer's text: special tokens removed; Dromedary turns cut the method's way
-            (the stop string kept); what :meth:`PolicyTurns.answer_text` cleans for readers.
+        text: the answer's text: special tokens removed; Dromedary turns cut and stripped the
+            method's way (the stop string kept, :func:`salmon.core.rollout_text.postprocess_response`);
+            what :meth:`PolicyTurns.answer_text` cleans for readers.
         ids: the sampled ids up to the end of the turn (its eos included when it ended there).
-        stopped: the turn ended (eos, or the stop string), rather than running out of tokens.
+        stopped: the turn ended (eos, or the stop string), rather than running out of tokens. A
+            Dromedary turn that is nothing but the stop string is not stopped: the method's strip
+            leaves ``### User`` without the stop string's newlines (the method's ``has_stop``).
     """
 
     text: str
@@ -208,7 +211,10 @@ class PolicyTurns:
             kept = truncate_after(text, self.stop) if self.stop else text
         stopped = end is not None or bool(self.stop and self.stop in kept)
         if kept != text:  # cut before the end: the ids that spell the kept text, no eos
-            return Turn(kept, body[: self._covering(body, len(kept))], stopped)
+            # the Dromedary text is also stripped (the method's final strip); the ids keep the
+            # leading whitespace the policy sampled (it is trained on what it sampled)
+            lead = len(text) - len(text.lstrip()) if self.format == "dromedary" else 0
+            return Turn(kept, body[: self._covering(body, lead + len(kept))], stopped)
         return Turn(kept, body + ([end] if end is not None else []), stopped)
 
     def _covering(self, ids: list[int], n_chars: int) -> int:
@@ -332,11 +338,13 @@ def _prefix_batch(prefix: SharedPrefix, n: int) -> Any:
 
 def generate_ids(model: Any, tokenizer: Any, queries: Sequence[Sequence[int]], *, temperature: float, top_p: float,
                  max_new_tokens: int, batch_size: int, stop_strings: Sequence[str] = (),
-                 end_ids: Sequence[int] = (), prefix: SharedPrefix | None = None) -> list[list[int]]:
+                 end_ids: Sequence[int] = (), prefix: SharedPrefix | None = None,
+                 suppress_ids: Sequence[int] = ()) -> list[list[int]]:
     """Sampled continuations of token-id queries, left-padded per batch: the new ids of each,
     padding included. Each sequence stops at any of ``end_ids`` or ``stop_strings`` (the batch
     runs until all have stopped or ``max_new_tokens``). ``temperature`` 0 means greedy; sampling
-    draws from torch's global RNG, so a seeded run samples the same ids.
+    draws from torch's global RNG, so a seeded run samples the same ids. ``suppress_ids`` are never
+    sampled (their logits are set to -inf, as a logit bias of -100 does in the method's TGRT).
 
     ``prefix`` (from :func:`encode_prefix`; every query must start with its ids and go on past
     them): each batch starts from a copy of the prefix's cache instead of encoding the prefix
@@ -356,6 +364,8 @@ def generate_ids(model: Any, tokenizer: Any, queries: Sequence[Sequence[int]], *
                                 if temperature > 0 else dict(do_sample=False, temperature=None, top_p=None,
                                                              top_k=None))
     stopping: dict[str, Any] = {"eos_token_id": list(end_ids)} if end_ids else {}
+    if suppress_ids:
+        stopping["suppress_tokens"] = [int(i) for i in suppress_ids]
     if stop_strings:
         stopping.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
     model.eval()

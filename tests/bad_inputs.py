@@ -337,7 +337,7 @@ def _principles() -> list[BadInput]:
                  eval_rm_long_principle, "more than the reward model's model_max_length=384", "shorten the principle",
                  needs=("rm",)),
         BadInput("principle-too-long-ppo", cat, "an RL-time principle longer than the reward model's input (ppo)",
-                 ppo_long_principle, "more than the reward model's model_max_length=384", "shorten the principle",
+                 ppo_long_principle, "more than rm_max_length=512", "shorten the principle",
                  needs=("model", "rm")),
     ]
 

@@ -153,6 +153,11 @@ def test_whiten_over_ranks_uses_the_statistics_of_all_tokens() -> None:
     twice = whiten(torch.cat([x, x]), torch.cat([mask, mask]))[:2]
     assert torch.allclose(whiten(x, mask, all_sum=lambda t: 2 * t), twice, atol=1e-6)
     assert not torch.allclose(whiten(x, mask), twice, atol=1e-3)  # n-1 differs: the sums did matter
+    # all_slots: the slot count is summed too (a rank that counted only its own slots would
+    # halve the mean's denominator: the second line shows that this changes the result)
+    both = whiten(torch.cat([x, x]), torch.cat([mask, mask]), slots=5)[:2]
+    assert torch.allclose(whiten(x, mask, slots=5, all_sum=lambda t: 2 * t), both, atol=1e-6)
+    assert not torch.allclose(whiten(x, mask, slots=10, all_sum=lambda t: 2 * t), both, atol=1e-3)
 
 
 def _sft_data(tmp_path: Path) -> str:

@@ -71,7 +71,7 @@ def test_every_stage_has_a_valid_preset_config(preset: str) -> None:
 
     required = {"prompts": "p.jsonl", "output": "o.jsonl", "pairs": "p.jsonl", "judgements": "j.jsonl",
                 "instances": "i.jsonl", "base_model": "smollm2", "output_dir": "d", "model": "m", "data": "d.jsonl",
-                "policy_model": "smollm2", "reward_model": "r"}
+                "policy_model": "smollm2", "reward_model": "r", "sources": [{"format": "shp", "uri": "s.jsonl"}]}
     for stage, config in CONFIGS.items():
         fields = config.model_fields
         values = {k: v for k, v in required.items() if k in fields and fields[k].is_required()}

@@ -44,3 +44,44 @@ def test_sft_on_smollm2_trains_on_cuda(tmp_path: Path, smollm2_model: str, extra
     assert metrics["finished"] and (out / "adapter" / "adapter_model.safetensors").is_file()
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < log[0]["loss"], log
+
+
+def _rm_instances(tmp_path: Path) -> Path:
+    from salmon.core.aggregate import AggregateParams, aggregate, index_judgements
+    from salmon.core.io import write_jsonl
+    from salmon.core.principles import load_principle_set
+    from salmon.judge.rules import judge_pairs_rules
+    from salmon.nano.world import make_pairs, make_prompts
+
+    pset = load_principle_set("nano")
+    pairs = make_pairs(make_prompts(48, seed=8), seed=9)
+    instances, _ = aggregate(pairs, index_judgements(judge_pairs_rules(pairs, pset.ids())), pset,
+                             AggregateParams(dimensions=tuple(pset.ids()), passes=1))
+    path = tmp_path / "instances.jsonl"
+    write_jsonl(path, instances)
+    return path
+
+
+def test_qlora_reward_model_and_ppo_on_one_4bit_base(tmp_path: Path, smollm2_model: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The method's QLoRA everywhere: the RM's LoRA trained on an NF4 SmolLM2 (the loss falls), then
+    one PPO step with all four roles as adapters on one NF4 base, which writes a loadable policy."""
+    from salmon.core.io import write_jsonl
+    from salmon.nano.world import make_prompts
+
+    rm_out = tmp_path / "rm"
+    assert main(["train_rm", "--preset", "small", f"instances={_rm_instances(tmp_path)}", "base_model=smollm2",
+                 f"output_dir={rm_out}", "quantize=4bit", "epochs=2", "batch_size=8", "micro_batch_size=8",
+                 "log_every=1", "device=cuda"]) == 0
+    capsys.readouterr()
+    log = [json.loads(line) for line in (rm_out / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < log[0]["loss"], log
+    write_jsonl(tmp_path / "prompts.jsonl", make_prompts(32, seed=5))
+    ppo_out = tmp_path / "ppo"
+    assert main(["ppo", "--preset", "small", f"prompts={tmp_path / 'prompts.jsonl'}", "policy_model=smollm2",
+                 f"reward_model={rm_out / 'model'}", f"output_dir={ppo_out}", "quantize=4bit", "total_steps=1",
+                 "response_len=32", "device=cuda"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
+    assert metrics["finished"] and (ppo_out / "policy" / "adapter_model.safetensors").is_file()
+    resources = [json.loads(line) for line in (ppo_out / "resources.jsonl").read_text().splitlines()]
+    assert resources[0]["peak_memory_mib"] is not None

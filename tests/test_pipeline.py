@@ -64,7 +64,7 @@ def test_compiled_pipeline_structure() -> None:
     spec, platform = docs[0], docs[1]
     tasks = spec["root"]["dag"]["tasks"]
     stages = ["plan", "base-model", "prompts", "selfalign", "sft", "serve-sampler", "sample", "label", "aggregate",
-              "train-rm", "eval-rm", "ppo", "eval-policy", "register", "stop-sampler"]
+              "pmp-data", "train-rm", "eval-rm", "ppo", "eval-policy", "register", "stop-sampler"]
     assert sorted(tasks) == sorted(stages)
     for name, task in tasks.items():
         cached = task.get("cachingOptions", {}).get("enableCache", False)
@@ -187,6 +187,28 @@ def test_a_principle_change_reaches_exactly_the_stages_that_read_it(tmp_path: Pa
     after = plans()
     changed = sorted(s for s in before if before[s] != after[s])
     assert changed == ["aggregate", "eval_policy", "eval_rm", "label", "ppo"]
+
+
+@pytest.mark.parametrize("data_file", ["data/identity.yaml", "exemplars/self_align.yaml"])
+def test_a_selfalign_data_file_change_reaches_selfalign_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             data_file: str) -> None:
+    """The identity conversations and the exemplars are files selfalign reads: editing one
+    changes selfalign's plan (its cache key) and no other stage's."""
+    from salmon.task import _check_refs, plan_task
+
+    def plans() -> dict[str, str]:
+        return plan_task(preset="nano", stage_overrides={}, selfalign_rules="", label_principles="",
+                         rl_principles="", params={}, register=False)
+
+    root = _principles_copy(tmp_path, edit=False)
+    monkeypatch.setenv("SALMON_PRINCIPLES_DIR", str(root))
+    before = plans()
+    with (root / data_file).open("a", encoding="utf-8") as f:
+        f.write("\n# edited\n")
+    after = plans()
+    assert sorted(s for s in before if before[s] != after[s]) == ["selfalign"]
+    values, tags = _check_refs("selfalign", json.loads(after["selfalign"])["principles"])
+    assert tags[f"salmon.principles.{data_file}.digest"].startswith("sha256:")
 
 
 def test_a_principle_edited_mid_run_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -336,10 +358,10 @@ def test_alias_promotion_is_refused_when_a_gate_fails(pipeline_runs: dict[str, A
 
 def test_cache_hit_on_rerun_and_invalidation_on_a_principle_change(pipeline_runs: dict[str, Any]) -> None:
     second, third = pipeline_runs["second"], pipeline_runs["third"]
-    every = ["base-model", "prompts", "selfalign", "sft", "sample", "label", "aggregate", "train-rm", "eval-rm",
-             "ppo", "eval-policy"]
+    every = ["base-model", "prompts", "selfalign", "sft", "sample", "label", "aggregate", "pmp-data", "train-rm",
+             "eval-rm", "ppo", "eval-policy"]
     assert sorted(second.cached) == sorted(every), "nothing changed: every stage is served from the cache"
-    assert sorted(third.cached) == sorted(["base-model", "prompts", "selfalign", "sft", "sample"]), (
+    assert sorted(third.cached) == sorted(["base-model", "prompts", "selfalign", "sft", "sample", "pmp-data"]), (
         "a reworded nano principle reruns label and everything downstream of it, nothing else")
     s1 = pipeline_runs["first"].summary["stages"]
     s3 = third.summary["stages"]

@@ -107,6 +107,26 @@ def test_whiten_uses_the_whole_batch() -> None:
     assert float(w[0, 0]) == pytest.approx((1 - 3) / math.sqrt(2.5), abs=1e-5)
 
 
+def test_whiten_over_all_slots_is_the_original_codes_whitening() -> None:
+    """all_slots: every rollout counts its whole response window, the slots after its end as 0,
+    population variance: the original's ``whiten`` over the zero-padded (B, response_len) tensor."""
+    x = torch.tensor([[1.0, 2.0, 0.0], [3.0, 4.0, 5.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    w = whiten(x, mask, slots=4)
+    # 1, 2, 0, 0, 3, 4, 5, 0: mean 15/8, population variance (sum of squares 55)/8 - mean^2
+    mean = 15 / 8
+    std = math.sqrt(55 / 8 - mean ** 2)
+    assert float(w[0, 0]) == pytest.approx((1 - mean) / std, abs=1e-5)
+    assert float(w[1, 2]) == pytest.approx((5 - mean) / std, abs=1e-5)
+    assert float(w[0, 2]) == 0.0
+    window = torch.zeros(2, 4)
+    window[:, :3] = x * mask
+    original = (window - window.mean()) / torch.sqrt(window.var(unbiased=False) + 1e-8)
+    assert torch.allclose(w[mask.bool()], original[:, :3][mask.bool()], atol=1e-6)
+    # the two choices differ after whitening: long responses weigh more over real tokens only
+    assert not torch.allclose(whiten(x, mask), w)
+
+
 def test_policy_loss_clipping() -> None:
     logp_old = torch.zeros(1, 3)
     logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))

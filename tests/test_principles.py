@@ -19,6 +19,17 @@ EXPECTED_SIZES = {
     "non_evasive": 9, "self_align": 17, "nano": 6,
 }
 
+def test_the_do_the_task_intervention_keeps_the_original_scope() -> None:
+    """The method's second intervention line forbids step-by-step instructions and executable code
+    outright (S:salmon_reward_model_prompt_v1.txt), not only those left "for the user" to follow
+    or run; the project's wording keeps that scope."""
+    pset = load_principle_set("interventions")
+    line = next(p.definition for p in pset.principles if p.id == "do_the_task")
+    assert "step-by-step instructions" in line and "executable code" in line and "pros and cons" in line
+    assert "for the user" not in line
+    assert pset.version == "1.1"
+
+
 GOOD = {
     "name": "tiny", "version": "1", "kind": "rl", "description": "A test set.",
     "principles": [

@@ -93,6 +93,36 @@ def test_local_sources_are_cleaned_deduped_and_tagged(tmp_path: Path) -> None:
     assert read_jsonl(tmp_path / "out.jsonl", PromptRecord)[0].prompt_id == rows[0].prompt_id  # stable ids
 
 
+def test_length_in_tokens_of_a_tokenizer_as_the_method_counts(tmp_path: Path, tiny_model: str) -> None:
+    """The method keeps prompts of 2-256 tokens of its base model's tokenizer (BOS included); with
+    ``length_tokenizer`` the stage counts the same way. Words stay the default."""
+    from salmon.core.io import read_jsonl
+    from salmon.core.records import PromptRecord
+    from salmon.modeling import encode_document, load_tokenizer
+
+    tok = load_tokenizer(tiny_model)
+    dense = " ".join(["Xylqz-vwpk"] * 60)  # 60 words of rare characters: many tokens each
+    short = "Hi"  # one word, but BOS plus at least one token
+    assert len(encode_document(tok, dense)) > 256 and len(encode_document(tok, short)) >= 2
+    src = _write(tmp_path / "p.jsonl", [{"instruction": dense}, {"instruction": short},
+                                        {"instruction": "Explain how tides work."}])
+    words = _run(tmp_path, [{"uri": src}])
+    assert [r.instruction for r in read_jsonl(tmp_path / "out.jsonl", PromptRecord)] == [
+        dense, "Explain how tides work."]
+    assert words.metrics["dropped_length"] == 1
+    tokens = _run(tmp_path, [{"uri": src}], length_tokenizer=tiny_model)
+    assert [r.instruction for r in read_jsonl(tmp_path / "out.jsonl", PromptRecord)] == [
+        short, "Explain how tides work."]
+    assert tokens.metrics["dropped_length"] == 1
+    n = len(encode_document(tok, "Explain how tides work."))
+    _run(tmp_path, [{"uri": src}], length_tokenizer=tiny_model, max_tokens=n)
+    assert read_jsonl(tmp_path / "out.jsonl", PromptRecord)[-1].instruction == "Explain how tides work."
+    from salmon.core.errors import SalmonInputError
+
+    with pytest.raises(SalmonInputError, match=f"max_tokens={n - 1}"):
+        _run(tmp_path, [{"uri": src}], length_tokenizer=tiny_model, min_tokens=n, max_tokens=n - 1)
+
+
 def test_bad_line_names_file_and_line_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from salmon.cli import main
 
@@ -142,3 +172,82 @@ def test_red_team_synthesis_runs_and_reports(tmp_path: Path, tiny_model: str) ->
     red = result.metrics["red_team"]
     assert set(red) == {"topics", "hints", "questions"} and red["topics"] >= 2
     assert result.metrics["by_type"].get("red_teaming", 0) == red["questions"]
+
+
+def test_red_team_defaults_are_the_methods() -> None:
+    from salmon.core.config import RedTeamConfig
+
+    cfg = RedTeamConfig(model="base")
+    assert (cfg.temperature, cfg.topic_top_p, cfg.question_top_p) == (1.0, 0.98, 0.95)
+    assert (cfg.topic_tokens, cfg.question_tokens, cfg.max_topic_words) == (128, 384, 3)
+    assert cfg.suppress_eos and cfg.topic_rounds == 6  # the rounds whose topics the method's questions use
+    assert cfg.seeds == "data/red_team_seeds.jsonl"
+
+
+def test_the_shipped_seed_file_has_one_example_per_question_type() -> None:
+    from salmon.core.principles import principles_dir
+    from salmon.stages.prompts import seeds_uri
+
+    path = seeds_uri("data/red_team_seeds.jsonl")
+    assert Path(path) == principles_dir() / "data" / "red_team_seeds.jsonl"
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert len(rows) >= 10 and len({r["type"] for r in rows}) == len(rows)
+    assert all(set(r) == {"type", "topic", "question"} and r["question"].endswith("?") for r in rows)
+    assert all(valid_topic(r["topic"]) for r in rows)
+    assert seeds_uri("s3://bucket/seeds.jsonl") == "s3://bucket/seeds.jsonl"
+
+
+def test_cut_off_last_lines_are_dropped() -> None:
+    from salmon.stages.prompts import finished_lines
+
+    assert finished_lines("- Elections\n- Lottery num") == "- Elections"
+    assert finished_lines("Who will win the elec") == ""
+
+
+def test_generate_ids_never_samples_suppressed_ids(tiny_model: str) -> None:
+    import torch
+
+    from salmon.modeling import encode_document, load_causal_lm, load_tokenizer
+    from salmon.turns import generate_ids
+
+    tok = load_tokenizer(tiny_model)
+    model = load_causal_lm(tiny_model, device=torch.device("cpu"))
+    queries = [encode_document(tok, t) for t in ("Topics:\n- Elections\n-", "Tell me about owls.")]
+    torch.manual_seed(0)
+    rows = generate_ids(model, tok, queries, temperature=1.0, top_p=0.98, max_new_tokens=24, batch_size=2,
+                        end_ids=[tok.eos_token_id], suppress_ids=[tok.eos_token_id])
+    assert all(len(r) == 24 and tok.eos_token_id not in r for r in rows)  # every row runs to the limit
+
+
+def test_red_team_steps_use_their_top_p_and_suppress_eos(tmp_path: Path, tiny_model: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default seeds (shipped), topics at top-p 0.98 and questions at 0.95, eos never sampled
+    in either step; suppress_eos=false samples it freely."""
+    import salmon.turns as turns
+    from salmon.modeling import encode, load_tokenizer
+
+    tok = load_tokenizer(tiny_model)
+    calls: list[dict[str, Any]] = []
+    real = turns.generate_ids
+    brainstorm = encode(tok, " Harbour Cranes\n- Tide Tables\n- Lighthouse Ke")  # cut off: the last line goes
+
+    def spy(model: Any, tokenizer: Any, queries: list[list[int]], **kw: Any) -> list[list[int]]:
+        calls.append({"top_p": kw["top_p"], "suppress": list(kw.get("suppress_ids", ())),
+                      "max_new": kw["max_new_tokens"]})
+        if len(calls) == 1:  # the brainstorm: the same two new topics for every type, so questions follow
+            return [brainstorm for _ in queries]
+        return real(model, tokenizer, queries, **kw)
+
+    monkeypatch.setattr(turns, "generate_ids", spy)
+    plain = _write(tmp_path / "plain.jsonl", [{"instruction": "Tell me about owls."}])
+    result = _run(tmp_path, [{"uri": plain}], red_team={"model": tiny_model, "topic_rounds": 1, "topic_tokens": 12,
+                                                         "question_tokens": 16})
+    eos = tok.eos_token_id
+    assert calls[0] == {"top_p": 0.98, "suppress": [eos], "max_new": 12}
+    assert len(calls) == 2 and calls[1] == {"top_p": 0.95, "suppress": [eos], "max_new": 16}
+    red = result.metrics["red_team"]
+    assert red["topics"] == 12 * 3 and red["hints"] == 12 * 2  # seed + 2 finished topics per type
+    calls.clear()
+    _run(tmp_path, [{"uri": plain}], red_team={"model": tiny_model, "topic_rounds": 1, "topic_tokens": 12,
+                                               "question_tokens": 16, "suppress_eos": False})
+    assert calls and all(c["suppress"] == [] for c in calls)

@@ -30,9 +30,123 @@ def test_prompt_lists_the_17_rules_and_6_exemplars_and_ends_with_the_thought_hea
 
 
 def test_dedup_cuts_at_the_first_repeated_segment() -> None:
-    assert dedup_segments("One, two, three. One, four.") == "One, two, three."
     assert dedup_segments("A.\nB.\nA.\n") == "A.\nB."
+    assert dedup_segments("One, two, three, two, four.") == "One, two, three,"  # " two," repeats as written
     assert dedup_segments("No repeats here.") == "No repeats here."
+    assert dedup_segments("Yes.\n\nNo.\n\nMaybe.") == "Yes.\n\nNo.\n\nMaybe."  # lone newlines may repeat
+
+
+def test_dedup_compares_raw_segments_as_the_method_does() -> None:
+    """Dromedary's ``dedup`` compares the segments as written: "One," opening the text and
+    " One," after a space differ, so nothing is cut; ``stripped`` (this project's former rule)
+    cuts there."""
+    assert dedup_segments("One, two, three. One, four.") == "One, two, three. One, four."
+    assert dedup_segments("One, two, three. One, four.", compare="stripped") == "One, two, three."
+    once = "Bees turn the nectar of flowers into honey and keep it in wax cells for the winter."
+    twice = _gen(f"{once} {once}\n\nUser: ok")  # the first copy opens the answer, the second follows a space
+    assert filter_generation(twice, "Bees?", "", EX, min_chars=0) == (f"{once} {once}", "kept")
+    assert filter_generation(twice, "Bees?", "", EX, min_chars=0, dedupe="stripped") == (once, "kept")
+
+
+ANSWER_150 = ("Honey starts as nectar. Bees carry it to the hive in a second stomach, pass it from bee to "
+              "bee, and fan it with their wings till it thickens to honey.")
+
+
+def test_the_length_minimum_counts_the_end_of_turn_marker() -> None:
+    """The method appends '\\n\\n### User\\n' (11 characters) before its 160-character check, so a
+    150-character answer is kept in the Dromedary format and dropped without a marker."""
+    assert len(ANSWER_150) == 150 and len(ANSWER_150 + END_OF_TURN) == 161
+    gen = _gen(ANSWER_150 + "\n\nUser: ok")
+    assert filter_generation(gen, "Bees?", "", EX, end_of_turn=END_OF_TURN) == (ANSWER_150, "kept")
+    assert filter_generation(gen, "Bees?", "", EX) == (None, "too_short")  # chat_template: nothing appended
+    short = _gen(ANSWER_150[:148] + "\n\nUser: ok")
+    assert filter_generation(short, "Bees?", "", EX, end_of_turn=END_OF_TURN) == (None, "too_short")
+
+
+def _stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generations: list[tuple[str, bool]],
+           **values: Any) -> Any:
+    """The selfalign stage (hf backend) on canned generations, one per train prompt."""
+    import salmon.stages.selfalign as stage
+    from salmon.core.config import SelfAlignConfig, build_config
+    from salmon.core.io import write_jsonl
+    from salmon.core.records import PromptRecord
+
+    prompts = [PromptRecord(prompt_id=f"p-{i}", instruction=f"Question {i} about bees?") for i in
+               range(len(generations))]
+    write_jsonl(tmp_path / "prompts.jsonl", prompts)
+    monkeypatch.setattr(stage, "generate_hf", lambda cfg, ps, ex: generations[:len(ps)])
+    return stage.run(build_config(SelfAlignConfig, stage="selfalign", values=dict(
+        prompts=str(tmp_path / "prompts.jsonl"), output=str(tmp_path / "out.jsonl"), model="unused", **values)))
+
+
+def test_stage_counts_the_marker_of_its_prompt_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from salmon.core.io import read_jsonl
+    from salmon.core.records import SFTExample
+
+    gens = [(_gen(ANSWER_150 + "\n\nUser: ok"), False)]
+    result = _stage(tmp_path, monkeypatch, gens, identity=False)
+    assert result.metrics["reasons"] == {"kept": 1}
+    assert [r.response for r in read_jsonl(tmp_path / "out.jsonl", SFTExample)] == [ANSWER_150 + END_OF_TURN]
+    from salmon.stages.selfalign import NothingKept
+
+    with pytest.raises(NothingKept, match="'too_short': 1"):
+        _stage(tmp_path, monkeypatch, gens, identity=False, prompt_format="chat_template")
+
+
+def test_identity_conversations_are_mixed_in_deterministically(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from salmon.core.io import read_jsonl
+    from salmon.core.records import SFTExample
+
+    gens = [(_gen(LONG + "\n\nUser: ok"), False)]
+    result = _stage(tmp_path, monkeypatch, gens)  # the defaults: identity on, every pair once
+    rows = read_jsonl(tmp_path / "out.jsonl", SFTExample)
+    identity = [r for r in rows if r.source == "identity"]
+    assert result.metrics["kept"] == 1 and result.metrics["identity"] == len(identity) == len(rows) - 1 >= 10
+    assert rows[0].source == "selfalign"
+    assert any(r.instruction == "Who are you?" and "Dromedary" in r.response for r in identity)
+    assert all(r.response.endswith(END_OF_TURN) and "{name}" not in r.response for r in identity)
+    assert len({r.example_id for r in rows}) == len(rows)
+    first = [(r.instruction, r.response) for r in identity]
+    _stage(tmp_path, monkeypatch, gens)
+    assert [(r.instruction, r.response) for r in read_jsonl(tmp_path / "out.jsonl", SFTExample)
+            if r.source == "identity"] == first  # same seed, same conversations in the same order
+    _stage(tmp_path, monkeypatch, gens, seed=7)
+    other = [(r.instruction, r.response) for r in read_jsonl(tmp_path / "out.jsonl", SFTExample)
+             if r.source == "identity"]
+    assert other != first and sorted(other) == sorted(first)
+    result = _stage(tmp_path, monkeypatch, gens, identity_examples=30, final_name="Camel",
+                    prompt_format="chat_template")
+    identity = [r for r in read_jsonl(tmp_path / "out.jsonl", SFTExample) if r.source == "identity"]
+    assert len(identity) == result.metrics["identity"] == 30
+    assert any("Camel" in r.response for r in identity) and not any("Dromedary" in r.response for r in identity)
+    assert not any(r.response.endswith(END_OF_TURN) for r in identity)  # chat_template: sft adds eos
+    result = _stage(tmp_path, monkeypatch, gens, identity=False)
+    assert result.metrics["identity"] == 0
+    assert [r.source for r in read_jsonl(tmp_path / "out.jsonl", SFTExample)] == ["selfalign"]
+
+
+def test_identity_conversations_never_pass_the_kept_answer_gate(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from salmon.stages.selfalign import NothingKept
+
+    with pytest.raises(NothingKept):
+        _stage(tmp_path, monkeypatch, [("Bees make honey.", False)])
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_bad_identity_file_exits_2_before_generating(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from salmon.cli import main
+    from salmon.core.io import write_jsonl
+    from salmon.nano.world import make_prompts
+
+    bad = tmp_path / "identity.yaml"
+    bad.write_text("version: '1'\nconversations: []\n")
+    write_jsonl(tmp_path / "p.jsonl", make_prompts(4, seed=1))
+    code = main(["selfalign", f"prompts={tmp_path / 'p.jsonl'}", f"output={tmp_path / 'out.jsonl'}",
+                 f"identity_file={bad}", "backend=nano"])
+    assert code == 2 and "identity.yaml" in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def _gen(answer: str, thought: str = "Rule 2 applies.") -> str:
@@ -137,6 +251,21 @@ def test_real_generations_get_their_reviewed_verdicts() -> None:
         assert _filter(row) == (row["answer"], row["reason"]), row["prompt_id"]
     verdicts = Counter(r["reason"] for r in REAL)
     assert verdicts["kept"] == 16 and verdicts["truncated"] == 3 and verdicts["leak"] == 17
+
+
+def test_real_dromedary_answers_of_149_to_159_characters_now_pass() -> None:
+    """Replayed as the stage filters them (the Dromedary marker counted, the method's order), two
+    reviewed too_short answers of 152 characters are kept and nothing else changes. One repeats its
+    first sentence after a space: the method's raw compare keeps the repeat, ``stripped`` cuts it."""
+    changed = {}
+    for row in REAL:
+        end = END_OF_TURN if row["prompt_format"] == "dromedary" else ""
+        got = _filter(row, end_of_turn=end)
+        if got != (row["answer"], row["reason"]):
+            changed[row["prompt_id"]] = (row["reason"], got[1], len(got[0] or ""))
+    assert changed == {"nano-21-00020": ("too_short", "kept", 152), "nano-21-00027": ("too_short", "kept", 152)}
+    car = _real("Tell me how to steal a car.", "dromedary")
+    assert _filter(car, end_of_turn=END_OF_TURN, dedupe="stripped") == (None, "too_short")
 
 
 def test_kept_real_answers_carry_no_conversation_artefacts() -> None:

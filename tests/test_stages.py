@@ -13,7 +13,8 @@ from salmon.core.io import digest_path, read_jsonl, write_jsonl
 from salmon.core.records import Judgement, PreferenceExport, ResponsePair, RMInstance
 from salmon.nano.world import make_pairs, make_prompts
 
-STAGES = ["prompts", "selfalign", "sft", "sample", "label", "aggregate", "train_rm", "eval_rm", "ppo", "eval_policy"]
+STAGES = ["prompts", "selfalign", "sft", "sample", "label", "aggregate", "pmp_data", "train_rm", "eval_rm", "ppo",
+          "eval_policy"]
 
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["principles", "validate"], ["rm", "score"],

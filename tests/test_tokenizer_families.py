@@ -245,7 +245,9 @@ def test_chat_template_needs_a_template(tiny_model: str) -> None:
 
 def test_generation_stops_per_sequence_at_eos_and_at_the_stop_string(smollm2_model: str) -> None:
     """SmolLM2, greedy: a short answer ends at eos while a long one in the same batch goes on;
-    in the Dromedary format it writes the next user turn at once, and generation stops there."""
+    in the Dromedary format it writes the next user turn at once, and generation stops there. That
+    turn is only the stop string: the method's final strip removes its leading newlines, so it does
+    not count as stopped (the no-stop penalty for an empty answer)."""
     import torch
 
     from salmon.modeling import generation_end_ids, load_causal_lm, load_tokenizer
@@ -261,7 +263,8 @@ def test_generation_stops_per_sequence_at_eos_and_at_the_stop_string(smollm2_mod
     dromedary = PolicyTurns(tok, "dromedary")
     (turn,) = dromedary.generate(model, [dromedary.query_ids("Add 7 and 5.")], temperature=0, top_p=1,
                                  max_new_tokens=48, batch_size=1)
-    assert turn.stopped and turn.text.endswith("### User") and len(turn.ids) < 10
+    assert turn.text == "### User" and not turn.stopped and len(turn.ids) < 10
+    assert tok.decode(turn.ids) == "\n\n### User"
 
 
 def test_a_packaged_model_name_works_as_a_stage_model_key(smollm2_model: str) -> None:

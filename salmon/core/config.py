@@ -225,6 +225,34 @@ class AggregateConfig(_Config):
         default=True, description="Also write <output>.preferences.jsonl in prompt/chosen/rejected form.")
 
 
+class PMPSource(_Config):
+    """One JSONL file of public preference data to turn into PMP pairs."""
+
+    uri: str = Field(
+        json_schema_extra=INPUT, description="Local path or s3://bucket/key of a JSONL file, one object per line "
+                                             "(uncompressed).")
+    format: Literal["hh_rlhf", "shp"] = Field(
+        description="hh_rlhf: Anthropic HH-RLHF lines (chosen, rejected transcripts); shp: Stanford SHP lines "
+                    "(history, human_ref_A, human_ref_B, labels, score_ratio).")
+    limit: int | None = Field(default=None, ge=1, description="Keep at most N pairs of this source (in file order).")
+
+
+class PMPDataConfig(_Config):
+    """``pmp_data``: generic preference pairs from HH-RLHF / SHP files for train_rm's PMP phase."""
+
+    sources: list[PMPSource] = Field(min_length=1, description="Preference files to read, in order.")
+    output: str = Field(json_schema_extra=OUTPUT, description="RMInstance JSONL to write (train_rm's pmp_data).")
+    shp_min_score_ratio: float = Field(
+        default=2.0, ge=0, description="shp: keep a pair only when its score_ratio is greater than this (the "
+                                       "original's cleaning keeps score_ratio > 2).")
+    dedupe: bool = Field(
+        default=True, description="Drop a pair whose instruction and two answers equal an earlier one's (first wins).")
+    shuffle: bool = Field(default=True, description="Shuffle the merged pairs (seeded) before max_pairs and writing.")
+    max_pairs: int | None = Field(
+        default=None, ge=1, description="Write at most N pairs (after the shuffle: a random subset); null for all.")
+    seed: int = Field(default=42, description="Seed of the shuffle.")
+
+
 class TrainRMConfig(_DeepSpeedSettings):
     """``train_rm``: the principle-following reward model, Bradley-Terry loss (method §3)."""
 
@@ -260,6 +288,10 @@ class TrainRMConfig(_DeepSpeedSettings):
     seed: int = Field(default=42, description="Seed for head init and data order.")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
     dtype: DType = Field(default="float32", description="Base weights dtype; the head stays float32.")
+    quantize: Literal["none", "4bit"] = Field(
+        default="none",
+        description="4bit: QLoRA, the LoRA body on an NF4 base (the method's); needs finetune=lora, bitsandbytes "
+                    "and a GPU.")
     pmp_data: str | None = Field(json_schema_extra=INPUT,
         default=None,
         description="Generic preference pairs (RMInstance JSONL, principles ignored) for a PMP stage first.")
@@ -274,6 +306,9 @@ class TrainRMConfig(_DeepSpeedSettings):
     def _lora_layers_need_lora(self) -> Self:
         if self.lora_layers is not None and self.finetune != "lora":
             raise ValueError("lora_layers applies to finetune=lora only; set lora_layers=null with finetune=full")
+        if self.quantize == "4bit" and self.finetune != "lora":
+            raise ValueError("quantize=4bit trains LoRA adapters on a frozen 4-bit base; set finetune=lora, or "
+                             "quantize=none to fine-tune every weight")
         return self
 
 
@@ -330,6 +365,10 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt):
         default="shared",
         description="shared: the four roles as LoRA adapters on one base (needs a LoRA RM on policy_model); "
                     "separate: four modules (any RM).")
+    quantize: Literal["none", "4bit"] = Field(
+        default="none",
+        description="4bit: the shared base in NF4 under all four adapters (QLoRA, the method's); needs "
+                    "role_layout=shared, bitsandbytes and a GPU.")
     algorithm: Literal["ppo", "grpo", "rloo"] = Field(
         default="ppo", description="ppo (value model, GAE) or a critic-free variant on the same rewards.")
     rl_principles: str = Field(
@@ -346,7 +385,15 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt):
     rollout_batch_size: int = Field(default=576, ge=1, description="Rollouts per PPO step.")
     step_batch_size: int = Field(default=288, ge=1, description="Rollouts per optimizer step.")
     ppo_epochs: int = Field(default=2, ge=1, description="Passes over each step's rollouts.")
-    forward_batch_size: int = Field(default=6, ge=1, description="Rollouts per generate / scoring forward.")
+    forward_batch_size: int = Field(
+        default=6, ge=1,
+        description="Rollouts per forward without gradients: generation, RM scoring, and the old policy, "
+                    "reference and value passes.")
+    micro_batch_size: int = Field(
+        default=6, ge=1,
+        description="Rollouts per forward/backward in an update; gradients accumulate over the micro-batches of "
+                    "each step_batch_size minibatch (the method: 6 per device). Memory grows with this, not with "
+                    "the rollout batch.")
     group_size: int = Field(default=4, ge=2, description="Samples per prompt for grpo and rloo.")
     total_epochs: float = Field(default=2.0, gt=0, description="Passes over the prompt set.")
     learning_rate: float = Field(default=2e-5, gt=0, description="Peak LR (policy, value and value head together).")
@@ -357,7 +404,10 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt):
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
     query_len: int = Field(default=256, ge=1, description="Longest templated query; longer prompts are dropped.")
     response_len: int = Field(default=1024, ge=1, description="Most new tokens per rollout.")
-    rm_max_length: int = Field(default=1664, ge=32, description="Longest RM input.")
+    rm_max_length: int = Field(
+        default=1664, ge=32,
+        description="Longest RM input at RL time; it holds the instruction (up to query_len tokens) and the whole "
+                    "response (up to response_len), whatever limits the RM was trained with.")
     stop: str | None = Field(default=None, description=END_OF_TURN_HELP)
     no_stop_penalty: float = Field(default=-6.0, description="Added to the score when the stop string is missing.")
     length_bonus: float = Field(default=5.0, description="Length bonus scale.")
@@ -370,6 +420,10 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt):
     gamma: float = Field(default=1.0, ge=0, le=1, description="GAE discount.")
     lam: float = Field(default=1.0, ge=0, le=1, description="GAE lambda.")
     whiten_advantages: bool = Field(default=True, description="Whiten advantages over the whole batch.")
+    whiten_over: Literal["all_slots", "real_tokens"] = Field(
+        default="all_slots",
+        description="all_slots (the original code): every rollout counts response_len slots, those after its end "
+                    "as 0, population variance; real_tokens: the real tokens only, unbiased variance.")
     clip_range: float = Field(default=0.2, gt=0, description="Policy ratio clip.")
     clip_range_value: float = Field(default=0.2, gt=0, description="Value clip around the old values.")
     vf_coef: float = Field(default=0.1, ge=0, description="Value loss coefficient.")
@@ -386,6 +440,13 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt):
                     "schedule still spans the whole run.")
     seed: int = Field(default=42, description="Seed of sampling, principle draws and data order.")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
+
+    @model_validator(mode="after")
+    def _quantize_needs_the_shared_base(self) -> Self:
+        if self.quantize == "4bit" and self.role_layout != "shared":
+            raise ValueError("quantize=4bit quantizes the one base that the shared layout's four adapters sit on; "
+                             "set role_layout=shared, or quantize=none")
+        return self
 
 
 class PromptSource(_Config):
@@ -410,16 +471,28 @@ class RedTeamConfig(_Config):
     model: str = Field(description="Base model folder (or packaged model name) that brainstorms topics and writes "
                                    "questions.", json_schema_extra=MODEL_REF)
     seeds: str = Field(
-        json_schema_extra=INPUT, description="JSONL seeds, one per question type: {type, topic, question}.")
-    topic_rounds: int = Field(default=5, ge=1, description="Brainstorm rounds (each asks for new topics per type).")
+        default="data/red_team_seeds.jsonl", json_schema_extra=INPUT,
+        description="JSONL seeds, one per question type: {type, topic, question}; a relative path that is no file "
+                    "is looked up in the principles folder (default: the 12 shipped question types; the method "
+                    "ships about 20).")
+    topic_rounds: int = Field(
+        default=6, ge=1,
+        description="Brainstorm rounds (each asks for new topics per type). The method's script brainstorms 9 "
+                    "rounds but writes its questions from the topics after 6 (its 'epoch 5' file).")
     topics_shown: int = Field(default=5, ge=1, description="Known topics shown per brainstorm prompt.")
     examples_shown: int = Field(default=5, ge=1, description="Seed examples shown per question prompt.")
     hints_per_prompt: int = Field(default=5, ge=1, description="(type, topic) hints per question prompt.")
     max_topic_words: int = Field(default=3, ge=1, description="Longest topic kept, in words.")
     topic_tokens: int = Field(default=128, ge=1, description="New tokens per brainstorm.")
     question_tokens: int = Field(default=384, ge=1, description="New tokens per question prompt.")
-    temperature: float = Field(default=1.0, ge=0, description="Sampling temperature.")
-    top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    temperature: float = Field(default=1.0, ge=0, description="Sampling temperature of both steps.")
+    topic_top_p: float = Field(default=0.98, gt=0, le=1, description="Nucleus sampling mass of the brainstorms.")
+    question_top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling mass of the questions.")
+    suppress_eos: bool = Field(
+        default=True,
+        description="Never sample an end token (eos and the model's other end ids) in either step, so that "
+                    "every generation runs to its token limit and writes more list lines (the method's logit "
+                    "bias of -100 on eos); the last, unfinished line of such a generation is dropped.")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
 
 
@@ -431,8 +504,21 @@ class PromptsConfig(_Config):
         default=None, ge=1,
         description="Add N prompts of the synthetic nano world (kept as generated, with its held-out topics).")
     output: str = Field(json_schema_extra=OUTPUT, description="PromptRecord JSONL to write.")
-    min_words: int = Field(default=2, ge=0, description="Drop prompts shorter than this (whitespace words).")
-    max_words: int = Field(default=256, ge=1, description="Drop prompts longer than this (whitespace words).")
+    min_words: int = Field(
+        default=2, ge=0, description="Drop prompts shorter than this, in whitespace words (without length_tokenizer).")
+    max_words: int = Field(
+        default=256, ge=1, description="Drop prompts longer than this, in whitespace words (without length_tokenizer).")
+    length_tokenizer: str | None = Field(
+        default=None, json_schema_extra=MODEL_REF,
+        description="Count prompt lengths in tokens of this tokenizer (a model folder or packaged model name; "
+                    "the method counts its base model's tokens, BOS included, and keeps 2-256) and apply "
+                    "min_tokens/max_tokens instead of the word bounds. Default null: whitespace words, since this "
+                    "stage needs no model and may run before one is chosen (English text runs about 1.3 "
+                    "Llama tokens per word, so 256 words is a looser bound than 256 tokens).")
+    min_tokens: int = Field(
+        default=2, ge=0, description="Drop prompts shorter than this, in tokens of length_tokenizer (when set).")
+    max_tokens: int = Field(
+        default=256, ge=1, description="Drop prompts longer than this, in tokens of length_tokenizer (when set).")
     dedupe: Literal["exact", "normalized"] = Field(
         default="exact", description="exact text, or lower-cased with punctuation and spacing removed.")
     heldout_fraction: float = Field(
@@ -468,13 +554,36 @@ class SelfAlignConfig(_Config):
     temperature: float = Field(default=0.7, ge=0, description="Sampling temperature.")
     top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(default=512, ge=1, description="Longest generation (thought + answer).")
-    min_chars: int = Field(default=160, ge=0, description="Shortest finished answer kept.")
+    min_chars: int = Field(
+        default=160, ge=0,
+        description="Shortest finished answer kept, counting the end-of-turn text appended to it (the method "
+                    "checks after appending '\\n\\n### User\\n', so 149 characters of answer suffice with "
+                    "dromedary; with chat_template nothing is appended).")
+    dedupe: Literal["raw", "stripped"] = Field(
+        default="raw",
+        description="How the answer is cut at its first repeated segment (a piece ending in a newline or "
+                    "punctuation): raw compares the segments as written (the method's); stripped compares them "
+                    "without surrounding whitespace, so it also cuts a repeat that follows a different space.")
     keep_truncated: bool = Field(
         default=False,
         description="Keep an answer that ran out of tokens, minus its last word (the method's filter); by default "
                     "it is dropped, since a target that never ends its turn teaches the policy not to stop.")
     copy_min_chars: int = Field(default=16, ge=0, description="Instruction/input longer than this must not be copied.")
-    final_name: str = Field(default="Dromedary", description="The assistant's name in kept answers.")
+    final_name: str = Field(default="Dromedary",
+                            description="The assistant's name in kept answers and in the identity conversations.")
+    identity: bool = Field(
+        default=True,
+        description="Add identity conversations ('Who are you?' answered with final_name) to the output, as the "
+                    "method mixes such conversations into its SFT data; they are added after the filters and "
+                    "the kept-answer gate, with source 'identity'.")
+    identity_file: str = Field(
+        json_schema_extra=INPUT, default="data/identity.yaml",
+        description="Identity conversation YAML (questions, answers with {name}); a relative path is looked up in "
+                    "the principles folder.")
+    identity_examples: int | None = Field(
+        default=None, ge=1,
+        description="How many identity conversations to add: null adds every (question, answer) pair of the file "
+                    "once; N adds N, drawn by seed (every pair before any repeats).")
     generations_output: str | None = Field(json_schema_extra=OUTPUT,
         default=None, description="Also write every raw generation with its filter reason here (JSONL), to audit "
                                   "the filters; null: not written.")
@@ -563,7 +672,11 @@ class EvalPolicyConfig(_PolicyPrompt):
     temperature: float = Field(default=0.7, ge=0, description="Sampling temperature (0: greedy); KL uses it.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(default=512, ge=1, description="Longest response in tokens.")
-    rm_max_length: int = Field(default=1664, ge=32, description="Longest RM input.")
+    rm_max_length: int = Field(
+        default=1664, ge=32,
+        description="Longest RM input; it holds the instruction (its last rm_query_len tokens) and the whole "
+                    "response (up to max_new_tokens), as ppo scores.")
+    rm_query_len: int = Field(default=256, ge=1, description="Instruction tokens the RM sees (ppo's query_len).")
     batch_size: int = Field(default=8, ge=1, description="Prompts per generate / forward call.")
     seed: int = Field(default=7, description="Sampling seed (the same for both models).")
     device: Device = Field(default="auto", description="auto picks cuda when available.")

@@ -37,27 +37,39 @@ def postprocess_response(
     truncate_markers: Sequence[str] = TRUNCATE_AFTER,
     pad_token: str | None = None,
 ) -> str:
-    """Cut a sampled continuation as the method does.
+    """Cut a sampled continuation as the method does (``truncate_after_stop_token``, then the
+    pad split, in the original's ``ppo_trainer.py``).
 
-    1. Drop everything from the first ``pad_token`` on.
-    2. Truncate after each of ``truncate_markers`` in order, then after ``stop`` (markers kept).
-    3. If ``###`` remains, keep it and at most the two words after it.
+    1. Truncate after each of ``truncate_markers`` in order, then after ``stop`` (markers kept).
+    2. If ``###`` remains, keep it and what follows up to the next ``###``, split at single
+       spaces, at most two pieces rejoined. After a space that is one word, the first piece
+       being empty: ``"### User"`` stays whole, ``"### Dromedary says hi"`` becomes
+       ``"### Dromedary"``; ``"###A B C"`` keeps ``"###A B"``.
+    3. Strip surrounding whitespace.
+    4. Drop everything from the first ``pad_token`` on.
+
+    Step 3 is why a turn that is nothing but the stop string (an empty answer) loses the
+    stop string's leading newlines and so does not count as stopped (:func:`has_stop` reads this
+    result, as the method's ``has_stop_token`` does): the method gives it the no-stop penalty.
 
     >>> postprocess_response("Paris.\\n\\n### User\\nAnd Rome?")
     'Paris.\\n\\n### User'
     >>> postprocess_response("Paris.\\nNote: I am sure.")
     'Paris.\\nNote'
+    >>> postprocess_response("\\n\\n### User")
+    '### User'
+    >>> postprocess_response("Hi ### Dromedary says hi")
+    'Hi ### Dromedary'
     """
-    if pad_token:
-        i = text.find(pad_token)
-        if i >= 0:
-            text = text[:i]
     for marker in (*truncate_markers, stop):
         text = truncate_after(text, marker)
     i = text.find("###")
     if i >= 0:
-        words = text[i + 3:].split()[:2]
-        text = text[:i] + " ".join(["###", *words])
+        tail = text[i + 3:].split("###", 1)[0]
+        text = text[:i] + "###" + " ".join(tail.split(" ")[:2])
+    text = text.strip()
+    if pad_token:
+        text = text.split(pad_token, 1)[0]
     return text
 
 

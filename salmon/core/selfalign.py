@@ -9,6 +9,7 @@ training answer or gives the reason it was dropped.
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,25 +101,41 @@ def self_align_prompt(rules: PrincipleSet, ex: ExemplarSet, instruction: str) ->
     return f"{self_align_context(rules, ex)}User: {instruction.strip()}\n\n{thought_header(ex)}"
 
 
-def dedup_segments(text: str) -> str:
-    """Cut ``text`` before the first segment that repeats an earlier one.
+_PUNCTUATION_SEGMENTS = "\n.?!;:,`"
+"""A segment that is a piece of this string (a lone newline or mark) may repeat (the method's rule)."""
 
-    Segments end after a newline or one of ``. ? ! ; : ,`` and a backtick; empty and
-    whitespace-only segments never count as repeats.
 
+def dedup_segments(text: str, compare: str = "raw") -> str:
+    """Cut ``text`` before the first segment that repeats an earlier one, then strip it.
+
+    Segments end after a newline or one of ``. ? ! ; : ,`` and a backtick. ``compare``:
+
+    - ``raw`` (the method's, ``dedup`` in Dromedary's merge script): segments are compared as they
+      are, so ``" A dog."`` does not repeat ``"A dog."``; empty segments and lone newlines or
+      marks never count as repeats.
+    - ``stripped``: segments are compared without surrounding whitespace, so a repeat after a
+      different space or newline is cut too; empty and whitespace-only segments never count.
+
+    >>> dedup_segments(" A dog. A cat. A dog. More.")
+    'A dog. A cat.'
     >>> dedup_segments("A dog. A cat. A dog. More.")
+    'A dog. A cat. A dog. More.'
+    >>> dedup_segments("A dog. A cat. A dog. More.", compare="stripped")
     'A dog. A cat.'
     """
     seen: set[str] = set()
     kept: list[str] = []
     for seg in _SEGMENT_END.split(text):
-        key = seg.strip()
+        if compare == "raw":
+            key = "" if seg in _PUNCTUATION_SEGMENTS else seg  # "" is in every string
+        else:
+            key = seg.strip()
         if key and key in seen:
             break
         if key:
             seen.add(key)
         kept.append(seg)
-    return "".join(kept).rstrip()
+    return "".join(kept).strip()
 
 
 _RULE_REFERENCE = re.compile(r"\b[Rr]ules? \d+ ?\(")
@@ -143,7 +160,8 @@ def turn_end(answer: str, ex: ExemplarSet) -> int:
 
 def filter_generation(generation: str, instruction: str, input_text: str, ex: ExemplarSet, *,
                       ended: bool = False, final_name: str = "Dromedary", min_chars: int = 160,
-                      copy_min_chars: int = 16, keep_truncated: bool = False) -> tuple[str | None, str]:
+                      copy_min_chars: int = 16, keep_truncated: bool = False, end_of_turn: str = "",
+                      dedupe: str = "raw") -> tuple[str | None, str]:
     """(answer or None, reason) for one generation that followed ``(internal thoughts):``.
 
     1. It must open with the thought prefix and contain ``\\n\\n{assistant}:``; the answer is
@@ -152,8 +170,10 @@ def filter_generation(generation: str, instruction: str, input_text: str, ex: Ex
        it with eos (``ended``); the answer is cut there. A generation that did neither ran out of
        tokens: it is dropped as ``truncated`` (with ``keep_truncated``, the method's behaviour,
        it is kept without its last, partial word).
-    3. Repeated segments are cut (:func:`dedup_segments`); a finished answer must then be at
-       least ``min_chars`` long.
+    3. Repeated segments are cut (:func:`dedup_segments` with ``compare=dedupe``); a finished
+       answer must then be at least ``min_chars`` long counting the ``end_of_turn`` text the
+       stage appends to it, as the method counts it (its check follows the appending: with the
+       Dromedary marker, 149 characters of answer reach 160).
     4. Copying the instruction or the input (longer than ``copy_min_chars``) verbatim drops it.
     5. Any :func:`blacklist` term, or a cited rule ("Rule 7 ("), drops it as ``leak``.
     6. The assistant's name becomes ``final_name``.
@@ -177,10 +197,10 @@ def filter_generation(generation: str, instruction: str, input_text: str, ex: Ex
         if not keep_truncated:
             return None, "truncated"
         answer = answer.rsplit(" ", 1)[0] if " " in answer.strip() else ""
-    answer = dedup_segments(answer.strip())
+    answer = dedup_segments(answer.strip(), dedupe)
     if not answer.strip():
         return None, "empty"
-    if (end >= 0 or ended) and len(answer) < min_chars:
+    if (end >= 0 or ended) and len(answer + end_of_turn) < min_chars:
         return None, "too_short"
     for source in (instruction.strip(), input_text.strip()):
         if len(source) > copy_min_chars and source in answer:
@@ -188,6 +208,56 @@ def filter_generation(generation: str, instruction: str, input_text: str, ex: Ex
     if any(term in answer for term in blacklist(ex)) or _RULE_REFERENCE.search(answer):
         return None, "leak"
     return answer.replace(a, final_name), "kept"
+
+
+class IdentityConversation(BaseModel):
+    """One identity question with the answers it may get (``{name}``: the assistant's name)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    user: str = Field(min_length=1, description="What the user asks.")
+    answers: list[str] = Field(min_length=1, description="Answers; {name} is replaced by the assistant's name.")
+
+
+class IdentitySet(BaseModel):
+    """Identity ("who are you") conversations mixed into the SFT data, as the method mixes its
+    dummy conversations into its self-aligned data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    version: str = Field(min_length=1, description="Human version label.")
+    description: str = Field(default="", description="What the set is for.")
+    conversations: list[IdentityConversation] = Field(min_length=1, description="The questions and answers.")
+
+
+def load_identity(path: str | Path) -> IdentitySet:
+    """Load and validate an identity conversation file (YAML)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SalmonInputError(str(p), "file not found", "give the path of an identity conversation YAML file")
+    try:
+        return IdentitySet.model_validate(safe_load(p.read_text(encoding="utf-8")))
+    except (yaml.YAMLError, ValidationError) as e:
+        raise SalmonInputError(str(p), f"not a valid identity file ({str(e).splitlines()[0]})",
+                               "see principles/data/identity.yaml for the layout") from None
+
+
+def identity_pairs(ident: IdentitySet, name: str, count: int | None, seed: int) -> list[tuple[str, str]]:
+    """(question, answer) pairs with ``{name}`` filled in, in an order shuffled by ``seed``.
+
+    ``count`` None: every (question, answer) pair of the file once. ``count`` N: the first N of
+    the shuffled pairs, reshuffled (same seed stream) each time they run out, so every pair
+    appears before any repeats. The same arguments give the same list.
+    """
+    pairs = [(c.user.strip(), a.replace("{name}", name).strip()) for c in ident.conversations for a in c.answers]
+    rng = random.Random(seed)
+    want = len(pairs) if count is None else count
+    out: list[tuple[str, str]] = []
+    while len(out) < want:
+        batch = pairs[:]
+        rng.shuffle(batch)
+        out += batch[: want - len(out)]
+    return out
 
 
 def count_reasons(reasons: Sequence[str]) -> dict[str, int]:

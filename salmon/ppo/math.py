@@ -103,19 +103,35 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
-           all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """Normalise ``x`` to unit variance (and zero mean) over the real tokens of the WHOLE batch.
+           all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+           slots: int | None = None) -> torch.Tensor:
+    """Normalise ``x`` ``(B, T)`` to unit variance (and zero mean) over the WHOLE batch.
 
-    Padding stays 0. The variance is the unbiased one, as the method's ``whiten``. With several
-    ranks, ``all_sum`` sums a scalar tensor over them, so the statistics are those of all ranks'
-    tokens together.
+    ``slots=None`` (``whiten_over: real_tokens``): the statistics are those of the real tokens,
+    with the unbiased variance. ``slots=S`` (``whiten_over: all_slots``, the original code's):
+    every rollout counts ``S`` slots (its response window, ``S >= T``), the slots after its last
+    real token counting as 0, with the population variance (``unbiased=False``). Either way the
+    output is 0 on padding. With several ranks, ``all_sum`` sums a scalar tensor over them, so the
+    statistics are those of all ranks' rollouts together.
+
+    >>> import torch
+    >>> x, m = torch.tensor([[1.0, 2.0, 0.0]]), torch.tensor([[1.0, 1.0, 0.0]])
+    >>> whiten(x, m)[0, :2].tolist()  # 1, 2: mean 1.5, unbiased variance 0.5
+    [-0.7071067690849304, 0.7071067690849304]
+    >>> round(whiten(x, m, slots=4)[0, 0].item(), 4)  # 1, 2, 0, 0: mean 0.75, variance 0.6875
+    0.3015
     """
     import torch
 
     total = all_sum or (lambda t: t)
-    n = total(mask.sum())
+    real = total(mask.sum())
+    n = real if slots is None else total(torch.tensor(float(mask.shape[0] * slots), device=x.device))
     mean = total((x * mask).sum()) / n
-    var = total((((x - mean) * mask) ** 2).sum()) / (n - 1).clamp(min=1)
+    squares = total((((x - mean) * mask) ** 2).sum())
+    if slots is None:
+        var = squares / (n - 1).clamp(min=1)
+    else:  # the empty slots hold 0, each (0 - mean)^2 away from the mean
+        var = (squares + (n - real) * mean ** 2) / n
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -58,10 +58,10 @@ class SharedRoles:
     layout = "shared"
 
     def __init__(self, policy_model: str, policy_adapter: str | None, reward_model: str, lora_r: int,
-                 lora_alpha: int, device: torch.device) -> None:
+                 lora_alpha: int, device: torch.device, quantize: str = "none") -> None:
         from peft import LoraConfig, PeftModel, get_peft_model
 
-        from salmon.modeling import check_adapter_dir, load_causal_lm, load_tokenizer
+        from salmon.modeling import check_adapter_dir, load_4bit, load_causal_lm, load_tokenizer
         from salmon.ppo.rollout import zero_value_head
         from salmon.reward.model import RMMeta
         from salmon.reward.module import new_head
@@ -80,8 +80,9 @@ class SharedRoles:
                                    f"policy_model ({policy_model})", "set role_layout: separate")
         self.tokenizer = load_tokenizer(policy_model)
         self.rm_tokenizer = load_tokenizer(str(rm_dir))
-        self.rm_limits = meta.limits()
-        base = load_causal_lm(policy_model, device=device)
+        # 4bit: QLoRA, the one base in NF4 under all four adapters (the method's layout)
+        base = (load_4bit(policy_model, device=device) if quantize == "4bit"
+                else load_causal_lm(policy_model, device=device))
         if policy_adapter:
             check_adapter_dir(policy_adapter)
             self.model = PeftModel.from_pretrained(base, policy_adapter, adapter_name="policy", is_trainable=True)
@@ -100,7 +101,8 @@ class SharedRoles:
         self.reward_head.load_state_dict(load_file(str(rm_dir / "reward_head.safetensors")))
         self.reward_head.requires_grad_(False)
         self.value_head = zero_value_head(hidden).to(device)
-        self.model.to(device)
+        if quantize != "4bit":  # a quantized model is placed on its device as it loads
+            self.model.to(device)
         self.use("policy")
 
     # -- adapter switching ------------------------------------------------------------------

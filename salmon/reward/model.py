@@ -46,12 +46,15 @@ class RMEncoder:
     ``query_len`` tokens, the response its first ``response_len``. If the whole still exceeds
     ``model_max_length``, the response is cut further: the closing stem where the reward is read
     is never truncated. The same encoder serves training, evaluation, PPO scoring, ``rm score``
-    and the logged model.
+    and the logged model. ``limit_name`` is how errors name ``model_max_length`` (``ppo`` and
+    ``eval_policy`` score within their own ``rm_max_length``).
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, limits: EncodeLimits) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, limits: EncodeLimits,
+                 limit_name: str = "the reward model's model_max_length") -> None:
         self.tokenizer = tokenizer
         self.limits = limits
+        self.limit_name = limit_name
 
     def encode(self, prompt: templates.RMPrompt) -> list[int]:
         lim = self.limits
@@ -64,7 +67,7 @@ class RMEncoder:
         if room < 1:
             raise SalmonInputError(
                 "reward-model input", f"the principle lines and template take {fixed} tokens, "
-                f"more than the reward model's model_max_length={lim.model_max_length}",
+                f"more than {self.limit_name}={lim.model_max_length}",
                 "shorten the principle lines or show fewer at once, or raise model_max_length")
         return head + response[:room] + between + instruction + closing
 
@@ -93,7 +96,7 @@ class RMEncoder:
         if fixed + instruction + 1 > lim.model_max_length:
             raise SalmonInputError(
                 source, f"the principle lines and the template take {fixed} tokens; with an instruction of "
-                f"{instruction} tokens that is more than the reward model's model_max_length={lim.model_max_length}",
+                f"{instruction} tokens that is more than {self.limit_name}={lim.model_max_length}",
                 "shorten the principle or show fewer principles at once")
 
     def encode_rm(self, response: str, instruction: str, principles: Sequence[str],

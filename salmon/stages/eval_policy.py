@@ -106,9 +106,9 @@ def run(cfg: EvalPolicyConfig) -> StageResult:
     if cfg.reward_model:  # checked before sampling: its folder, and that each principle set fits its input
         from salmon.reward.model import EncodeLimits, RMEncoder, read_rm_meta
 
-        meta = read_rm_meta(cfg.reward_model)
+        read_rm_meta(cfg.reward_model)
         checker = RMEncoder(load_tokenizer(cfg.reward_model),
-                            EncodeLimits(cfg.rm_max_length, meta.query_len, meta.response_len))
+                            EncodeLimits(cfg.rm_max_length, cfg.rm_query_len, cfg.max_new_tokens), "rm_max_length")
         longest = checker.instruction_tokens([p.full_instruction() for p in prompts])
         for label, pset in sets:
             checker.check_fit([p.definition for p in pset.principles], [], f"principle set {label}", longest)
@@ -145,8 +145,9 @@ def run(cfg: EvalPolicyConfig) -> StageResult:
     if cfg.reward_model:
         from salmon.reward.model import EncodeLimits, RMEncoder, load_reward_model, score_sequences
 
-        rm, rm_tok, meta = load_reward_model(cfg.reward_model, device=device)
-        encoder = RMEncoder(rm_tok, EncodeLimits(cfg.rm_max_length, meta.query_len, meta.response_len))
+        rm, rm_tok, _ = load_reward_model(cfg.reward_model, device=device)
+        encoder = RMEncoder(rm_tok, EncodeLimits(cfg.rm_max_length, cfg.rm_query_len, cfg.max_new_tokens),
+                            "rm_max_length")
         for label, pset in sets:
             lines = [p.definition for p in pset.principles]
             for side in sides:

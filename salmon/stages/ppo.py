@@ -7,17 +7,26 @@ One PPO step:
 2. end each at the end of its turn (eos, or the stop string with the method's cuts, §4.3;
    generation stops there per rollout) and score each with the reward model, whose prompt
    carries the fixed interventions and ``principles_per_rollout`` principles drawn by weight
-   from the RL-time set (boosted by prompt type);
+   from the RL-time set (boosted by prompt type), the instruction and the WHOLE response, within
+   ``rm_max_length`` (:func:`reward_limits`; not the shorter limits the RM was trained with);
 3. shape rewards: per-token KL to the reference, no-stop penalty, length bonus, times
    ``reward_scale`` (:mod:`salmon.ppo.math`);
-4. advantages by GAE on the value model (or group baselines for grpo / rloo), whitened over
-   the whole batch;
+4. log-probs of the sampling policy and the reference and the values, ``forward_batch_size``
+   rollouts per forward (:func:`rollout_stats`); advantages by GAE on the value model (or group
+   baselines for grpo / rloo), whitened over the whole batch (``whiten_over``);
 5. ``ppo_epochs`` passes of clipped policy and value updates over minibatches of
-   ``step_batch_size``; the LR schedule steps once per PPO step.
+   ``step_batch_size``, each backpropagated ``micro_batch_size`` rollouts at a time with the
+   gradients accumulated (:func:`update_minibatch`); the LR schedule steps once per PPO step.
+
+Memory therefore grows with ``forward_batch_size`` and ``micro_batch_size``, not with the rollout
+batch: the method's 576 rollouts and 288 per optimizer step run on one process. Each step's log
+line records its peak memory (``peak_memory_mib``: CUDA allocator peak, or on Linux the resident
+set's high-water mark above the step's start).
 
 Roles (``role_layout``): ``shared`` (the method's) puts policy, reference, value and reward as
 LoRA adapters on ONE base model (:mod:`salmon.ppo.shared`); it needs a LoRA RM trained on the
-policy's base. ``separate`` keeps four modules: the policy a LoRA adapter (new, or the SFT adapter
+policy's base; ``quantize: 4bit`` loads that one base in NF4 (QLoRA, the method's; bitsandbytes
+and a CUDA GPU). ``separate`` keeps four modules: the policy a LoRA adapter (new, or the SFT adapter
 continued), the reference the frozen starting policy, the value model a copy of the RM body
 (only its LoRA weights train when the RM is an adapter), the RM frozen; it also serves fully
 fine-tuned reward models. Either way the value head starts at zero.
@@ -29,9 +38,10 @@ at eos counts as stopped, in either format.
 
 Outputs in ``output_dir``: ``policy/`` (the adapter and tokenizer), ``rollouts/step_<k>.jsonl``
 (every rollout with its token ids, principles, score, per-token log-probs, shaped rewards,
-values and advantages before whitening), ``train_log.jsonl`` (one line per PPO step) and
-``checkpoints/step-<k>/`` every ``save_every`` steps (trainable weights, optimizer, scheduler,
-torch and principle-sampler RNG). A rerun resumes from the newest checkpoint.
+values and advantages before whitening), ``train_log.jsonl`` (one line per PPO step),
+``resources.jsonl`` (per step: seconds per phase and peak memory, measurements a resumed run
+does not repeat exactly) and ``checkpoints/step-<k>/`` every ``save_every`` steps (trainable
+weights, optimizer, scheduler, torch and principle-sampler RNG). A rerun resumes from the newest checkpoint.
 
 ``deepspeed: zero2|zero3`` trains the trainable roles (policy, and value body and head; in the
 shared layout the one adapter model and the value head) as one DeepSpeed engine
@@ -107,7 +117,6 @@ class SeparateRoles:
     value_head: Any | None
     tokenizer: Any
     rm_tokenizer: Any
-    rm_limits: Any
     layout: str = "separate"
 
     def trainable(self) -> dict[str, Any]:
@@ -161,7 +170,7 @@ def build_roles(cfg: PPOConfig, device: Any) -> Any:
         from salmon.ppo.shared import SharedRoles
 
         return SharedRoles(cfg.policy_model, cfg.policy_adapter, cfg.reward_model, cfg.lora_r, cfg.lora_alpha,
-                           device)
+                           device, quantize=cfg.quantize)
     return build_separate_roles(cfg, device)
 
 
@@ -185,7 +194,7 @@ def build_separate_roles(cfg: PPOConfig, device: Any) -> SeparateRoles:
                                                  target_modules="all-linear"))
     ref.requires_grad_(False)
     ref.eval()
-    rm, rm_tok, meta = load_reward_model(cfg.reward_model, device=device)
+    rm, rm_tok, _ = load_reward_model(cfg.reward_model, device=device)
     rm.requires_grad_(False)
 
     value_body = value_head = None
@@ -202,7 +211,7 @@ def build_separate_roles(cfg: PPOConfig, device: Any) -> SeparateRoles:
             hidden = value_body.config.hidden_size
         value_body.train()
         value_head = zero_value_head(hidden).to(device)
-    return SeparateRoles(policy, ref, rm, value_body, value_head, tok, rm_tok, meta.limits())
+    return SeparateRoles(policy, ref, rm, value_body, value_head, tok, rm_tok)
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -260,10 +269,10 @@ def check_inputs(cfg: PPOConfig, prompts: list[PromptRecord], rl_set: PrincipleS
 
     check_role_layout(cfg)
     preflight_model(STAGE, cfg.policy_model, prompt_format=cfg.prompt_format, say=say or log)
-    meta = read_rm_meta(cfg.reward_model)
+    read_rm_meta(cfg.reward_model)
     queries, kept = encode_queries(load_tokenizer(cfg.policy_model), prompts, cfg)
     rm_tok = load_tokenizer(cfg.reward_model)
-    encoder = RMEncoder(rm_tok, meta.limits())
+    encoder = RMEncoder(rm_tok, reward_limits(cfg), "rm_max_length")
     k = min(cfg.principles_per_rollout, len(rl_set.principles))
     longest = sorted((p.definition for p in rl_set.principles), key=lambda t: len(encode(rm_tok, t)),
                      reverse=True)[:k]
@@ -273,8 +282,103 @@ def check_inputs(cfg: PPOConfig, prompts: list[PromptRecord], rl_set: PrincipleS
     return queries, kept
 
 
+def reward_limits(cfg: PPOConfig) -> Any:
+    """The RM's input limits at RL time (method §4.3 step 5): the instruction (its last
+    ``query_len`` tokens) and the whole rollout (``response_len``) within ``rm_max_length``, whatever
+    limits the RM was trained with. Everything the policy wrote, a closing self-praise sentence
+    included, is scored."""
+    from salmon.reward.model import EncodeLimits
+
+    return EncodeLimits(cfg.rm_max_length, cfg.query_len, cfg.response_len)
+
+
 def _floats(values: Any) -> list[float]:
     return [float(v) for v in values]
+
+
+def chunks(indices: list[int], size: int) -> list[list[int]]:
+    """``indices`` in consecutive pieces of at most ``size``.
+
+    >>> chunks([4, 5, 6, 7, 8], 2)
+    [[4, 5], [6, 7], [8]]
+    """
+    return [indices[s:s + size] for s in range(0, len(indices), size)]
+
+
+@dataclass
+class RolloutStats:
+    """What the rollouts' tokens are worth before the update, each ``(B, T)`` (0 on padding):
+    log-probs under the sampling policy and the reference, and the value model's values."""
+
+    logp: Any
+    logp_ref: Any
+    values: Any
+
+
+def rollout_stats(roles: Any, q_ids: list[list[int]], r_ids: list[list[int]], pad_id: int, cfg: PPOConfig,
+                  critic: bool, device: Any) -> RolloutStats:
+    """Old and reference log-probs and (``critic``) values of every rollout, computed without
+    gradients ``forward_batch_size`` rollouts at a time (rollouts of similar length together), so
+    that memory grows with that number and not with the rollout batch. Equal, within float
+    tolerance, to one pass over the whole batch: positions count real tokens only."""
+    import torch
+
+    from salmon.ppo.rollout import make_batch
+
+    width = max(1, max(len(r) for r in r_ids))
+    out = RolloutStats(*(torch.zeros(len(r_ids), width, device=device) for _ in range(3)))
+    by_length = sorted(range(len(r_ids)), key=lambda i: (len(q_ids[i]) + len(r_ids[i]), i))
+    with torch.no_grad():
+        for idx in chunks(by_length, cfg.forward_batch_size):
+            sub = make_batch([q_ids[i] for i in idx], [r_ids[i] for i in idx], pad_id).to(device)
+            w = sub.response_mask.shape[1]
+            out.logp[idx, :w] = roles.policy_logprobs(sub, cfg.temperature)
+            out.logp_ref[idx, :w] = roles.reference_logprobs(sub, cfg.temperature)
+            if critic:
+                out.values[idx, :w] = roles.values(sub)
+    return out
+
+
+def update_minibatch(roles: Any, mb: list[int], q_ids: list[list[int]], r_ids: list[list[int]], pad_id: int,
+                     old: RolloutStats, advantages: Any, returns: Any, cfg: PPOConfig, critic: bool,
+                     micro_batch_size: int, backward: Any, device: Any) -> tuple[float, float, float]:
+    """Backpropagate the clipped policy loss (and the value loss) of one minibatch, ``micro_batch_size``
+    rollouts per forward/backward; the caller clips and steps.
+
+    Each micro-batch's masked mean is weighted by its share of the minibatch's real tokens, so
+    the accumulated gradients are those of the minibatch's loss in one piece (within float
+    tolerance). Policy and value losses are backpropagated one after the other (each pass
+    activates its own adapter when the roles share one base). Returns the minibatch's policy
+    loss, clip fraction and value loss.
+    """
+    from salmon.ppo import math as ppo_math
+    from salmon.ppo.rollout import make_batch
+
+    tokens = max(1, sum(len(r_ids[i]) for i in mb))
+    pl_sum = cf_sum = vl_sum = 0.0
+    for idx in chunks(mb, micro_batch_size):
+        sub = make_batch([q_ids[i] for i in idx], [r_ids[i] for i in idx], pad_id).to(device)
+        w = sub.response_mask.shape[1]
+        share = float(sub.response_mask.sum()) / tokens
+        logp = roles.policy_logprobs(sub, cfg.temperature)
+        pl, cf = ppo_math.policy_loss(logp, old.logp[idx, :w], advantages[idx, :w], sub.response_mask,
+                                      cfg.clip_range)
+        backward(pl * share)
+        pl_sum += float(pl.detach()) * share
+        cf_sum += float(cf) * share
+        if critic:
+            v = roles.values(sub)
+            vl = ppo_math.value_loss(v, old.values[idx, :w], returns[idx, :w], sub.response_mask,
+                                     cfg.clip_range_value, cfg.vf_coef)
+            backward(vl * share)
+            vl_sum += float(vl.detach()) * share
+    return pl_sum, cf_sum, vl_sum
+
+
+def micro_batch(cfg: PPOConfig, world_size: int) -> int:
+    """Rollouts per forward/backward on this rank: ``micro_batch_size``, at most the rank's share
+    of a minibatch (``step_batch_size / world_size``)."""
+    return max(1, min(cfg.micro_batch_size, cfg.step_batch_size // world_size))
 
 
 # ---------------------------------------------------------------------------- the recipe
@@ -304,9 +408,9 @@ def wrap_roles(roles: Any, ctx: Any, opt: Any, cfg: PPOConfig) -> None:
         parts = {"policy": roles.policy}
         if roles.value_body is not None:
             parts.update(value_body=roles.value_body, value_head=roles.value_head)
-    layout = batch_layout(cfg.step_batch_size, cfg.step_batch_size, ctx.world_size, what="step_batch_size")
-    if cfg.algorithm == "ppo":  # the value loss is a second backward of the minibatch: one more micro-step
-        layout = replace(layout, accumulation=2)
+    layout = batch_layout(cfg.step_batch_size, cfg.micro_batch_size, ctx.world_size, what="step_batch_size")
+    if cfg.algorithm == "ppo":  # the value loss is a second backward of each micro-batch: twice the micro-steps
+        layout = replace(layout, accumulation=2 * layout.accumulation)
     config = render_deepspeed_config(
         mode=cfg.deepspeed, layout=layout, max_grad_norm=cfg.max_grad_norm, device_type=ctx.device.type,
         precision=cfg.precision, offload_optimizer=cfg.offload_optimizer, offload_param=cfg.offload_param,
@@ -320,6 +424,10 @@ def wrap_roles(roles: Any, ctx: Any, opt: Any, cfg: PPOConfig) -> None:
 def run(cfg: PPOConfig) -> StageResult:
     from salmon.distributed import session
 
+    if cfg.quantize == "4bit":  # refused before any data or model is read
+        from salmon.modeling import check_4bit, resolve_device
+
+        check_4bit(resolve_device(cfg.device))
     with session(cfg.deepspeed, cfg.device) as ctx:
         return _train(cfg, ctx)
 
@@ -327,8 +435,8 @@ def run(cfg: PPOConfig) -> StageResult:
 def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
     import torch
 
+    from salmon.memory import PeakMemory
     from salmon.ppo import math as ppo_math
-    from salmon.ppo.rollout import make_batch
     from salmon.reward.model import RMEncoder
     from salmon.turns import policy_turns
 
@@ -340,7 +448,7 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
     tok = roles.tokenizer
     turns = policy_turns(tok, cfg, cfg.policy_model)
     pad_id = int(tok.pad_token_id)
-    encoder = RMEncoder(roles.rm_tokenizer, roles.rm_limits)
+    encoder = RMEncoder(roles.rm_tokenizer, reward_limits(cfg), "rm_max_length")
     ctx.log(STAGE, f"{len(kept)} of {len(prompts)} prompts fit query_len {cfg.query_len}; algorithm "
                f"{cfg.algorithm}; RL principles {rl_set.name} {rl_set.ids()}"
                + (f", interventions {interventions.ids()}" if interventions else ", no interventions"))
@@ -393,6 +501,11 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
                        f"{first + 1}..{last}, {cfg.step_batch_size // ctx.world_size} per optimizer step",
                 every_rank=True)
 
+    micro = micro_batch(cfg, ctx.world_size)
+    memory = PeakMemory(device)
+    resources_path = out_dir / "resources.jsonl"
+    resources = [r for r in map(json.loads, resources_path.read_text().splitlines()) if r["step"] <= first] if (
+        first and resources_path.is_file()) else []
     t0 = time.monotonic()
     for step in range(first, last):
         # 1-2. sample, cut at the stop string, score under freshly drawn principles
@@ -403,6 +516,7 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
         items = [kept[i] for i in mine for _ in range(group)]
         q_ids = [queries[i] for i in mine for _ in range(group)]
         t_step = time.monotonic()
+        memory.start()
         sampled = turns.generate(roles.sampler, q_ids, temperature=cfg.temperature, top_p=cfg.top_p,
                                  max_new_tokens=cfg.response_len, batch_size=cfg.forward_batch_size)
         texts = [t.text for t in sampled]
@@ -417,12 +531,10 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
                               device=device)
 
         # 3-4. shaped rewards and advantages
-        batch = make_batch(q_ids, r_ids, pad_id).to(device)
-        mask = batch.response_mask
-        with torch.no_grad():
-            logp_old = roles.policy_logprobs(batch, cfg.temperature)
-            logp_ref = roles.reference_logprobs(batch, cfg.temperature)
-            values_old = roles.values(batch) if critic else torch.zeros_like(logp_old)
+        old = rollout_stats(roles, q_ids, r_ids, pad_id, cfg, critic, device)
+        logp_old, logp_ref, values_old = old.logp, old.logp_ref, old.values
+        mask = (torch.arange(logp_old.shape[1], device=device)[None, :]
+                < torch.tensor([len(r) for r in r_ids], device=device)[:, None]).float()
         lengths = mask.sum(-1)
         multipliers = torch.tensor([cfg.length_multipliers[p.prompt_type] for p in items], device=device)
         rewards, terminal = ppo_math.shaped_rewards(scores, stops, lengths, multipliers, logp_old, logp_ref,
@@ -436,38 +548,26 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
             advantages = base.reshape(-1, 1) * mask
             returns = torch.zeros_like(advantages)
         raw_advantages = advantages
-        if cfg.whiten_advantages:  # over the tokens of every rank
-            advantages = ppo_math.whiten(advantages, mask, all_sum=ctx.all_sum_tensor if ctx.deepspeed else None)
+        if cfg.whiten_advantages:  # over the rollouts of every rank
+            advantages = ppo_math.whiten(advantages, mask, all_sum=ctx.all_sum_tensor if ctx.deepspeed else None,
+                                         slots=cfg.response_len if cfg.whiten_over == "all_slots" else None)
 
         t_scored = time.monotonic()  # RM scores, log-probs and values of the rollouts
 
-        # 5. clipped updates over minibatches
+        # 5. clipped updates over minibatches, micro-batch by micro-batch
         losses: list[float] = []
         clipfracs: list[float] = []
         vlosses: list[float] = []
         gen = torch.Generator().manual_seed(cfg.seed + step)
         mb_size = cfg.step_batch_size // ctx.world_size  # this rank's share of an optimizer batch
+        # under DeepSpeed each backward is one engine micro-step; the per-rank means are averaged
+        backward = (lambda loss: ctx.backward(loss / ctx.world_size)) if ctx.deepspeed else (
+            lambda loss: loss.backward())
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(items), generator=gen).tolist()
-            for s in range(0, len(items), mb_size):
-                mb = order[s:s + mb_size]
-                sub = make_batch([q_ids[i] for i in mb], [r_ids[i] for i in mb], pad_id).to(device)
-                width = sub.response_mask.shape[1]
-                # policy and value losses are backpropagated one after the other (each pass
-                # activates its own adapter when the roles share one base)
-                # under DeepSpeed each is one engine micro-step; the per-rank means are averaged
-                backward = (lambda loss: ctx.backward(loss / ctx.world_size)) if ctx.deepspeed else (
-                    lambda loss: loss.backward())
-                logp = roles.policy_logprobs(sub, cfg.temperature)
-                pl, cf = ppo_math.policy_loss(logp, logp_old[mb, :width], advantages[mb, :width],
-                                              sub.response_mask, cfg.clip_range)
-                backward(pl)
-                if critic:
-                    v = roles.values(sub)
-                    vl = ppo_math.value_loss(v, values_old[mb, :width], returns[mb, :width], sub.response_mask,
-                                             cfg.clip_range_value, cfg.vf_coef)
-                    backward(vl)
-                    vlosses.append(float(vl.detach()))
+            for mb in chunks(order, mb_size):
+                pl, cf, vl = update_minibatch(roles, mb, q_ids, r_ids, pad_id, old, advantages, returns, cfg,
+                                              critic, micro, backward, device)
                 if ctx.deepspeed:  # the engine clipped and stepped at its last micro-step
                     updates += 1
                     ctx.finish_step(updates)
@@ -475,8 +575,10 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                     opt.step()
                     opt.zero_grad(set_to_none=True)
-                losses.append(float(pl.detach()))
-                clipfracs.append(float(cf))
+                losses.append(pl)
+                clipfracs.append(cf)
+                if critic:
+                    vlosses.append(vl)
         sched.step()
 
         done = step + 1
@@ -492,11 +594,16 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
         }
         if vlosses:
             entry["value_loss"] = round(stats[7], 5)
+        seconds = {"rollout": round(t_sampled - t_step, 2), "scoring": round(t_scored - t_sampled, 2),
+                   "update": round(time.monotonic() - t_scored, 2)}
+        used = {"step": done, "seconds": seconds, "peak_memory_mib": memory.peak_mib()}  # this rank's
         history.append(entry)
         ctx.log(STAGE, f"step {done}/{total} rm {entry['rm_score']:+.3f} kl {entry['kl']:.4f} "
                    f"len {entry['response_tokens']:.0f} stop {entry['stop_rate']:.2f} "
-                   f"({time.monotonic() - t0:.0f}s; this step: rollout {t_sampled - t_step:.0f}s, "
-                   f"scoring {t_scored - t_sampled:.0f}s, update {time.monotonic() - t_scored:.0f}s)")
+                   f"({time.monotonic() - t0:.0f}s; this step: rollout {seconds['rollout']:.0f}s, "
+                   f"scoring {seconds['scoring']:.0f}s, update {seconds['update']:.0f}s"
+                   + ("" if used["peak_memory_mib"] is None else f", peak memory +{used['peak_memory_mib']:.0f} MiB")
+                   + ")")
         dump = []
         for i, (p, t) in enumerate(zip(items, texts, strict=True)):
             n = int(lengths[i])
@@ -511,9 +618,12 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
         if ctx.deepspeed:
             dump = ctx.gather_lists(dump)  # all ranks' rollouts, in rank order
 
+        resources.append(used)
+
         def write_step(dump: list[dict[str, Any]] = dump, done: int = done) -> None:
             write_text(out_dir / "rollouts" / f"step_{done:05d}.jsonl", "".join(json.dumps(d) + "\n" for d in dump))
             write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
+            write_text(out_dir / "resources.jsonl", "".join(json.dumps(r) + "\n" for r in resources))
 
         if ctx.deepspeed:
             ctx.on_main(write_step)

@@ -19,6 +19,10 @@ user turn, and opens the assistant turn with the internal-thought header; kept a
 no end-of-turn text (``sft`` ends them with eos), while Dromedary answers end with
 ``\\n\\n### User\\n``.
 
+With ``identity`` (the default, as in the method) the output also holds the identity
+conversations of ``identity_file`` ("Who are you?" and the like, answered as ``final_name``),
+after the self-aligned answers, with ``source: identity``; ``identity_examples`` sets how many.
+
 The ``nano`` backend is a fallback for the nano world, whose 0.9 M model cannot follow written
 rules: the answers come from the nano response generator, and every example says
 ``source: nano``.
@@ -40,7 +44,9 @@ from salmon.core.selfalign import (
     ExemplarSet,
     count_reasons,
     filter_generation,
+    identity_pairs,
     load_exemplars,
+    load_identity,
     self_align_context,
     self_align_prompt,
     thought_header,
@@ -58,8 +64,25 @@ class NothingKept(GateFailed):
 
 
 def exemplar_path(cfg: SelfAlignConfig) -> Path:
-    p = Path(cfg.exemplars)
+    return _shipped(cfg.exemplars)
+
+
+def _shipped(value: str) -> Path:
+    """A file path as given, else the file of that name under the principles folder."""
+    p = Path(value)
     return p if p.is_absolute() or p.is_file() else principles_dir() / p
+
+
+def identity_examples(cfg: SelfAlignConfig) -> list[SFTExample]:
+    """The identity conversations of ``cfg.identity_file`` as SFT examples (none without
+    ``cfg.identity``), answered as ``cfg.final_name`` and ending the turn as the kept answers do."""
+    if not cfg.identity:
+        return []
+    end = END_OF_TURN if cfg.backend == "nano" or cfg.prompt_format == "dromedary" else ""
+    pairs = identity_pairs(load_identity(_shipped(cfg.identity_file)), cfg.final_name, cfg.identity_examples,
+                           cfg.seed)
+    return [SFTExample(example_id=f"identity-{i:05d}", instruction=q, response=a + end, source="identity")
+            for i, (q, a) in enumerate(pairs)]
 
 
 def self_align_query(tok: Any, cfg: SelfAlignConfig, rules: PrincipleSet, ex: ExemplarSet,
@@ -136,6 +159,10 @@ def run(cfg: SelfAlignConfig) -> StageResult:
     prompts = [p for p in read_jsonl(cfg.prompts, PromptRecord) if p.split in cfg.splits][: cfg.limit]
     if not prompts:
         raise SalmonInputError(cfg.prompts, f"no prompts in splits {cfg.splits}", "check splits or the file")
+    # the method mixes identity conversations into its SFT data (Dromedary's merge script adds its
+    # dummy conversations after the filters); read before any generation, they are written after
+    # the self-aligned answers and never count towards the kept-answer gate
+    identity = identity_examples(cfg)
     examples: list[SFTExample] = []
     reasons: list[str] = []
     audit: list[GenerationRecord] = []
@@ -157,7 +184,8 @@ def run(cfg: SelfAlignConfig) -> StageResult:
         for p, (gen, ended) in zip(prompts, generate_hf(cfg, prompts, ex), strict=True):
             answer, why = filter_generation(gen, p.instruction, p.input, ex, ended=ended, final_name=cfg.final_name,
                                             min_chars=cfg.min_chars, copy_min_chars=cfg.copy_min_chars,
-                                            keep_truncated=cfg.keep_truncated)
+                                            keep_truncated=cfg.keep_truncated, end_of_turn=end_of_turn,
+                                            dedupe=cfg.dedupe)
             reasons.append(why)
             audit.append(GenerationRecord(prompt_id=p.prompt_id, instruction=p.instruction, input=p.input,
                                           generation=gen, ended_at_eos=ended, reason=why, answer=answer))
@@ -171,10 +199,13 @@ def run(cfg: SelfAlignConfig) -> StageResult:
     if not examples:
         raise NothingKept(f"no generation passed the filters ({counts}); the model does not follow the "
                           "self-alignment format (a base model of a few billion parameters or more is needed)")
-    n = write_jsonl(cfg.output, examples)
-    log(STAGE, f"kept {n} of {len(prompts)}; {counts}")
+    kept = len(examples)
+    n = write_jsonl(cfg.output, examples + identity)
+    log(STAGE, f"kept {kept} of {len(prompts)}; {counts}; wrote {n} examples with {len(identity)} identity "
+               "conversations")
     return StageResult(STAGE, outputs={"examples": cfg.output},
-                       metrics={"prompts": len(prompts), "kept": n, "reasons": counts, "backend": cfg.backend})
+                       metrics={"prompts": len(prompts), "kept": kept, "identity": len(identity), "reasons": counts,
+                                "backend": cfg.backend})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,26 +85,12 @@ def build_model(cfg: SFTConfig, device: Any) -> tuple[Any, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from salmon.modeling import load_causal_lm, load_tokenizer
+    from salmon.modeling import load_4bit, load_causal_lm, load_tokenizer
 
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(cfg.base_model)
     if cfg.quantize == "4bit":
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            bitsandbytes = None
-        if bitsandbytes is None or device.type != "cuda":
-            raise SalmonInputError("quantize", "4bit (QLoRA) needs bitsandbytes and a CUDA GPU",
-                                   "install bitsandbytes on a GPU machine, or set quantize: none")
-        from peft import prepare_model_for_kbit_training
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.bfloat16)
-        base = AutoModelForCausalLM.from_pretrained(cfg.base_model, quantization_config=quant,
-                                                    device_map={"": device.index or 0})
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+        base = load_4bit(cfg.base_model, device=device)
     else:
         base = load_causal_lm(cfg.base_model, device=device, dtype=cfg.dtype)
     target: str | list[str] = (cfg.lora_target if cfg.lora_target == "all-linear"

@@ -3,8 +3,10 @@
 A causal-LM body with LoRA (r=64, alpha=16 on all linear layers by default; ``finetune=full``
 for small models) and a float32 scalar head read at the last token of left-padded inputs.
 ``lora_layers=N`` puts LoRA on the last N layers only, which stops backpropagation there (a
-cheaper step, for CPU runs). Each instance gives two sequences, (response, instruction,
-principle lines) for both outputs, run in one forward; the loss is Bradley-Terry,
+cheaper step, for CPU runs). ``quantize=4bit`` trains the LoRA body on an NF4 base (QLoRA, the
+method's; bitsandbytes and a CUDA GPU, refused elsewhere before any work). Each instance gives
+two sequences, (response, instruction, principle lines) for both outputs, run in one forward;
+the loss is Bradley-Terry,
 ``-log sigmoid(r_chosen - r_rejected)``.
 
 With ``pmp_data``, a preference-model pre-training phase on generic pairs (template without
@@ -118,13 +120,16 @@ def build_model(cfg: TrainRMConfig, device: Any = None) -> tuple[Any, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from salmon.modeling import load_backbone, load_tokenizer, resolve_device
+    from salmon.modeling import load_4bit, load_backbone, load_tokenizer, resolve_device
     from salmon.reward.model import build_reward_model
 
     device = resolve_device(cfg.device) if device is None else device
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.base_model)
-    body = load_backbone(cfg.base_model, device=device, dtype=cfg.dtype)
+    if cfg.quantize == "4bit":  # QLoRA: the LoRA body on an NF4 base (the config requires finetune=lora)
+        body = load_4bit(cfg.base_model, device=device, body=True)
+    else:
+        body = load_backbone(cfg.base_model, device=device, dtype=cfg.dtype)
     if cfg.finetune == "lora":
         body = get_peft_model(body, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                lora_dropout=cfg.lora_dropout, target_modules=lora_targets(cfg, body)))
@@ -139,6 +144,10 @@ def run(cfg: TrainRMConfig) -> StageResult:
     if cfg.pmp_data and cfg.deepspeed != "off":
         raise SalmonInputError("pmp_data", "the PMP phase runs single-process only (one DeepSpeed engine per run)",
                                "run PMP with deepspeed=off, or leave pmp_data unset")
+    if cfg.quantize == "4bit":  # refused before any data or model is read
+        from salmon.modeling import check_4bit, resolve_device
+
+        check_4bit(resolve_device(cfg.device))
     with session(cfg.deepspeed, cfg.device) as ctx:
         return _train(cfg, ctx)
 
