@@ -115,9 +115,11 @@ def rm_args(world: dict[str, str], out: Path) -> list[str]:
 
 
 def ppo_args(world: dict[str, str], out: Path) -> list[str]:
-    # 2 PPO steps of 4 rollouts (2 per rank), optimizer batches of 2 (1 per rank)
+    # 2 PPO steps of 4 rollouts (2 per rank), optimizer batches of 4 (2 per rank, in micro-batches
+    # of 1: with the value loss, 4 engine micro-steps per update, which the stage checks)
     return [f"prompts={world['prompts']}", f"policy_model={world['model']}", f"reward_model={world['rm']}",
-            f"output_dir={out}", "rollout_batch_size=4", "step_batch_size=2", "forward_batch_size=4",
+            f"output_dir={out}", "rollout_batch_size=4", "step_batch_size=4", "micro_batch_size=1",
+            "forward_batch_size=4",
             "total_steps=2", "query_len=48", "response_len=12", "rm_max_length=384", "lora_r=4",
             "learning_rate=5e-3", "warmup_steps=0", "save_every=1"]
 
