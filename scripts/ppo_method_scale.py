@@ -12,6 +12,7 @@ train_rm preset on rule-judged pairs). Figures: docs/results.md, "PPO at the met
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -60,6 +61,8 @@ def one_step(paths: dict[str, str], out: Path, forward: int, micro: int) -> dict
            f"policy_model={paths['model']}", f"reward_model={paths['rm']}", f"output_dir={out}",
            "rollout_batch_size=576", "step_batch_size=288", f"forward_batch_size={forward}",
            f"micro_batch_size={micro}", "max_steps=1", "device=cpu"]
+    if out.exists():  # a fresh run: an existing folder would resume from its checkpoint
+        shutil.rmtree(out)
     t0 = time.monotonic()
     proc = subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.monotonic() - t0
