@@ -135,20 +135,6 @@ def test_identity_conversations_never_pass_the_kept_answer_gate(tmp_path: Path,
     assert not (tmp_path / "out.jsonl").exists()
 
 
-def test_a_bad_identity_file_exits_2_before_generating(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from salmon.cli import main
-    from salmon.core.io import write_jsonl
-    from salmon.nano.world import make_prompts
-
-    bad = tmp_path / "identity.yaml"
-    bad.write_text("version: '1'\nconversations: []\n")
-    write_jsonl(tmp_path / "p.jsonl", make_prompts(4, seed=1))
-    code = main(["selfalign", f"prompts={tmp_path / 'p.jsonl'}", f"output={tmp_path / 'out.jsonl'}",
-                 f"identity_file={bad}", "backend=nano"])
-    assert code == 2 and "identity.yaml" in capsys.readouterr().err
-    assert not (tmp_path / "out.jsonl").exists()
-
-
 def _gen(answer: str, thought: str = "Rule 2 applies.") -> str:
     return f" {PREFIX} {thought}\n\nWatson: {answer}"
 
@@ -218,17 +204,22 @@ def test_stage_hf_backend_fails_when_nothing_passes_and_nano_backend_says_so(tmp
     assert all(r.source == "nano" and r.response.endswith(END_OF_TURN) for r in rows)
 
 
-def test_bad_exemplar_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("key", "content"), [("exemplars", "version: '1'\nassistant: W\n"),
+                                            ("identity_file", "version: '1'\nconversations: []\n")])
+def test_a_bad_data_file_exits_2_before_generating(tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str,
+                                                   content: str) -> None:
+    """An invalid exemplar or identity file stops the stage (exit 2, the file named) before any
+    model is loaded: model=/nonexistent is never reached."""
     from salmon.cli import main
     from salmon.core.io import write_jsonl
     from salmon.nano.world import make_prompts
 
-    bad = tmp_path / "ex.yaml"
-    bad.write_text("version: '1'\nassistant: W\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(content)
     write_jsonl(tmp_path / "p.jsonl", make_prompts(4, seed=1))
     code = main(["selfalign", f"prompts={tmp_path / 'p.jsonl'}", f"output={tmp_path / 'out.jsonl'}",
-                 f"exemplars={bad}", "model=/nonexistent"])
-    assert code == 2 and "ex.yaml" in capsys.readouterr().err
+                 f"{key}={bad}", "model=/nonexistent"])
+    assert code == 2 and "bad.yaml" in capsys.readouterr().err
     assert not (tmp_path / "out.jsonl").exists()
 
 

@@ -13,6 +13,7 @@ import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -61,16 +62,24 @@ class ExemplarSet(BaseModel):
     exemplars: list[Exemplar] = Field(min_length=1, description="The exemplars in prompt order.")
 
 
-def load_exemplars(path: str | Path) -> ExemplarSet:
-    """Load and validate an exemplar file (YAML)."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def _load_yaml(path: str | Path, schema: type[M], what: str, example: str) -> M:
+    """Load and validate a YAML data file against ``schema``; errors name the file and ``example``."""
     p = Path(path)
     if not p.is_file():
-        raise SalmonInputError(str(p), "file not found", "give the path of an exemplar YAML file")
+        raise SalmonInputError(str(p), "file not found", f"give the path of an {what} YAML file")
     try:
-        return ExemplarSet.model_validate(safe_load(p.read_text(encoding="utf-8")))
+        return schema.model_validate(safe_load(p.read_text(encoding="utf-8")))
     except (yaml.YAMLError, ValidationError) as e:
-        raise SalmonInputError(str(p), f"not a valid exemplar file ({str(e).splitlines()[0]})",
-                               "see principles/exemplars/self_align.yaml for the layout") from None
+        raise SalmonInputError(str(p), f"not a valid {what} file ({str(e).splitlines()[0]})",
+                               f"see {example} for the layout") from None
+
+
+def load_exemplars(path: str | Path) -> ExemplarSet:
+    """Load and validate an exemplar file (YAML)."""
+    return _load_yaml(path, ExemplarSet, "exemplar", "principles/exemplars/self_align.yaml")
 
 
 def self_align_context(rules: PrincipleSet, ex: ExemplarSet) -> str:
@@ -232,14 +241,7 @@ class IdentitySet(BaseModel):
 
 def load_identity(path: str | Path) -> IdentitySet:
     """Load and validate an identity conversation file (YAML)."""
-    p = Path(path)
-    if not p.is_file():
-        raise SalmonInputError(str(p), "file not found", "give the path of an identity conversation YAML file")
-    try:
-        return IdentitySet.model_validate(safe_load(p.read_text(encoding="utf-8")))
-    except (yaml.YAMLError, ValidationError) as e:
-        raise SalmonInputError(str(p), f"not a valid identity file ({str(e).splitlines()[0]})",
-                               "see principles/data/identity.yaml for the layout") from None
+    return _load_yaml(path, IdentitySet, "identity conversation", "principles/data/identity.yaml")
 
 
 def identity_pairs(ident: IdentitySet, name: str, count: int | None, seed: int) -> list[tuple[str, str]]:
