@@ -535,7 +535,7 @@ def serve_sampler_task(mode: str, *, endpoint: str, base_model: str, adapter: st
     from salmon.cluster.executor import ClusterSettings, copy_replacing
     from salmon.cluster.launch import kube_api_client, own_pod_owner
     from salmon.cluster.sampler import deploy_server, server_name
-    from salmon.cluster.spec import OwnerRef, Toleration, VLLMServerSpec
+    from salmon.cluster.spec import OwnerRef, VLLMServerSpec, gpu_tolerations
 
     settings = ClusterSettings(**cluster)
     name = server_name(artifact_digest(base_model), artifact_digest(adapter))
@@ -548,7 +548,7 @@ def serve_sampler_task(mode: str, *, endpoint: str, base_model: str, adapter: st
         model_pvc=settings.pvc, model_mount=settings.mount_path, gpus=settings.gpus,
         gpu_resource=settings.gpu_resource, lora_modules={"sft": str(folder / "sft")},
         api_key_secret=api_key_secret,
-        tolerations=[Toleration(key=settings.gpu_resource)] if settings.gpus else [])
+        tolerations=gpu_tolerations(settings.gpus, settings.gpu_resource))
     api = api_client or kube_api_client()
     owner = own_pod_owner(api, spec.namespace, os.environ.get("KFP_POD_NAME"))
     if owner:  # deleting the run's Workflow garbage-collects the server too

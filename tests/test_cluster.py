@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -114,7 +115,9 @@ def test_vllm_server_renders_what_sampling_needs() -> None:
     assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "salmon-vllm-api-key", "key": "api-key"}
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]["value"] == "True"
     assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 1800
-    assert "/v1/models" in container["readinessProbe"]["exec"]["command"][-1]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):  # no process started per probe
+        assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe
+        assert "exec" not in container[probe]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
@@ -170,6 +173,35 @@ def test_job_render_cli_prints_a_valid_manifest_and_refuses_bad_settings(capsys:
     assert "deployment policy" in capsys.readouterr().err
     assert main(["sampler", "render", "model=/m", "image=vllm/vllm-openai"]) == 2
     assert "has no tag" in capsys.readouterr().err
+
+
+def test_dry_runs_print_plain_yaml_and_what_the_pipeline_deploys(capsys: pytest.CaptureFixture[str]) -> None:
+    """No YAML anchors or aliases (a reviewer reads every value where it applies), and the
+    sampler's dry run tolerates the GPU taint as the pipeline's serve_sampler does."""
+    from salmon.cli import main
+    from salmon.cluster.spec import gpu_tolerations
+
+    for argv in (["job", "render", "--stage", "ppo", "--executor", "pytorchjob", "nodes=2", "gpus=8"],
+                 ["job", "render", "--stage", "sft", "--executor", "trainjob", "gpus=1"],
+                 ["sampler", "render", "model=/mnt/models/base", "gpus=1"]):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert not re.search(r"[&*]id\d{3}", out), f"{argv}: anchors or aliases in\n{out}"
+    pod = next(yaml.safe_load_all(out))["spec"]["template"]["spec"]
+    assert pod["tolerations"] == [t.model_dump(exclude_none=True) for t in gpu_tolerations(1, "nvidia.com/gpu")]
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert main(["sampler", "render", "model=/mnt/models/base", "gpus=0"]) == 0
+    assert "tolerations" not in next(yaml.safe_load_all(capsys.readouterr().out))["spec"]["template"]["spec"]
+
+
+def test_safe_dump_writes_repeated_objects_out() -> None:
+    from salmon.core.yamlio import safe_dump, safe_load
+
+    shared = {"a": 1}
+    text = safe_dump({"x": shared, "y": shared, "z": [1, 2]})
+    assert "&" not in text and "*" not in text
+    assert safe_load(text) == {"x": {"a": 1}, "y": {"a": 1}, "z": [1, 2]}
+    assert list(safe_load(text)) == ["x", "y", "z"]  # insertion order kept
 
 
 # ----------------------------------------------------------------------------- the emulator

@@ -29,9 +29,9 @@ def _build(cls: type[BaseModel], what: str, values: dict[str, Any]) -> Any:
 
 
 def _as_yaml(docs: list[dict[str, Any]]) -> str:
-    import yaml
+    from salmon.core.yamlio import safe_dump
 
-    return "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs)
+    return "---\n".join(safe_dump(d) for d in docs)
 
 
 def _policy_errors(doc: dict[str, Any]) -> list[str]:
@@ -83,11 +83,13 @@ def render_job_yaml(stage: str, executor: str, overrides: list[str], *, name: st
 def render_sampler_yaml(overrides: list[str], *, validate: bool = True) -> str:
     """The vLLM Deployment + Service for these ``VLLMServerSpec`` keys (model=... is required)."""
     from salmon.cluster.render import render_vllm_server
-    from salmon.cluster.spec import VLLMServerSpec
+    from salmon.cluster.spec import VLLMServerSpec, gpu_tolerations
 
     values = {"name": "salmon-vllm", "namespace": "kubeflow", **parse_overrides(overrides)}
     if "model" not in values:
         raise SalmonInputError("sampler render", "no model given",
                                "add model=/mnt/models/<folder> (on the PVC) or model=s3://bucket/prefix")
     spec = _build(VLLMServerSpec, "sampler setting", values)
+    if "tolerations" not in values:  # as the pipeline's serve_sampler deploys it
+        spec = spec.model_copy(update={"tolerations": gpu_tolerations(spec.gpus, spec.gpu_resource)})
     return _validated(render_vllm_server(spec), "vLLM server", validate)

@@ -26,7 +26,15 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from salmon.cluster.names import name_validator
-from salmon.cluster.spec import RUNTIME_IMAGE, OwnerRef, SecretEnv, Toleration, TrainingJobSpec, Volume, job_name
+from salmon.cluster.spec import (
+    RUNTIME_IMAGE,
+    OwnerRef,
+    SecretEnv,
+    TrainingJobSpec,
+    Volume,
+    gpu_tolerations,
+    job_name,
+)
 
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -102,7 +110,7 @@ def job_spec(stage: str, settings: ClusterSettings, *, name: str, work: Path, ex
     A PyTorchJob gets its own memory-backed /dev/shm; a TrainJob's comes from the runtime
     (salmon-torch-distributed mounts one)."""
     procs = settings.procs_per_node or max(1, settings.gpus)
-    tolerations = [Toleration(key=settings.gpu_resource)] if settings.gpus else []
+    tolerations = gpu_tolerations(settings.gpus, settings.gpu_resource)
     secrets = [SecretEnv(env=k, secret=settings.mlflow_secret, key=k)
                for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")]
     secrets += [SecretEnv(env=k, secret=settings.s3_secret, key=k)
@@ -136,11 +144,10 @@ def run_stage_remote(
     """Run ``stage`` with ``config`` as a ``trainjob`` / ``pytorchjob`` (see the module docstring).
     ``inputs`` and ``outputs`` map names to the step's local artifact paths. Returns the stage's
     result (``{"outputs": ..., "metrics": ...}``) with paths mapped back to the step's."""
-    import yaml
-
     from salmon.cluster.launch import kube_api_client, launch_and_wait, own_pod_owner
     from salmon.cluster.render import render_job
     from salmon.core.io import write_text
+    from salmon.core.yamlio import safe_dump
 
     name = job_name(stage, run_id, task)
     work = Path(settings.mount_path) / "salmon-jobs" / name
@@ -155,7 +162,7 @@ def run_stage_remote(
         mapping[local] = str(remote)
         back[str(remote)] = local
     resolved = remap_paths(config.model_dump(mode="json"), mapping)
-    write_text(work / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    write_text(work / "config.yaml", safe_dump(resolved))
 
     spec = job_spec(stage, settings, name=name, work=work, executor=executor)
     api = api_client or kube_api_client()
@@ -166,7 +173,7 @@ def run_stage_remote(
         spec = spec.model_copy(update={"owner": OwnerRef(**owner)})
     manifest = render_job(spec, executor)
     if manifest_out:
-        write_text(manifest_out, yaml.safe_dump(manifest, sort_keys=False))
+        write_text(manifest_out, safe_dump(manifest))
     launch_and_wait(manifest, executor, api_client=api, deadline_seconds=settings.deadline_seconds,
                     poll_seconds=settings.poll_seconds, out=out)
     result_file = work / "result.json"

@@ -31,9 +31,6 @@ SCRATCH = {"tmp": "/tmp", "home": "/home/salmon"}
 """Writable emptyDir folders of a PyTorchJob's pods (the root filesystem is read-only): the runtime
 image's HOME and its caches live under /home/salmon. salmon-torch-distributed mounts the same."""
 SCRATCH_SIZE = "20Gi"
-READY_PROBE = ("import os, urllib.request as r; r.urlopen(r.Request('http://127.0.0.1:{port}/v1/models', "
-               "headers={{'Authorization': 'Bearer ' + os.environ['VLLM_API_KEY']}}), timeout=4)")
-"""Exits 0 when the server lists its models to a client holding the API key."""
 
 
 def _metadata(name: str, namespace: str, labels: dict[str, str], annotations: dict[str, str] | None = None,
@@ -235,11 +232,10 @@ def render_vllm_server(spec: VLLMServerSpec) -> list[dict[str, Any]]:
         volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": spec.model_pvc, "readOnly": True}})
         mounts.append({"name": "models", "mountPath": spec.model_mount, "readOnly": True})
     period = 10
-    # vLLM requires the key on every /v1 route once VLLM_API_KEY is set, and an httpGet probe
-    # cannot read a Secret; so startup and readiness run a small exec probe that asks
-    # /v1/models with the key (model loaded), and liveness asks /health (process up).
-    models_probe = {"exec": {"command": ["python3", "-c", READY_PROBE.format(port=spec.port)]},
-                    "periodSeconds": period, "timeoutSeconds": 5}
+    # vLLM's OpenAI server binds its port only once the model is loaded, and /health (outside the
+    # /v1 routes that VLLM_API_KEY guards) answers 200 while the engine is up: an httpGet on it
+    # tells startup, readiness and liveness apart by their timings alone, with no process per probe.
+    health = {"httpGet": {"path": "/health", "port": "http"}, "timeoutSeconds": 5}
     container = {
         "name": "vllm",
         "image": spec.image,
@@ -251,10 +247,10 @@ def render_vllm_server(spec: VLLMServerSpec) -> list[dict[str, Any]]:
         "resources": _resources(spec),
         "volumeMounts": mounts,
         "securityContext": container_security_context(),
-        "startupProbe": {**models_probe, "failureThreshold": max(1, spec.startup_budget_seconds // period)},
-        "readinessProbe": {**models_probe, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 30,
-                          "timeoutSeconds": 5, "failureThreshold": 3},
+        "startupProbe": {**health, "periodSeconds": period,
+                         "failureThreshold": max(1, spec.startup_budget_seconds // period)},
+        "readinessProbe": {**health, "periodSeconds": period, "failureThreshold": 3},
+        "livenessProbe": {**health, "periodSeconds": 30, "failureThreshold": 3},
     }
     pod_spec: dict[str, Any] = {"securityContext": pod_security_context(), "containers": [container],
                                 "volumes": volumes, "automountServiceAccountToken": False}

@@ -39,6 +39,12 @@ class Toleration(_Spec):
         default="NoSchedule", description="Taint effect to tolerate; None tolerates all.")
 
 
+def gpu_tolerations(gpus: int, gpu_resource: str) -> list[Toleration]:
+    """What every GPU pod salmon runs tolerates: the taint named after the GPU resource (GPU node
+    pools are tainted so that only GPU work lands there); nothing for a CPU pod."""
+    return [Toleration(key=gpu_resource)] if gpus else []
+
+
 class SecretEnv(_Spec):
     """An environment variable read from a Secret key (never a literal value)."""
 

@@ -43,3 +43,18 @@ def safe_load(text: str) -> Any:
 def safe_load_all(text: str) -> list[Any]:
     """Every YAML document of a stream, safely, refusing repeated keys."""
     return list(yaml.load_all(text, Loader=UniqueKeySafeLoader))
+
+
+class _PlainSafeDumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that writes a repeated object out again instead of as an anchor
+    (``&id001``) and an alias (``*id001``): manifests meant for people and for diffs."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def safe_dump(data: Any, **options: Any) -> str:
+    """``data`` as YAML text: safe types only, keys in insertion order, no anchors or aliases."""
+    options.setdefault("sort_keys", False)
+    text: str = yaml.dump(data, Dumper=_PlainSafeDumper, **options)
+    return text
