@@ -217,7 +217,7 @@ def submit(host: str, params: dict[str, Any], *, experiment: str, version: str, 
     return str(run.run_id)
 
 
-def _print_params() -> None:
+def _print_params(as_json: bool = False) -> None:
     from pipelines.salmon import salmon_pipeline
 
     doc = salmon_pipeline.pipeline_func.__doc__ or ""
@@ -226,8 +226,13 @@ def _print_params() -> None:
         name, sep, text = line.strip().partition(": ")
         if sep and name.isidentifier():
             descriptions[name] = text
-    for name, p in pipeline_parameters().items():
-        print(f"{name:<24} {type(p.default).__name__:<6} {json.dumps(p.default):<22} {descriptions.get(name, '')}")
+    rows = [{"name": name, "type": type(p.default).__name__, "default": p.default,
+             "description": descriptions.get(name, "")} for name, p in pipeline_parameters().items()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        print(f"{r['name']:<24} {r['type']:<6} {json.dumps(r['default']):<22} {r['description']}")
 
 
 def _run(out: str, params: dict[str, Any], cache: bool) -> int:
@@ -292,7 +297,8 @@ def add_pipeline_arguments(pipe: argparse.ArgumentParser) -> None:
     r.add_argument("--out", default="out/pipeline", help="output folder")
     r.add_argument("--no-cache", action="store_true", help="rerun every task")
     r.add_argument("params", nargs="*", metavar="key=value", help="pipeline parameters")
-    ps.add_parser("params", help="list the pipeline parameters with types, defaults and descriptions")
+    pp = ps.add_parser("params", help="list the pipeline parameters with types, defaults and descriptions")
+    pp.add_argument("--json", action="store_true", help="print a JSON list (name, type, default, description)")
 
 
 def check_names(args: argparse.Namespace) -> None:
@@ -321,7 +327,7 @@ def main(args: argparse.Namespace) -> int:
                 print(path)
             return 0
         if args.action == "params":
-            _print_params()
+            _print_params(as_json=args.json)
             return 0
         params = parse_params(args.params)
         check_params(params)  # before anything starts: no output folder, no upload

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from salmon import __version__
 from salmon.core.errors import GateFailed, SalmonInputError, ServiceUnavailable, report, report_unexpected
 
 STAGES: dict[str, tuple[str, str]] = {
@@ -113,9 +114,16 @@ def _principles_show(args: argparse.Namespace) -> int:
 def _principles_list(args: argparse.Namespace) -> int:
     from salmon.core.principles import available_sets, load_principle_set
 
+    rows = []
     for name in available_sets():
         s = load_principle_set(name)
-        print(f"{name:<14} {s.kind:<14} {len(s.principles):>3} principles  {s.digest()[:19]}")
+        rows.append({"name": name, "kind": s.kind, "version": str(s.version), "principles": len(s.principles),
+                     "digest": s.digest()})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['name']:<14} {r['kind']:<14} {r['principles']:>3} principles  {str(r['digest'])[:19]}")
     return 0
 
 
@@ -161,6 +169,11 @@ def _base_prepare(args: argparse.Namespace) -> int:
 def _base_list(args: argparse.Namespace) -> int:
     from salmon.base_models import PACKAGED, cache_root
 
+    if args.json:
+        print(json.dumps([{"name": s.name, "description": s.description, "license": s.license,
+                           "distribution": s.distribution, "version": s.version, "cache": str(cache_root())}
+                          for s in PACKAGED.values()], indent=2))
+        return 0
     for spec in PACKAGED.values():
         print(f"{spec.name:<10} {spec.description}; {spec.license}; from {spec.distribution}=={spec.version}")
     print(f"prepared folders are cached in {cache_root()} ($SALMON_MODEL_CACHE)")
@@ -341,7 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
                "4 an unexpected error (a bug; its traceback goes to a log file, or to stderr with --debug).")
     parser.add_argument("--debug", action="store_true",
                         help="print the traceback of an unexpected error instead of writing it to a log file")
+    parser.add_argument("--version", action="version", version=f"salmon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    comp = sub.add_parser("completion", help="print a shell completion script",
+                          description="Print a bash completion script for salmon's commands and options: "
+                                      "`source <(salmon completion bash)`, or save it under "
+                                      "~/.local/share/bash-completion/completions/salmon. zsh: run "
+                                      "`autoload -U bashcompinit && bashcompinit` first.")
+    comp.add_argument("shell", choices=["bash"], help="the shell (bash; zsh through bashcompinit)")
+    comp.set_defaults(func=_completion)
 
     _pipeline_commands(sub)
     _cluster_commands(sub)
@@ -368,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON with the digest")
     s.set_defaults(func=_principles_show)
     ls = prs.add_parser("list", help="list the shipped sets", description="List the shipped sets.")
+    ls.add_argument("--json", action="store_true", help="print a JSON list (name, kind, version, count, digest)")
     ls.set_defaults(func=_principles_list)
 
     _add_stage_commands(sub)
@@ -399,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "~/.cache/salmon/models)")
     bp.set_defaults(func=_base_prepare)
     bl = bases.add_parser("list", help="list the packaged models", description="List the packaged models.")
+    bl.add_argument("--json", action="store_true", help="print a JSON list")
     bl.set_defaults(func=_base_list)
 
     nano = sub.add_parser("nano", help="the nano world: tiny model and prompts")
@@ -416,6 +439,49 @@ def build_parser() -> argparse.ArgumentParser:
     npr.add_argument("--heldout", type=_share, default=0.25, help="held-out share in [0, 1) (default 0.25)")
     npr.set_defaults(func=_nano_prompts)
     return parser
+
+
+def _completion(args: argparse.Namespace) -> int:
+    print(bash_completion(build_parser()), end="")
+    return 0
+
+
+def _command_tree(parser: argparse.ArgumentParser, path: str = "") -> dict[str, list[str]]:
+    """Each command path ('' for the top, 'principles', 'principles list', ...) -> the words that
+    may follow it: its subcommands and its options."""
+    words = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    tree: dict[str, list[str]] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                words.append(name)
+                tree.update(_command_tree(child, f"{path} {name}".strip()))
+        elif action.choices and not action.option_strings:  # a positional with fixed choices
+            words += [str(c) for c in action.choices]
+    tree[path] = sorted(set(words))
+    return tree
+
+
+def bash_completion(parser: argparse.ArgumentParser) -> str:
+    """A bash completion function for ``salmon``, generated from the parser: the command path
+    typed so far (its words joined by ``_``) picks the subcommands and options offered."""
+    tree = {path.replace(" ", "_"): words for path, words in _command_tree(parser).items()}
+    cases = "".join(f'        "{path}") words="{" ".join(words)}" ;;\n' for path, words in sorted(tree.items()))
+    paths = " ".join(sorted(p for p in tree if p))
+    return f"""# bash completion for salmon (generated by `salmon completion bash`)
+_salmon() {{
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" path="" words="" next w i
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        w="${{COMP_WORDS[i]}}"
+        next="${{path:+${{path}}_}}$w"
+        case " {paths} " in *" $next "*) path="$next" ;; esac
+    done
+    case "$path" in
+{cases}    esac
+    COMPREPLY=($(compgen -W "$words" -- "$cur"))
+}}
+complete -F _salmon salmon
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
