@@ -1,9 +1,30 @@
-"""A dependency-free progress line on stderr: ``label  120/600 pairs  20%  35.2/s  eta 14s``."""
+"""A dependency-free progress line on stderr: ``label  120/600 pairs  20%  35.2/s  eta 14s``.
+
+On a terminal the line is rewritten in place every ``interval`` seconds. Off a terminal (a pod's
+log, CI, a file) every update is a new line, so it prints only every ``log_interval`` seconds
+(``$SALMON_LOG_INTERVAL``, default 30) and at the end: a long stage leaves a few dozen lines with
+their ETAs, not thousands.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+
+LOG_INTERVAL_ENV = "SALMON_LOG_INTERVAL"
+DEFAULT_LOG_INTERVAL = 30.0
+
+
+def log_interval() -> float:
+    """Seconds between progress lines off a terminal: ``$SALMON_LOG_INTERVAL`` (a positive number),
+    else 30."""
+    raw = os.environ.get(LOG_INTERVAL_ENV, "")
+    try:
+        value = float(raw)
+    except ValueError:
+        return DEFAULT_LOG_INTERVAL
+    return value if value > 0 and value != float("inf") else DEFAULT_LOG_INTERVAL
 
 
 class Progress:
@@ -16,8 +37,10 @@ class Progress:
         self.done = done
         self._start_done = done
         self._t0 = time.monotonic()
-        self._last = 0.0
         self._tty = sys.stderr.isatty()
+        if not self._tty:
+            self.interval = max(interval, log_interval())
+        self._last = 0.0 if self._tty else self._t0  # off a terminal, the first line after one interval
 
     def update(self, n: int = 1) -> None:
         self.done += n
@@ -35,6 +58,4 @@ class Progress:
         line = (f"{self.name}  {self.done}/{self.total} {self.unit}  {pct:3.0f}%  "
                 f"{rate:.1f}/s  eta {eta_s}")
         end = "\r" if self._tty and self.done < self.total else "\n"
-        if not self._tty and self.done < self.total and now - self._t0 < 2:
-            return
         print(line, end=end, file=sys.stderr, flush=True)
