@@ -16,7 +16,11 @@ The API key is read from the environment variable named by ``api_key_env`` and s
 ``Authorization: Bearer <key>``; no key is sent when the variable is unset. Configs hold the
 variable's NAME, never the key.
 
-Standard library only (urllib, threads): no torch, no tokenizer, no ``openai`` package.
+Connections are kept alive and reused (HTTP/1.1): a pool holds the idle ones, so a stage's
+thousands of requests open about ``concurrency`` connections instead of one each. A reused
+connection that the server has closed meanwhile is replaced at once, without a retry delay.
+
+Standard library only (http.client, threads): no torch, no tokenizer, no ``openai`` package.
 """
 
 from __future__ import annotations
@@ -27,9 +31,7 @@ import os
 import re
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -187,32 +189,76 @@ class OpenAIClient:
         self.max_backoff_s = max_backoff_s
         self.sleep = sleep
         self.attempts = 0  # HTTP requests sent, retries included
+        self.connections = 0  # connections opened
         self._lock = threading.Lock()
+        self._idle: list[http.client.HTTPConnection] = []  # open connections no request is using
+        parts = urllib.parse.urlsplit(self.endpoint)
+        self._scheme, self._host, self._port = parts.scheme, parts.hostname or "", parts.port
+        self._base_path = parts.path.rstrip("/")
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _acquire(self) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection (reused: True), or a new one."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop(), True
+            self.connections += 1
+        cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+        return cls(self._host, self._port, timeout=self.timeout_s), False
+
+    def _release(self, conn: http.client.HTTPConnection, keep: bool) -> None:
+        if keep:
+            with self._lock:
+                self._idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections (those in use close when their request ends)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _exchange(self, method: str, path: str, data: bytes | None,
+                  headers: dict[str, str]) -> tuple[int, bytes, Any]:
+        """(status, body, headers) of one HTTP exchange on a pooled connection. A reused connection
+        that fails before any answer (the server closed it while idle) is replaced once, at once."""
+        while True:
+            conn, reused = self._acquire()
+            try:
+                conn.request(method, self._base_path + path, body=data, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                if reused:
+                    continue
+                raise
+            self._release(conn, keep=not resp.will_close)
+            return resp.status, raw, resp.headers
 
     # -- one HTTP exchange ---------------------------------------------------------------------
 
     def _once(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
-        url = self.endpoint + path
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Accept": "application/json"}
         if data is not None:
             headers["Content-Type"] = "application/json"
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(url, data=data, headers=headers, method=method)
         with self._lock:
             self.attempts += 1
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            status, text = e.code, _error_text(e.read())
+            status, raw, answer_headers = self._exchange(method, path, data, headers)
+        except (OSError, http.client.HTTPException) as e:  # refused, reset, timeout
+            raise _Retryable(f"{type(e).__name__}: {e}") from None
+        if status >= 400:
+            text = _error_text(raw)
             if status in RETRY_STATUSES:
-                raise _Retryable(f"HTTP {status}: {text}", status, _retry_after(e.headers)) from None
+                raise _Retryable(f"HTTP {status}: {text}", status, _retry_after(answer_headers)) from None
             raise self._refusal(status, text, path) from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # refused, reset, timeout
-            reason = getattr(e, "reason", e)
-            raise _Retryable(f"{type(reason).__name__}: {reason}") from None
         try:
             return json.loads(raw)
         except ValueError:
