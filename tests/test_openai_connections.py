@@ -69,6 +69,9 @@ def test_many_requests_share_a_few_connections(server: _Server) -> None:
     assert len(answers) == 60 and all(a["choices"][0]["text"] == "ok" for a in answers)
     assert len(server.ports) == 60
     assert len(set(server.ports)) <= 4 and client.connections <= 4, (len(set(server.ports)), client.connections)
+    once = OpenAIClient(server.url, concurrency=4, keep_alive=False)  # the option: a connection per request
+    once.complete_many([{"model": "m", "prompt": f"r{i}"} for i in range(10)])
+    assert once.connections == 10 and len(set(server.ports[60:])) == 10
 
 
 def test_a_connection_closed_while_idle_is_replaced_without_a_delay(server: _Server) -> None:

@@ -137,6 +137,34 @@ def test_a_wrong_key_is_refused_by_vllm(vllm_server: str, tmp_path: Path, monkey
     assert "refused the API key" in capsys.readouterr().err
 
 
+def test_kept_alive_connections_against_a_connection_per_request(vllm_server: str) -> None:
+    """The client's pooled keep-alive connections against what it did before (a new connection
+    per request), measured side by side on the same server: 64 one-token requests, one at a time,
+    then 64 at concurrency 8. Figures: docs/benchmarks.md ("keep-alive")."""
+    from salmon.sampling.openai_client import OpenAIClient
+
+    bodies = [{"model": "nano", "prompt": f"topic {i}", "max_tokens": 1, "temperature": 0.0} for i in range(64)]
+    figures: dict[str, float] = {}
+    for concurrency in (1, 8):
+        pooled = OpenAIClient(vllm_server, api_key_env=KEY_ENV, concurrency=concurrency)
+        pooled.complete_many(bodies[:8])  # warm the server's path for both sides
+        pooled.connections = 0
+        t0 = time.perf_counter()
+        pooled.complete_many(bodies)
+        figures[f"pooled_c{concurrency}_s"] = time.perf_counter() - t0
+        opened = pooled.connections
+        pooled.close()
+
+        fresh = OpenAIClient(vllm_server, api_key_env=KEY_ENV, concurrency=concurrency, keep_alive=False)
+        t0 = time.perf_counter()
+        fresh.complete_many(bodies)
+        figures[f"fresh_c{concurrency}_s"] = time.perf_counter() - t0
+        assert opened <= concurrency and fresh.connections == 64, (opened, fresh.connections)
+    _note("keep-alive: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()) + "; connection per request / "
+          f"pooled: {figures['fresh_c1_s'] / figures['pooled_c1_s']:.2f}x at concurrency 1, "
+          f"{figures['fresh_c8_s'] / figures['pooled_c8_s']:.2f}x at 8")
+
+
 # ------------------------------------------------------------------ the real model: SmolLM2
 
 

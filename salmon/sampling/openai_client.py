@@ -174,11 +174,14 @@ class OpenAIClient:
         max_retries: retries after the first attempt of a request.
         backoff_s: first retry delay; it doubles each retry, up to ``max_backoff_s``.
         sleep: the sleep function (tests pass a recorder).
+        keep_alive: reuse connections (False: one connection per request, for a proxy that
+            mishandles kept-alive connections).
     """
 
     def __init__(self, endpoint: str, *, api_key_env: str = "SALMON_SAMPLER_API_KEY", concurrency: int = 8,
                  timeout_s: float = 300.0, max_retries: int = 5, backoff_s: float = 1.0,
-                 max_backoff_s: float = 30.0, sleep: Callable[[float], None] = time.sleep) -> None:
+                 max_backoff_s: float = 30.0, sleep: Callable[[float], None] = time.sleep,
+                 keep_alive: bool = True) -> None:
         self.endpoint = normalize_endpoint(endpoint)
         self.api_key_env = check_env_name(api_key_env)
         self.api_key = os.environ.get(api_key_env) or None
@@ -188,6 +191,7 @@ class OpenAIClient:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.sleep = sleep
+        self.keep_alive = keep_alive
         self.attempts = 0  # HTTP requests sent, retries included
         self.connections = 0  # connections opened
         self._lock = threading.Lock()
@@ -236,7 +240,7 @@ class OpenAIClient:
                 if reused:
                     continue
                 raise
-            self._release(conn, keep=not resp.will_close)
+            self._release(conn, keep=self.keep_alive and not resp.will_close)
             return resp.status, raw, resp.headers
 
     # -- one HTTP exchange ---------------------------------------------------------------------
