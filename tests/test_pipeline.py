@@ -445,13 +445,19 @@ def test_manual_promotion_leaves_an_audit_trail(pipeline_runs: dict[str, Any], s
 
 def test_submit_uploads_a_version_and_starts_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
     """The kfp.Client calls of `salmon pipeline submit`, recorded by a stand-in client: a new
-    pipeline is uploaded once, later submissions add versions, and the run uses that version."""
+    pipeline is uploaded once; later submissions of the same spec reuse the version named after
+    its digest (no duplicate-name refusal), a given version that exists is refused, and every run
+    gets its own timestamped name (or --run-name)."""
+    import re
+
     import kfp
 
     from pipelines import cli
+    from salmon.core.errors import SalmonInputError
 
     calls: list[tuple[str, Any]] = []
     known: dict[str, str] = {}
+    versions: dict[str, str] = {}
 
     class RecordingClient:
         def __init__(self, host: str, existing_token: str | None = None, namespace: str | None = None) -> None:
@@ -464,33 +470,86 @@ def test_submit_uploads_a_version_and_starts_a_run(monkeypatch: pytest.MonkeyPat
             assert yaml.safe_load(Path(path).read_text().split("\n---")[0])["pipelineInfo"]["name"] == "salmon"
             calls.append(("upload_pipeline", pipeline_name))
             known[pipeline_name] = "p-1"
+            versions[pipeline_name] = "v-1"  # KFP names the first version after the pipeline
             return SimpleNamespace(pipeline_id="p-1")
 
-        def list_pipeline_versions(self, pipeline_id: str) -> SimpleNamespace:
-            return SimpleNamespace(pipeline_versions=[SimpleNamespace(pipeline_version_id="v-1")])
+        def list_pipeline_versions(self, pipeline_id: str, page_token: str = "", page_size: int = 10
+                                   ) -> SimpleNamespace:
+            items = [SimpleNamespace(display_name=n, pipeline_version_id=i) for n, i in versions.items()]
+            start = int(page_token or 0)
+            page = items[start:start + min(page_size, 1)]  # one per page: the paging is exercised
+            more = start + 1 < len(items)
+            return SimpleNamespace(pipeline_versions=page, next_page_token=str(start + 1) if more else "")
 
         def upload_pipeline_version(self, path: str, pipeline_version_name: str, pipeline_id: str) -> SimpleNamespace:
             calls.append(("upload_pipeline_version", pipeline_version_name))
-            return SimpleNamespace(pipeline_version_id="v-2")
+            versions[pipeline_version_name] = f"v-{len(versions) + 1}"
+            return SimpleNamespace(pipeline_version_id=versions[pipeline_version_name])
 
         def create_experiment(self, name: str, namespace: str | None = None) -> SimpleNamespace:
             return SimpleNamespace(experiment_id="e-1")
 
         def run_pipeline(self, experiment_id: str, job_name: str, params: dict[str, Any], pipeline_id: str,
                          version_id: str, enable_caching: bool, service_account: str | None) -> SimpleNamespace:
-            calls.append(("run", (pipeline_id, version_id, params, enable_caching)))
+            calls.append(("run", (pipeline_id, version_id, params, enable_caching, job_name)))
             assert service_account == kw.get("service_account")
             return SimpleNamespace(run_id="r-1")
 
     monkeypatch.setattr(kfp, "Client", RecordingClient)
-    kw = {"experiment": "salmon", "token": None, "namespace": None, "enable_caching": True}
-    assert cli.submit("http://kfp", {"rm_epochs": 2.0}, version="v1", **kw) == "r-1"
-    assert cli.submit("http://kfp", {}, version="v2", **kw) == "r-1"
-    assert [c[0] for c in calls] == ["init", "upload_pipeline", "run", "init", "upload_pipeline_version", "run"]
-    assert calls[2][1] == ("p-1", "v-1", {"rm_epochs": 2.0}, True)
-    assert calls[4][1] == "salmon-v2" and calls[5][1][1] == "v-2"
+    kw: dict[str, Any] = {"experiment": "salmon", "token": None, "namespace": None, "enable_caching": True,
+                          "say": lambda _: None}
+    assert cli.submit("http://kfp", {"rm_epochs": 2.0}, version=None, **kw) == "r-1"
+    assert cli.submit("http://kfp", {}, version=None, **kw) == "r-1"  # the same spec: its version, uploaded once
+    assert cli.submit("http://kfp", {}, version=None, name="my-run", **kw) == "r-1"  # and reused
+    kinds = [c[0] for c in calls]
+    assert kinds == ["init", "upload_pipeline", "run", "init", "upload_pipeline_version", "run", "init", "run"]
+    digest_version = calls[4][1]
+    assert re.fullmatch(r"salmon-v-[0-9a-f]{12}", digest_version)
+    assert calls[2][1][:4] == ("p-1", "v-1", {"rm_epochs": 2.0}, True)
+    assert calls[5][1][1] == calls[7][1][1] == versions[digest_version]
+    assert re.fullmatch(r"salmon-\d{8}-\d{6}", calls[2][1][4]) and calls[7][1][4] == "my-run"
+    with pytest.raises(SalmonInputError, match="exists already"):
+        cli.submit("http://kfp", {}, version=digest_version.removeprefix("salmon-"), **kw)
     kw["service_account"] = "salmon-pipeline-runner"
     assert cli.submit("http://kfp", {}, version="v3", **kw) == "r-1"
+    assert calls[-2] == ("upload_pipeline_version", "salmon-v3")
+
+
+def test_submit_to_an_unreachable_server_exits_3_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from salmon.cli import main
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["pipeline", "submit", "--host", f"http://127.0.0.1:{port}"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "could not be reached" in lines[0] and f"127.0.0.1:{port}" in lines[0], err
+
+
+def test_wait_follows_the_run_to_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kfp
+
+    from pipelines import cli
+
+    states = iter(["SUCCEEDED", "FAILED"])
+
+    class WaitingClient:
+        def __init__(self, **_: Any) -> None:
+            pass
+
+        def wait_for_run_completion(self, run_id: str, timeout: float) -> SimpleNamespace:
+            return SimpleNamespace(state=next(states))
+
+    monkeypatch.setattr(kfp, "Client", WaitingClient)
+    said: list[str] = []
+    assert cli.wait_for_run("http://kfp", "r-1", token=None, namespace=None, timeout_s=5, say=said.append) == 0
+    assert cli.wait_for_run("http://kfp", "r-1", token=None, namespace=None, timeout_s=5, say=said.append) == 1
+    assert said == ["run r-1 ended: SUCCEEDED", "run r-1 ended: FAILED"]
+    assert cli.run_link("http://kfp/", "r-1") == "http://kfp/#/runs/details/r-1"
 
 
 def test_a_principle_set_is_registered_once_per_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
