@@ -344,13 +344,15 @@ def _print_params(as_json: bool = False) -> None:
         print(f"{r['name']:<24} {r['type']:<6} {json.dumps(r['default']):<22} {r['description']}")
 
 
-def _run(out: str, params: dict[str, Any], cache: bool) -> int:
-    from pipelines.local import print_report, run_local
+def _run(out: str, params: dict[str, Any], cache: bool, verbose: bool = False) -> int:
+    from pipelines.local import plain, print_report, run_local
 
     try:
-        run = run_local(out, params, cache=cache)
+        run = run_local(out, params, cache=cache, verbose=verbose)
     except RuntimeError as e:
-        print(f"error: the pipeline failed: {e}\n(the failing task's log is above)", file=sys.stderr)
+        where = "above" if verbose else f"in {Path(out) / 'pipeline.log'} (its last lines are above)"
+        print(f"error: the pipeline failed: {plain(str(e))}\n(the failing task's log is {where})",
+              file=sys.stderr)
         return 1
     print_report(run)
     return 0
@@ -380,6 +382,8 @@ def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
                       f"measured zero-shot by eval_rm (default {','.join(SMALL_HOLDOUT)}; '' for none)")
     demo.add_argument("--rm-epochs", type=float, default=None, help="passes of train_rm over its instances")
     demo.add_argument("--no-cache", action="store_true", help="rerun every task even if its inputs are unchanged")
+    demo.add_argument("-v", "--verbose", action="store_true",
+                      help="print everything kfp.local prints (default: a line per task; the rest in OUT/pipeline.log)")
     demo.add_argument("params", nargs="*", metavar="key=value",
                       help="more pipeline parameters; stage_overrides merges into the demo's own per stage "
                            "(its keys win)")
@@ -411,6 +415,8 @@ def add_pipeline_arguments(pipe: argparse.ArgumentParser) -> None:
     r = ps.add_parser("run", help="run the pipeline here with kfp.local")
     r.add_argument("--out", default="out/pipeline", help="output folder")
     r.add_argument("--no-cache", action="store_true", help="rerun every task")
+    r.add_argument("-v", "--verbose", action="store_true",
+                   help="print everything kfp.local prints (default: a line per task; the rest in OUT/pipeline.log)")
     r.add_argument("params", nargs="*", metavar="key=value", help="pipeline parameters")
     pp = ps.add_parser("params", help="list the pipeline parameters with types, defaults and descriptions")
     pp.add_argument("--json", action="store_true", help="print a JSON list (name, type, default, description)")
@@ -434,7 +440,7 @@ def main(args: argparse.Namespace) -> int:
             check_params(params)
             out = args.out or ("out/demo" if args.base == "nano" else f"out/demo-{args.base}")
             check_output(out, "dir", "--out")
-            return _run(out, params, cache=not args.no_cache)
+            return _run(out, params, cache=not args.no_cache, verbose=args.verbose)
         if args.action == "compile":
             check_names(args)
             check_output(args.out, "dir", "--out")
@@ -448,7 +454,7 @@ def main(args: argparse.Namespace) -> int:
         check_params(params)  # before anything starts: no output folder, no upload
         if args.action == "run":
             check_output(args.out, "dir", "--out")
-            return _run(args.out, params, cache=not args.no_cache)
+            return _run(args.out, params, cache=not args.no_cache, verbose=args.verbose)
         check_names(args)
         run_id = submit(args.host, params, experiment=args.experiment, version=args.version, token=args.token,
                         namespace=args.namespace, enable_caching=not args.no_cache,

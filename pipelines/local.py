@@ -5,14 +5,25 @@ opens the parent run, runs every task as a subprocess of the current Python
 (``SubprocessRunner(use_venv=False)``: the tasks import the installed salmon), with caching in
 ``<out>/pipeline_root/.kfp_cache`` so that a rerun skips what has not changed, and closes the
 parent run with the outcome.
+
+What kfp.local prints (each task's executor input, streamed logs, outputs, colour codes) goes to
+``<out>/pipeline.log``; the console gets one line as each task starts and one as it ends, the
+progress lines of long stages (with their ETA) and, when a task fails, its last lines
+(:class:`TaskConsole`). ``verbose`` prints everything instead.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import io
 import json
 import os
+import re
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,9 +56,125 @@ def cached_tasks(root: Path, before: set[str]) -> list[str]:
     return [t for t in TASKS if not (runs[-1] / t / "executor_output.json").is_file()]
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_START = re.compile(r"Executing task '([^']+)'")
+_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_PROGRESS = re.compile(r"^\s*(\S.*?\s{2}\d+/\d+ \S+\s+\d+%.*eta \S+|\[\w+\] (?:\w+ )?step \d+/\d+.*)$")
+"""salmon's progress lines inside a task: ``sample  32/320 responses  10% ... eta 381s`` and
+``[ppo] step 3/6 ...`` / ``[train_rm] ft step 20/59 ...``."""
+
+
+def plain(text: str) -> str:
+    """``text`` without terminal colour codes (kfp.local colours task names and statuses)."""
+    return _ANSI.sub("", text)
+
+
+class TaskConsole(io.TextIOBase):
+    """Stands in for ``sys.stdout`` while kfp.local runs the pipeline: everything is written to
+    ``log``; ``console`` gets, without colour codes, a line when a task starts, one when it ends
+    (with its seconds), the progress lines of long stages (at most one per task every
+    ``interval`` seconds, and always a stage's last) and, when a task fails, its last ``tail``
+    lines."""
+
+    def __init__(self, log: Any, console: Any, interval: float = 30.0, tail: int = 40) -> None:
+        self.log, self.console, self.interval = log, console, interval
+        self._partial = ""
+        self._task: str | None = None
+        self._started: dict[str, float] = {}
+        self._last_progress = 0.0
+        self._tail: collections.deque[str] = collections.deque(maxlen=tail)
+        self._json_indent: int | None = None
+        self._after_input = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._line(plain(line).rstrip("\r"))
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.console.flush()
+
+    def _skip(self, line: str) -> bool:
+        """kfp's own lines in a task's output (its executor messages and the executor-input JSON
+        dump): kept out of a failing task's tail."""
+        indent = len(line) - len(line.lstrip())
+        if self._json_indent is not None:
+            if line.strip() == "}" and indent == self._json_indent:
+                self._json_indent = None
+            return True
+        if line.strip() == "{" and self._after_input:
+            self._json_indent = indent
+            return True
+        self._after_input = "Got executor_input" in line
+        return "[KFP Executor" in line
+
+    def _say(self, text: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {text}", file=self.console, flush=True)
+
+    def _line(self, line: str) -> None:
+        now = time.monotonic()
+        if m := _START.search(line):
+            self._task = m[1]
+            self._started[m[1]] = now
+            self._tail.clear()
+            self._last_progress = 0.0
+            self._say(f"{m[1]} started")
+        elif m := _END.search(line):
+            task, status = m[1], m[2]
+            seconds = now - self._started.get(task, now)
+            if status != "SUCCESS":
+                self._say(f"{task} {status.lower()} after {seconds:.0f} s; its last lines:")
+                for kept in self._tail:
+                    print(f"    {kept}", file=self.console)
+            else:
+                self._say(f"{task} done in {seconds:.0f} s")
+            self._task = None
+        elif self._task is not None and line.strip():
+            if self._skip(line):
+                return
+            self._tail.append(line.strip())
+            if _PROGRESS.match(line):
+                done = re.search(r"(\d+)/(\d+)", line)
+                last = bool(done and done[1] == done[2])
+                if last or now - self._last_progress >= self.interval:
+                    self._last_progress = now
+                    self._say(f"  {line.strip()}")
+
+
+@contextlib.contextmanager
+def quiet_console(out: Path, console: Any = None) -> Iterator[Path]:
+    """Route kfp.local's output (and the warnings raised meanwhile) to ``out/pipeline.log``,
+    leaving the console a :class:`TaskConsole` view of it."""
+    path = out / "pipeline.log"
+    console = console or sys.stderr
+    with open(path, "a", encoding="utf-8") as log, warnings.catch_warnings():
+        def to_log(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                   line: str | None = None) -> None:
+            log.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+        warnings.showwarning = to_log
+        view = TaskConsole(log, console)
+        saved = sys.stdout
+        sys.stdout = view  # kfp.local's logging handler and its task output both write here
+        try:
+            print(f"{time.strftime('%H:%M:%S')} full log: {path}", file=console, flush=True)
+            yield path
+        finally:
+            sys.stdout = saved
+
+
 def run_local(out: str | Path, params: dict[str, Any], *, cache: bool = True,
-              experiment: str = "salmon") -> LocalRun:
-    """Run the pipeline with ``params`` into ``out``; raises RuntimeError when a task fails."""
+              experiment: str = "salmon", verbose: bool = True) -> LocalRun:
+    """Run the pipeline with ``params`` into ``out``; raises RuntimeError when a task fails.
+    Without ``verbose`` the console shows a line per task (:func:`quiet_console`) and the full
+    output goes to ``out/pipeline.log``."""
 
     from salmon import tracking
 
@@ -56,7 +183,10 @@ def run_local(out: str | Path, params: dict[str, Any], *, cache: bool = True,
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", tracking.PARENT_ENV,
                                              tracking.KFP_RUN_ENV)}
     try:
-        return _run_local(out, params, cache, experiment)
+        if verbose:
+            return _run_local(out, params, cache, experiment)
+        with quiet_console(out):
+            return _run_local(out, params, cache, experiment)
     finally:  # the tasks needed these; the caller's environment is left as it was
         for k, v in saved.items():
             if v is None:

@@ -8,6 +8,8 @@ Regenerate the golden files after an intended change with
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -303,9 +305,13 @@ def pipeline_runs(servers: dict[str, str], tmp_path_factory: pytest.TempPathFact
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", servers["mlflow"])
     mp.setenv("SALMON_PRINCIPLES_DIR", str(_principles_copy(out, edit=False)))
+    console = io.StringIO()
     try:
-        assert main(["demo", "--quick", "--out", str(run), *(f"{k}={v}" for k, v in QUICK_GATES_FAIL.items())]) == 0
+        with contextlib.redirect_stderr(console):
+            assert main(["demo", "--quick", "--out", str(run),
+                         *(f"{k}={v}" for k, v in QUICK_GATES_FAIL.items())]) == 0
         first = _summary(run, servers["mlflow"])
+        first.console = console.getvalue()
         run_local(run, _quick_params(min_rm_accuracy=0.0, min_rm_flip_rate=0.0))
         second = _summary(run, servers["mlflow"])
         mp.setenv("SALMON_PRINCIPLES_DIR", str(_principles_copy(out, edit=True)))
@@ -314,6 +320,25 @@ def pipeline_runs(servers: dict[str, str], tmp_path_factory: pytest.TempPathFact
         yield {"first": first, "second": second, "third": third, "out": out}
     finally:
         mp.undo()
+
+
+@pytest.mark.usefixtures("servers")
+def test_the_demo_console_names_every_task_and_leaves_kfp_output_to_the_log(pipeline_runs: dict[str, Any]) -> None:
+    """The first 60 lines of `salmon demo --quick` hold no executor JSON and name every task;
+    kfp.local's own output is in OUT/pipeline.log."""
+    from pipelines.local import TASKS
+
+    first = pipeline_runs["first"]
+    head = first.console.splitlines()[:60]
+    assert not any("executor_input" in line or "\x1b[" in line for line in head), head
+    for task in (*TASKS, "serve-sampler", "stop-sampler"):
+        if task in first.cached:
+            continue
+        assert any(f" {task} started" in line for line in head), (task, head)
+        assert any(f" {task} done in " in line for line in head), (task, head)
+    assert "SALMON pipeline finished" in first.console
+    log = (first.out / "pipeline.log").read_text()
+    assert "Got executor_input" in log and "Executing task" in log
 
 
 @pytest.mark.usefixtures("servers")
