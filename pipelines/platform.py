@@ -17,6 +17,8 @@ resources); the compiled YAML carries it to the cluster.
 
 from kfp import dsl, kubernetes
 
+from components.image import IMAGE_ENV
+
 GPU_STAGES = ("sft", "train_rm", "ppo", "eval_policy")
 NVIDIA_TAINT = "nvidia.com/gpu"
 MODEL_CACHE_MOUNT = "/mnt/models"
@@ -28,6 +30,9 @@ GPU_MEMORY_LIMIT = "64Gi"
 TRAINING_STAGES = ("sft", "train_rm", "ppo")
 
 
+LAUNCHERS = (*TRAINING_STAGES, "serve_sampler")
+"""Tasks that may launch pods of their own (training jobs, the vLLM server)."""
+
 SAMPLER_CLIENTS = ("sample", "label")
 SAMPLER_KEY_ENV = "SALMON_SAMPLER_API_KEY"
 """Where the openai backend of sample and label reads the sampler server's API key."""
@@ -37,6 +42,9 @@ def apply(task: dsl.PipelineTask, stage: str, *, accelerator_type, gpus, trainin
           s3_secret, model_cache_pvc, sampler_api_key_secret) -> dsl.PipelineTask:  # type: ignore[no-untyped-def]
     """Pod settings of one task. Channel arguments (pipeline parameters) are allowed."""
     task.set_cpu_request(CPU_REQUEST).set_memory_request(MEMORY_REQUEST)
+    if stage in LAUNCHERS:  # what they launch runs the images the tasks were compiled with
+        for name, value in IMAGE_ENV.items():
+            task.set_env_variable(name, value)
     if stage in GPU_STAGES:
         count = training_task_gpus if stage in TRAINING_STAGES else gpus
         task.set_accelerator_type(accelerator_type).set_accelerator_limit(count)

@@ -898,3 +898,45 @@ def test_the_launchers_and_the_sweeper_use_exactly_the_verbs_their_roles_grant(e
     swept = emu.verbs("sweeper")
     assert swept == _role_rules("manifests/base/sweeper.yaml", "salmon-sweeper")
     assert swept == {(g, r, v) for (g, r), verbs in ROLE_RULES["salmon-sweeper"].items() for v in verbs}
+
+
+def test_jobs_and_servers_run_the_image_the_pipeline_was_compiled_with(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """SALMON_RUNTIME_IMAGE / SALMON_VLLM_IMAGE at compile time reach every task's image and, as
+    environment variables of the tasks that launch pods, the TrainJobs, PyTorchJobs and vLLM
+    servers those tasks render; `job render` and `sampler render` read them too."""
+    from salmon.cli import main
+    from salmon.cluster.executor import ClusterSettings, job_spec
+    from salmon.cluster.render import render_job, render_vllm_server
+    from salmon.cluster.spec import VLLMServerSpec
+
+    runtime, vllm = "registry.example.com/team/salmon-runtime:1.2.3", "registry.example.com/team/salmon-vllm:1.2.3"
+    env = {**os.environ, "SALMON_RUNTIME_IMAGE": runtime, "SALMON_VLLM_IMAGE": vllm}
+    code = ("import sys; from pipelines.cli import compile_pipeline; "
+            f"compile_pipeline({str(tmp_path)!r})")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=Path(__file__).resolve().parents[1])
+    spec = next(yaml.safe_load_all((tmp_path / "salmon.yaml").read_text()))
+    executors = spec["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {runtime}
+    launching = {k for k, e in executors.items() if any(v["name"] == "SALMON_RUNTIME_IMAGE"
+                                                         for v in e["container"].get("env", []))}
+    assert {"exec-sft", "exec-train-rm", "exec-ppo", "exec-serve-sampler"} <= launching
+    for k in launching:
+        values = {v["name"]: v["value"] for v in executors[k]["container"]["env"]}
+        assert values["SALMON_RUNTIME_IMAGE"] == runtime and values["SALMON_VLLM_IMAGE"] == vllm
+
+    # inside such a task: what it renders
+    monkeypatch.setenv("SALMON_RUNTIME_IMAGE", runtime)
+    monkeypatch.setenv("SALMON_VLLM_IMAGE", vllm)
+    settings = ClusterSettings()
+    for executor in ("trainjob", "pytorchjob"):
+        job = render_job(job_spec("ppo", settings, name="salmon-ppo-x", work=Path("/mnt/models/w"),
+                                  executor=executor), executor)
+        assert set(re.findall(r'"image": "([^"]+)"', json.dumps(job))) == {runtime}, executor
+    deployment, _ = render_vllm_server(VLLMServerSpec(name="salmon-vllm-x", model="/mnt/models/base"))
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == vllm
+    assert main(["job", "render", "--stage", "sft"]) == 0
+    assert runtime in capsys.readouterr().out
+    monkeypatch.delenv("SALMON_RUNTIME_IMAGE")
+    assert ClusterSettings().image == "ghcr.io/salmon-mlops/salmon-runtime:0.1.0"

@@ -27,13 +27,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from salmon.cluster.names import name_validator
 from salmon.cluster.spec import (
-    RUNTIME_IMAGE,
     OwnerRef,
     SecretEnv,
     TrainingJobSpec,
     Volume,
     gpu_tolerations,
     job_name,
+    runtime_image,
 )
 
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -46,7 +46,7 @@ class ClusterSettings(BaseModel):
 
     namespace: Annotated[str, AfterValidator(name_validator("namespace", optional=True))] = Field(
         default="", description="Namespace of the jobs ('' = the step's own namespace).")
-    image: str = Field(default=RUNTIME_IMAGE, description="Runtime image of the training pods.")
+    image: str = Field(default_factory=runtime_image, description="Runtime image of the training pods.")
     pvc: str = Field(default="salmon-model-cache", description="PVC shared by the step and the job's pods.")
     mount_path: str = Field(default="/mnt/models", description="Where that PVC is mounted in both.")
     nodes: int = Field(default=1, ge=1, description="Pods per job.")

@@ -12,6 +12,7 @@ Pure pydantic: no kubernetes client, no torch.
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -20,9 +21,25 @@ from salmon.cluster.names import name_validator
 
 TRAINING_STAGES = ("sft", "train_rm", "ppo")
 RUNTIME_IMAGE = "ghcr.io/salmon-mlops/salmon-runtime:0.1.0"
+"""The runtime image built from images/runtime for this version (``$SALMON_RUNTIME_IMAGE`` wins)."""
 VLLM_IMAGE = "ghcr.io/salmon-mlops/salmon-vllm:0.1.0"
 """The vLLM server image: images/vllm, the pinned upstream vllm/vllm-openai plus the salmon client,
-running as a non-root user."""
+running as a non-root user (``$SALMON_VLLM_IMAGE`` wins)."""
+RUNTIME_IMAGE_ENV = "SALMON_RUNTIME_IMAGE"
+VLLM_IMAGE_ENV = "SALMON_VLLM_IMAGE"
+
+
+def runtime_image() -> str:
+    """The image training jobs run: ``$SALMON_RUNTIME_IMAGE``, else :data:`RUNTIME_IMAGE`. The
+    compiled pipeline sets the variable in the tasks that launch jobs to the image the tasks
+    themselves run (the one given when compiling), so jobs and tasks use the same image."""
+    return os.environ.get(RUNTIME_IMAGE_ENV) or RUNTIME_IMAGE
+
+
+def vllm_image() -> str:
+    """The vLLM server image: ``$SALMON_VLLM_IMAGE``, else :data:`VLLM_IMAGE` (set in the
+    compiled pipeline like :func:`runtime_image`)."""
+    return os.environ.get(VLLM_IMAGE_ENV) or VLLM_IMAGE
 
 
 class _Spec(BaseModel):
@@ -90,7 +107,7 @@ class TrainingJobSpec(_Spec):
     stage: Literal["sft", "train_rm", "ppo"] = Field(description="The training stage to run.")
     stage_args: list[str] = Field(default_factory=list, description=(
         "Arguments after `-m salmon.stages.<stage>`: e.g. ['--config', 'cfg.yaml', 'deepspeed=zero2']."))
-    image: str = Field(default=RUNTIME_IMAGE, description="Container image with salmon installed.")
+    image: str = Field(default_factory=runtime_image, description="Container image with salmon installed.")
     nodes: int = Field(default=1, ge=1, le=256, description="Pods (nodes) in the job.")
     procs_per_node: int = Field(default=1, ge=1, le=64, description="torchrun processes per pod (GPUs per pod on GPU).")
     cpu: str = Field(default="4", description="CPU request and limit per pod.")
@@ -135,7 +152,7 @@ class VLLMServerSpec(_Spec):
     name: Annotated[str, AfterValidator(name_validator("object"))] = Field(description="Deployment and Service name.")
     namespace: Annotated[str, AfterValidator(name_validator("namespace"))] = Field(
         default="kubeflow", description="Namespace.")
-    image: str = Field(default=VLLM_IMAGE, description="Pinned vLLM OpenAI server image.")
+    image: str = Field(default_factory=vllm_image, description="Pinned vLLM OpenAI server image.")
     model: str = Field(description="Model folder on the mounted PVC (e.g. /mnt/models/base) or s3://bucket/prefix.")
     served_model_name: str = Field(default="policy", description="Model name clients send.")
     model_pvc: str | None = Field(default="salmon-model-cache", description="PVC with the model (None for s3://).")
