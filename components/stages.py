@@ -1,17 +1,67 @@
 """The components. Each body only maps KFP artifacts and parameters onto ``salmon.task``."""
 
+import inspect
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from components.image import RUNTIME_IMAGE
+
+INPUT_HELP = {
+    "plan": "This stage's plan from the plan task (JSON): preset, config overrides, principle sets.",
+    "executor": "Where a training stage runs: task (in this step's pod), trainjob or pytorchjob.",
+    "backend": "Model backend of the stage: nano, hf or openai (the sampler server).",
+    "sampler": "The openai backend's server: none, endpoint or deploy (sampler_endpoint, serve_sampler).",
+    "seed": "Seed of the stage's random choices.",
+    "sources": "Comma-separated input sources, local paths or s3:// URIs (pmp_data: FORMAT:URI); '' for none.",
+    "nano_prompts": "Nano-world prompts to generate (0: none).",
+    "uri": "The base model: nano, a folder, s3://bucket/prefix or models:/name@alias.",
+    "nano_pretrain_steps": "Pretraining steps of the nano model.",
+    "mode": "The sampler mode: none, endpoint or deploy.",
+    "endpoint": "The OpenAI-compatible /v1 URL (sampler=endpoint).",
+    "api_key_secret": "Secret holding the sampler server's API key.",
+    "run_id": "The pipeline run's id (names and owns what the task launches).",
+    "gpus": "GPUs per pod.",
+    "accelerator_type": "Extended resource name of the GPUs.",
+    "model_cache_pvc": "PVC mounted at /mnt/models, shared with launched pods.",
+    "epochs": "Passes of train_rm over its instances.",
+    "rl_principle_ids": "RL-time principle ids to sample from ([] for the whole set).",
+    "total_steps": "PPO steps (0: the stage's own schedule).",
+    "limit": "Evaluate on the first N prompts (0: all).",
+    "prompts": "Prompt records (JSONL).",
+    "base_model": "The base model folder.",
+    "sft_data": "Self-aligned SFT examples (JSONL).",
+    "sft": "The SFT stage's output (its adapter/ folder).",
+    "pairs": "Response pairs (JSONL).",
+    "judgements": "Judge verdicts for the pairs (JSONL).",
+    "instances": "Principle-conditioned RM training instances (JSONL).",
+    "pmp_data": "Preference-model pre-training pairs (JSONL; empty: no PMP phase).",
+    "reward_model": "The reward model (its model/ folder).",
+    "policy": "The PPO policy (its policy/ adapter).",
+    "evaluation": "The evaluation folder: metrics.json, report.md (and plots).",
+    "report": "The evaluation report, rendered by the KFP UI.",
+    "metrics": "The stage's scalar metrics.",
+    "job_manifest": "The TrainJob / PyTorchJob launched (executor trainjob or pytorchjob).",
+    "model": "The base model folder.",
+    "judgement_audit": "The self-judge audit of label (JSONL).",
+}
+"""Descriptions of the components' inputs and outputs, shown by the KFP UI (one per name)."""
+
+
+def _described(fn):  # type: ignore[no-untyped-def]
+    """``fn`` with an ``Args:`` section listing INPUT_HELP's text for each of its parameters."""
+    names = [n for n in inspect.signature(fn).parameters if n in INPUT_HELP]
+    if names and "Args:" not in (fn.__doc__ or ""):
+        fn.__doc__ = (inspect.getdoc(fn) or "") + "\n\nArgs:\n" + "".join(
+            f"    {n}: {INPUT_HELP[n]}\n" for n in names)
+    return fn
 
 
 def _component(fn=None, **kwargs):  # type: ignore[no-untyped-def]
     if fn is None:
         return lambda f: _component(f, **kwargs)
-    return dsl.component(fn, base_image=RUNTIME_IMAGE, install_kfp_package=False, **kwargs)
+    return dsl.component(_described(fn), base_image=RUNTIME_IMAGE, install_kfp_package=False, **kwargs)
 
 
 @_component
@@ -218,15 +268,17 @@ def train_rm(plan: str, executor: str, epochs: float, instances: Input[Dataset],
 
 @_component
 def eval_rm(plan: str, reward_model: Input[Model], pairs: Input[Dataset], judgements: Input[Dataset],
-            evaluation: Output[Artifact], metrics: Output[Metrics]) -> str:
+            evaluation: Output[Artifact], report: Output[Markdown], metrics: Output[Metrics]) -> str:
     """Held-out accuracy, principle-flip rate, sensitivity and the self-praise check of the RM."""
-    from salmon.task import run_stage_task
+    from salmon.task import publish_report, run_stage_task
 
-    return run_stage_task("eval_rm", plan=plan, values={
+    result = run_stage_task("eval_rm", plan=plan, values={
         "model": reward_model.path + "/model", "pairs": pairs.path, "judgements": judgements.path,
         "output_dir": evaluation.path}, inputs={"reward_model": reward_model, "pairs": pairs,
                                                  "judgements": judgements},
         outputs={"evaluation": evaluation}, metrics=metrics)
+    publish_report(evaluation.path, report.path)
+    return result
 
 
 @_component
@@ -251,18 +303,20 @@ def ppo(plan: str, executor: str, rl_principle_ids: list, total_steps: int, prom
 @_component
 def eval_policy(plan: str, limit: int, prompts: Input[Dataset], base_model: Input[Model], sft: Input[Model],
                 policy: Input[Model], reward_model: Input[Model], evaluation: Output[Artifact],
-                metrics: Output[Metrics]) -> str:
+                report: Output[Markdown], metrics: Output[Metrics]) -> str:
     """The policy against the SFT policy: rewards, adherence, KL, length, win rate, plots."""
-    from salmon.task import run_stage_task
+    from salmon.task import publish_report, run_stage_task
 
     values = {"prompts": prompts.path, "base_model": base_model.path, "baseline_adapter": sft.path + "/adapter",
               "policy_adapter": policy.path + "/policy", "reward_model": reward_model.path + "/model",
               "output_dir": evaluation.path, "policy_label": "ppo"}
     if limit > 0:
         values["limit"] = limit
-    return run_stage_task("eval_policy", plan=plan, values=values,
-                          inputs={"prompts": prompts, "sft": sft, "policy": policy, "reward_model": reward_model},
-                          outputs={"evaluation": evaluation}, metrics=metrics)
+    result = run_stage_task("eval_policy", plan=plan, values=values,
+                            inputs={"prompts": prompts, "sft": sft, "policy": policy, "reward_model": reward_model},
+                            outputs={"evaluation": evaluation}, metrics=metrics)
+    publish_report(evaluation.path, report.path)
+    return result
 
 
 @_component
@@ -270,7 +324,27 @@ def register(prompts: str, selfalign: str, sft: str, sample: str, label: str, ag
              train_rm: str, eval_rm: str, ppo: str, eval_policy: str, kfp_run_id: str,
              min_rm_accuracy: float, min_rm_flip_rate: float, min_policy_win_rate: float, max_policy_kl: float,
              policy_gate_principles: str) -> str:
-    """Register the three models (alias candidate); move champion where the gates pass."""
+    """Register the three models (alias candidate); move champion where the gates pass.
+
+    Args:
+        prompts: The prompts task's result (JSON: outputs, metrics, MLflow run), as every stage's below.
+        selfalign: The selfalign task's result.
+        sft: The sft task's result (the SFT adapter is registered).
+        sample: The sample task's result.
+        label: The label task's result.
+        aggregate: The aggregate task's result.
+        pmp_data: The pmp_data task's result ('' when it had no sources).
+        train_rm: The train_rm task's result (the reward model is registered).
+        eval_rm: The eval_rm task's result (the reward model's gates read it).
+        ppo: The ppo task's result (the policy is registered).
+        eval_policy: The eval_policy task's result (the policy's gates read it).
+        kfp_run_id: The pipeline run's id, tagged on every version.
+        min_rm_accuracy: Gate: the reward model's held-out accuracy at least this.
+        min_rm_flip_rate: Gate: the reward model's flip rate at least this.
+        min_policy_win_rate: Gate: the policy's RM win rate over SFT at least this.
+        max_policy_kl: Gate: the policy's KL to SFT at most this.
+        policy_gate_principles: The principle set (set or set:id,...) the win-rate gate reads.
+    """
     import json
 
     from salmon.task import register_task

@@ -30,8 +30,10 @@ GPU_MEMORY_LIMIT = "64Gi"
 TRAINING_STAGES = ("sft", "train_rm", "ppo")
 
 
-LAUNCHERS = (*TRAINING_STAGES, "serve_sampler")
-"""Tasks that may launch pods of their own (training jobs, the vLLM server)."""
+LAUNCHERS = (*TRAINING_STAGES, "serve_sampler", "stop_sampler")
+"""Tasks that launch (or remove) pods of their own: training jobs, the vLLM server."""
+LAUNCH_RETRIES = 2
+"""Retries of a launcher task after a failure (a lost pod, an API hiccup), 60 s apart, doubling."""
 
 SAMPLER_CLIENTS = ("sample", "label")
 SAMPLER_KEY_ENV = "SALMON_SAMPLER_API_KEY"
@@ -45,6 +47,8 @@ def apply(task: dsl.PipelineTask, stage: str, *, accelerator_type, gpus, trainin
     if stage in LAUNCHERS:  # what they launch runs the images the tasks were compiled with
         for name, value in IMAGE_ENV.items():
             task.set_env_variable(name, value)
+        # a retried launcher adopts the job or server its first attempt created (salmon.cluster)
+        task.set_retry(num_retries=LAUNCH_RETRIES, backoff_duration="60s", backoff_factor=2.0)
     if stage in GPU_STAGES:
         count = training_task_gpus if stage in TRAINING_STAGES else gpus
         task.set_accelerator_type(accelerator_type).set_accelerator_limit(count)

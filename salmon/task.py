@@ -228,6 +228,16 @@ def _check_refs(stage: str, refs: dict[str, Any]) -> tuple[dict[str, Any], dict[
 
 # ----------------------------------------------------------------------------- the task
 
+def publish_report(evaluation: str | Path, report: str | Path) -> None:
+    """Copy an evaluation folder's ``report.md`` to the task's Markdown output (which the KFP UI
+    renders); a missing report is an empty page that says so."""
+    from salmon.core.io import write_text
+
+    src = Path(evaluation) / "report.md"
+    text = src.read_text(encoding="utf-8") if src.is_file() else f"No report.md in {evaluation}.\n"
+    write_text(report, text)
+
+
 def git_sha() -> str:
     """The source revision: ``$SALMON_GIT_SHA`` (set in images), else git, else 'unknown'."""
     if sha := os.environ.get("SALMON_GIT_SHA"):

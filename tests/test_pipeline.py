@@ -48,6 +48,32 @@ def test_compiled_pipeline_matches_the_golden_files(tmp_path: Path, monkeypatch:
                 "SALMON_UPDATE_GOLDEN=1 pytest tests/test_pipeline.py -k golden")
 
 
+def test_the_kfp_ui_shows_descriptions_reports_and_retries_launchers() -> None:
+    """Every stage component's inputs carry a description; eval_rm and eval_policy publish their
+    report as Markdown (which the UI renders); the tasks that launch jobs or the vLLM server
+    retry (a retry adopts what the first attempt launched)."""
+    from pipelines.platform import LAUNCHERS
+
+    spec = next(yaml.safe_load_all((GOLDEN / "salmon.yaml").read_text()))
+    for name, comp in spec["components"].items():
+        if name == "comp-plan":  # its parameters are the pipeline's, described there
+            continue
+        inputs = comp.get("inputDefinitions", {})
+        for kind in ("parameters", "artifacts"):
+            for arg, d in inputs.get(kind, {}).items():
+                assert d.get("description"), f"{name}.{arg} has no description"
+    for comp in ("comp-eval-rm", "comp-eval-policy"):
+        report = spec["components"][comp]["outputDefinitions"]["artifacts"]["report"]
+        assert report["artifactType"]["schemaTitle"] == "system.Markdown"
+    tasks = spec["root"]["dag"]["tasks"]
+    for name, task in tasks.items():
+        retry = task.get("retryPolicy")
+        if name.replace("-", "_") in LAUNCHERS:
+            assert retry and retry["maxRetryCount"] >= 1, name
+        else:
+            assert retry is None, name
+
+
 def test_the_first_task_receives_every_parameter_it_can_check() -> None:
     """Invalid parameter values must fail in ``plan``, before any GPU work: every pipeline
     parameter reaches it, except those with nothing to check before they are used."""
@@ -339,6 +365,9 @@ def test_the_demo_console_names_every_task_and_leaves_kfp_output_to_the_log(pipe
     assert "SALMON pipeline finished" in first.console
     log = (first.out / "pipeline.log").read_text()
     assert "Got executor_input" in log and "Executing task" in log
+    for task in ("eval-rm", "eval-policy"):  # the Markdown report the KFP UI renders
+        reports = list((first.out / "pipeline_root").glob(f"salmon-*/{task}/report"))
+        assert reports and reports[0].read_text().startswith("#"), task
 
 
 @pytest.mark.usefixtures("servers")
