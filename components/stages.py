@@ -79,6 +79,10 @@ def plan(
     ppo_executor: str,
     train_nodes: int,
     train_procs_per_node: int,
+    train_cpu: str,
+    train_memory: str,
+    train_priority_class: str,
+    train_queue: str,
     gpus: int,
     accelerator_type: str,
     model_cache_pvc: str,
@@ -123,7 +127,8 @@ def plan(
               "training_task_gpus": training_task_gpus}
     cluster = {"nodes": train_nodes, "procs_per_node": train_procs_per_node, "gpus": gpus,
                "gpu_resource": accelerator_type, "pvc": model_cache_pvc, "mlflow_secret": mlflow_secret,
-               "s3_secret": s3_secret}
+               "s3_secret": s3_secret, "cpu": train_cpu, "memory": train_memory,
+               "priority_class": train_priority_class, "queue": train_queue}
     p = plan_task(preset=preset, stage_overrides=stage_overrides, selfalign_rules=selfalign_rules,
                   label_principles=label_principles, rl_principles=rl_principles, params=params, cluster=cluster)
     return (p["prompts"], p["selfalign"], p["sft"], p["sample"], p["label"], p["aggregate"], p["pmp_data"],

@@ -43,6 +43,10 @@ def salmon_pipeline(
     ppo_executor: str = "local",
     train_nodes: int = 1,
     train_procs_per_node: int = 0,
+    train_cpu: str = "",
+    train_memory: str = "",
+    train_priority_class: str = "",
+    train_queue: str = "",
     rm_epochs: float = 1.0,
     ppo_steps: int = 0,
     eval_limit: int = 0,
@@ -84,6 +88,10 @@ def salmon_pipeline(
         ppo_executor: Where PPO runs: local, trainjob or pytorchjob.
         train_nodes: Pods per training job (trainjob / pytorchjob executors).
         train_procs_per_node: torchrun processes per training pod (0: one per GPU, or 1 without GPUs).
+        train_cpu: CPU of each training pod, e.g. 8 or 500m ('': the training runtime's on a TrainJob, 8 on a PyTorchJob).
+        train_memory: Memory of each training pod, e.g. 64Gi ('': the training runtime's on a TrainJob, 64Gi on a PyTorchJob).
+        train_priority_class: Priority class of the training jobs ('': the cluster's default).
+        train_queue: Kueue LocalQueue the training jobs are submitted to ('': none).
         rm_epochs: Passes of train_rm over its instances.
         ppo_steps: PPO steps to schedule (0 keeps the preset's total_epochs).
         eval_limit: Held-out prompts eval_policy uses (0 for all).
@@ -108,7 +116,9 @@ def salmon_pipeline(
                   label_principles=label_principles, rl_principles=rl_principles,
                   selfalign_backend=selfalign_backend, sample_backend=sample_backend, label_backend=label_backend,
                   sft_executor=sft_executor, train_rm_executor=train_rm_executor, ppo_executor=ppo_executor,
-                  train_nodes=train_nodes, train_procs_per_node=train_procs_per_node, gpus=gpus,
+                  train_nodes=train_nodes, train_procs_per_node=train_procs_per_node, train_cpu=train_cpu,
+                  train_memory=train_memory, train_priority_class=train_priority_class, train_queue=train_queue,
+                  gpus=gpus,
                   accelerator_type=accelerator_type, model_cache_pvc=model_cache_pvc, mlflow_secret=mlflow_secret,
                   s3_secret=s3_secret, sampler=sampler, sampler_endpoint=sampler_endpoint,
                   base_model_uri=base_model_uri, prompt_sources=prompt_sources, pmp_sources=pmp_sources,

@@ -940,3 +940,51 @@ def test_jobs_and_servers_run_the_image_the_pipeline_was_compiled_with(tmp_path:
     assert runtime in capsys.readouterr().out
     monkeypatch.delenv("SALMON_RUNTIME_IMAGE")
     assert ClusterSettings().image == "ghcr.io/salmon-mlops/salmon-runtime:0.1.0"
+
+
+def test_job_sizes_priority_and_queue_come_from_the_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    """A TrainJob leaves CPU and memory to its runtime unless sizes are given (so the local-cpu
+    overlay's small runtime decides); a PyTorchJob falls back to 8 / 64Gi; priority class and the
+    Kueue queue reach both kinds; bad quantities and names are refused. `job render` takes the
+    same keys as the pipeline's train_cpu, train_memory, train_priority_class and train_queue."""
+    from pydantic import ValidationError
+
+    from salmon.cli import main
+    from salmon.cluster.executor import ClusterSettings, job_spec
+
+    def job(executor: str, **settings: Any) -> dict[str, Any]:
+        spec = job_spec("sft", ClusterSettings(gpus=0, **settings), name="salmon-sft-x",
+                        work=Path("/mnt/models/w"), executor=executor)
+        return render_job(spec, executor)
+
+    assert "resourcesPerNode" not in job("trainjob")["spec"]["trainer"]
+    sized = job("trainjob", cpu="2", memory="6Gi", priority_class="batch-low", queue="team-a")
+    assert sized["spec"]["trainer"]["resourcesPerNode"]["requests"] == {"cpu": "2", "memory": "6Gi"}
+    assert sized["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert sized["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "batch-low"
+    container = job("pytorchjob")["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["requests"] == {"cpu": "8", "memory": "64Gi"}
+    pt = job("pytorchjob", cpu="500m", memory="2Gi", priority_class="batch-low", queue="team-a")
+    assert pt["spec"]["runPolicy"]["schedulingPolicy"] == {"priorityClass": "batch-low"}
+    assert pt["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert pt["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["resources"][
+        "limits"] == {"cpu": "500m", "memory": "2Gi"}
+    for bad in ({"cpu": "eight"}, {"memory": "64 GB"}, {"queue": "Team_A"}, {"priority_class": "Low!"}):
+        with pytest.raises(ValidationError):
+            ClusterSettings(**bad)
+    assert main(["job", "render", "--stage", "sft", "--executor", "trainjob", "gpus=0", "cpu=2", "memory=6Gi",
+                 "queue=team-a"]) == 0
+    rendered = yaml.safe_load(capsys.readouterr().out)
+    assert rendered["spec"]["trainer"]["resourcesPerNode"]["requests"] == {"cpu": "2", "memory": "6Gi"}
+
+
+def test_the_pipeline_checks_job_sizes_in_plan() -> None:
+    from salmon.core.errors import SalmonInputError
+    from salmon.task import plan_task
+
+    cluster = {"nodes": 1, "procs_per_node": 0, "gpus": 0, "gpu_resource": "nvidia.com/gpu",
+               "pvc": "salmon-model-cache", "mlflow_secret": "salmon-mlflow", "s3_secret": "salmon-s3",
+               "cpu": "lots", "memory": "", "priority_class": "", "queue": ""}
+    with pytest.raises(SalmonInputError, match="cpu"):
+        plan_task(preset="nano", stage_overrides={}, selfalign_rules="", label_principles="", rl_principles="",
+                  params={"sft_executor": "trainjob"}, cluster=cluster, register=False)

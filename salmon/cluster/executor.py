@@ -18,12 +18,13 @@ up a finished one.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from salmon.cluster.names import name_validator
 from salmon.cluster.spec import (
@@ -37,6 +38,28 @@ from salmon.cluster.spec import (
 )
 
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
+
+
+def _number_as_text(value: Any) -> Any:
+    """``cpu=2`` on a command line parses as a number; a quantity is text."""
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+def _quantity(value: str) -> str:
+    """A Kubernetes resource quantity (8, 500m, 64Gi), or '' for the default."""
+    if value and not QUANTITY.match(value):
+        raise ValueError(f"'{value}' is not a Kubernetes quantity: give e.g. 8, 500m or 64Gi ('' for the default)")
+    return value
+
+
+Quantity = Annotated[str, BeforeValidator(_number_as_text), AfterValidator(_quantity)]
+
+PYTORCHJOB_CPU = "8"
+PYTORCHJOB_MEMORY = "64Gi"
+"""A PyTorchJob's pod size when none is given (a TrainJob takes its runtime's)."""
 
 
 class ClusterSettings(BaseModel):
@@ -53,8 +76,14 @@ class ClusterSettings(BaseModel):
     procs_per_node: int = Field(default=0, ge=0, description="Processes per pod (0: one per GPU, or 1 on CPU).")
     gpus: int = Field(default=1, ge=0, description="GPUs per pod.")
     gpu_resource: str = Field(default="nvidia.com/gpu", description="Extended resource name of the GPUs.")
-    cpu: str = Field(default="8", description="CPU per pod.")
-    memory: str = Field(default="64Gi", description="Memory per pod.")
+    cpu: Quantity = Field(default="", description=(
+        f"CPU per pod; '': the training runtime's on a TrainJob, {PYTORCHJOB_CPU} on a PyTorchJob."))
+    memory: Quantity = Field(default="", description=(
+        f"Memory per pod; '': the training runtime's on a TrainJob, {PYTORCHJOB_MEMORY} on a PyTorchJob."))
+    priority_class: Annotated[str, AfterValidator(name_validator("priority class", optional=True))] = Field(
+        default="", description="Priority class of the jobs ('' for the cluster's default).")
+    queue: Annotated[str, AfterValidator(name_validator("queue", optional=True))] = Field(
+        default="", description="Kueue LocalQueue the jobs are submitted to ('' for none).")
     shm: str = Field(default="16Gi", description="/dev/shm size of PyTorchJob pods (TrainJob: the runtime.s).")
     deadline_seconds: int = Field(default=86400, ge=60, description="Deadline of each job.")
     mlflow_secret: Annotated[str, AfterValidator(name_validator("secret"))] = Field(
@@ -119,7 +148,10 @@ def job_spec(stage: str, settings: ClusterSettings, *, name: str, work: Path, ex
         name=name, namespace=settings.resolved_namespace(), stage=stage,  # type: ignore[arg-type]
         stage_args=["--config", str(work / "config.yaml"), "--result", str(work / "result.json")],
         image=settings.image, nodes=settings.nodes, procs_per_node=procs, gpus=settings.gpus,
-        gpu_resource=settings.gpu_resource, cpu=settings.cpu, memory=settings.memory,
+        gpu_resource=settings.gpu_resource,
+        cpu=settings.cpu or (PYTORCHJOB_CPU if executor == "pytorchjob" else None),
+        memory=settings.memory or (PYTORCHJOB_MEMORY if executor == "pytorchjob" else None),
+        priority_class=settings.priority_class or None, queue=settings.queue or None,
         env={"HOME": "/tmp", "HF_HOME": f"{settings.mount_path}/.hf"}, secret_env=secrets,
         volumes=[Volume(name="shared", mount_path=settings.mount_path, pvc=settings.pvc)]
         + ([Volume(name="dshm", mount_path="/dev/shm", memory=settings.shm)] if executor == "pytorchjob" else []),

@@ -20,7 +20,8 @@ from typing import Literal
 
 from salmon.core.errors import SalmonInputError
 
-NameKind = Literal["namespace", "object", "service account", "secret", "persistent volume claim", "version"]
+NameKind = Literal["namespace", "object", "service account", "secret", "persistent volume claim", "version",
+                   "priority class", "queue"]
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -36,6 +37,8 @@ _RULES: dict[str, tuple[re.Pattern[str], int, str]] = {
     "secret": (DNS1123_SUBDOMAIN, 253, "lowercase letters, digits, '-' and '.'"),
     "persistent volume claim": (DNS1123_SUBDOMAIN, 253, "lowercase letters, digits, '-' and '.'"),
     "version": (DNS1123_LABEL, 40, "lowercase letters, digits and '-', starting and ending with a letter or digit"),
+    "priority class": (DNS1123_SUBDOMAIN, 253, "lowercase letters, digits, '-' and '.'"),
+    "queue": (DNS1123_LABEL, 63, "lowercase letters, digits and '-', starting and ending with a letter or digit"),
 }
 
 

@@ -31,6 +31,7 @@ SCRATCH = {"tmp": "/tmp", "home": "/home/salmon"}
 """Writable emptyDir folders of a PyTorchJob's pods (the root filesystem is read-only): the runtime
 image's HOME and its caches live under /home/salmon. salmon-torch-distributed mounts the same."""
 SCRATCH_SIZE = "20Gi"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
 def _metadata(name: str, namespace: str, labels: dict[str, str], annotations: dict[str, str] | None = None,
@@ -77,7 +78,8 @@ def container_security_context() -> dict[str, Any]:
 
 
 def _resources(spec: TrainingJobSpec | VLLMServerSpec) -> dict[str, Any]:
-    amounts: dict[str, Any] = {"cpu": spec.cpu, "memory": spec.memory}
+    """Requests equal to limits; CPU or memory left unset (a TrainJob's) come from the runtime."""
+    amounts: dict[str, Any] = {k: v for k, v in (("cpu", spec.cpu), ("memory", spec.memory)) if v}
     if spec.gpus:
         amounts[spec.gpu_resource] = str(spec.gpus)
     return {"requests": dict(amounts), "limits": dict(amounts)}
@@ -99,8 +101,11 @@ def _pod_placement(spec: TrainingJobSpec, pod_volumes: list[dict[str, Any]]) -> 
 
 
 def _job_labels(spec: TrainingJobSpec) -> dict[str, str]:
-    return {LABEL_PART_OF: "salmon", LABEL_COMPONENT: "training", LABEL_STAGE: spec.stage.replace("_", "-"),
-            **spec.labels}
+    labels = {LABEL_PART_OF: "salmon", LABEL_COMPONENT: "training", LABEL_STAGE: spec.stage.replace("_", "-"),
+              **spec.labels}
+    if spec.queue:
+        labels[KUEUE_QUEUE_LABEL] = spec.queue
+    return labels
 
 
 def _job_env(spec: TrainingJobSpec) -> dict[str, str]:
@@ -138,7 +143,6 @@ def render_trainjob(spec: TrainingJobSpec) -> dict[str, Any]:
                 "env": _env(_job_env(spec), spec.secret_env),
                 "numNodes": spec.nodes,
                 "numProcPerNode": spec.procs_per_node,
-                "resourcesPerNode": _resources(spec),
             },
             "runtimePatches": [{
                 "manager": MANAGER,
@@ -149,6 +153,9 @@ def render_trainjob(spec: TrainingJobSpec) -> dict[str, Any]:
             }],
         },
     }
+    resources = _resources(spec)
+    if resources["requests"]:  # else every size comes from the training runtime
+        job["spec"]["trainer"]["resourcesPerNode"] = resources
     if spec.deadline_seconds:
         job["spec"]["activeDeadlineSeconds"] = spec.deadline_seconds
     return job

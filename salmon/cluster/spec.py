@@ -110,8 +110,10 @@ class TrainingJobSpec(_Spec):
     image: str = Field(default_factory=runtime_image, description="Container image with salmon installed.")
     nodes: int = Field(default=1, ge=1, le=256, description="Pods (nodes) in the job.")
     procs_per_node: int = Field(default=1, ge=1, le=64, description="torchrun processes per pod (GPUs per pod on GPU).")
-    cpu: str = Field(default="4", description="CPU request and limit per pod.")
-    memory: str = Field(default="32Gi", description="Memory request and limit per pod.")
+    cpu: str | None = Field(default="4", description=(
+        "CPU request and limit per pod; None on a TrainJob: the training runtime's."))
+    memory: str | None = Field(default="32Gi", description=(
+        "Memory request and limit per pod; None on a TrainJob: the training runtime's."))
     gpus: int = Field(default=0, ge=0, le=64, description="GPUs per pod (0 for CPU jobs).")
     gpu_resource: str = Field(default="nvidia.com/gpu", description="Extended resource name of the GPUs.")
     env: dict[str, str] = Field(default_factory=dict, description="Plain environment variables (no secrets).")
@@ -122,6 +124,8 @@ class TrainingJobSpec(_Spec):
     priority_class: str | None = Field(default=None, description=(
         "Priority class: PyTorchJob schedulingPolicy.priorityClass; on a TrainJob the Kueue label "
         "kueue.x-k8s.io/priority-class."))
+    queue: str | None = Field(default=None, description=(
+        "Kueue LocalQueue: the label kueue.x-k8s.io/queue-name on the job (Kueue then admits it)."))
     service_account: Annotated[str | None, AfterValidator(name_validator("service account"))] = Field(
         default=None, description="Service account of the training pods.")
     deadline_seconds: int | None = Field(default=None, ge=60, description="Active deadline of the whole job.")
