@@ -283,8 +283,10 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def print_report(run: LocalRun, stream: Any = sys.stderr) -> None:
-    """The end-of-run summary: stages, metrics, models and aliases, where to look next."""
+def print_report(run: LocalRun, stream: Any = None) -> None:
+    """The end-of-run summary (on ``stream``, default stderr): stages, metrics, models and
+    aliases, where to look next."""
+    stream = stream or sys.stderr
     p = lambda s="": print(s, file=stream)  # noqa: E731
     stages = run.summary.get("stages", {})
     p(f"\nSALMON pipeline finished in {run.seconds:.0f} s; cached tasks: {', '.join(run.cached) or 'none'}")

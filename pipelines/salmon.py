@@ -88,8 +88,8 @@ def salmon_pipeline(
         ppo_executor: Where PPO runs: local, trainjob or pytorchjob.
         train_nodes: Pods per training job (trainjob / pytorchjob executors).
         train_procs_per_node: torchrun processes per training pod (0: one per GPU, or 1 without GPUs).
-        train_cpu: CPU of each training pod, e.g. 8 or 500m ('': the training runtime's on a TrainJob, 8 on a PyTorchJob).
-        train_memory: Memory of each training pod, e.g. 64Gi ('': the training runtime's on a TrainJob, 64Gi on a PyTorchJob).
+        train_cpu: CPU of each training pod, e.g. 8 or 500m ('': the training runtime's on a TrainJob without GPUs, else 8).
+        train_memory: Memory of each training pod, e.g. 64Gi ('': the training runtime's on a TrainJob without GPUs, else 64Gi).
         train_priority_class: Priority class of the training jobs ('': the cluster's default).
         train_queue: Kueue LocalQueue the training jobs are submitted to ('': none).
         rm_epochs: Passes of train_rm over its instances.

@@ -952,12 +952,15 @@ def test_job_sizes_priority_and_queue_come_from_the_settings(capsys: pytest.Capt
     from salmon.cli import main
     from salmon.cluster.executor import ClusterSettings, job_spec
 
-    def job(executor: str, **settings: Any) -> dict[str, Any]:
-        spec = job_spec("sft", ClusterSettings(gpus=0, **settings), name="salmon-sft-x",
+    def job(executor: str, gpus: int = 0, **settings: Any) -> dict[str, Any]:
+        spec = job_spec("sft", ClusterSettings(gpus=gpus, **settings), name="salmon-sft-x",
                         work=Path("/mnt/models/w"), executor=executor)
         return render_job(spec, executor)
 
     assert "resourcesPerNode" not in job("trainjob")["spec"]["trainer"]
+    # with GPUs the TrainJob's resources replace the runtime's: CPU and memory are stated too
+    assert job("trainjob", gpus=2)["spec"]["trainer"]["resourcesPerNode"]["limits"] == {
+        "cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "2"}
     sized = job("trainjob", cpu="2", memory="6Gi", priority_class="batch-low", queue="team-a")
     assert sized["spec"]["trainer"]["resourcesPerNode"]["requests"] == {"cpu": "2", "memory": "6Gi"}
     assert sized["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"

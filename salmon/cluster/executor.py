@@ -57,9 +57,9 @@ def _quantity(value: str) -> str:
 
 Quantity = Annotated[str, BeforeValidator(_number_as_text), AfterValidator(_quantity)]
 
-PYTORCHJOB_CPU = "8"
-PYTORCHJOB_MEMORY = "64Gi"
-"""A PyTorchJob's pod size when none is given (a TrainJob takes its runtime's)."""
+DEFAULT_CPU = "8"
+DEFAULT_MEMORY = "64Gi"
+"""A training pod's size when none is given, except on a CPU TrainJob (which takes its runtime's)."""
 
 
 class ClusterSettings(BaseModel):
@@ -77,9 +77,9 @@ class ClusterSettings(BaseModel):
     gpus: int = Field(default=1, ge=0, description="GPUs per pod.")
     gpu_resource: str = Field(default="nvidia.com/gpu", description="Extended resource name of the GPUs.")
     cpu: Quantity = Field(default="", description=(
-        f"CPU per pod; '': the training runtime's on a TrainJob, {PYTORCHJOB_CPU} on a PyTorchJob."))
+        f"CPU per pod; '': the training runtime's on a TrainJob without GPUs, else {DEFAULT_CPU}."))
     memory: Quantity = Field(default="", description=(
-        f"Memory per pod; '': the training runtime's on a TrainJob, {PYTORCHJOB_MEMORY} on a PyTorchJob."))
+        f"Memory per pod; '': the training runtime's on a TrainJob without GPUs, else {DEFAULT_MEMORY}."))
     priority_class: Annotated[str, AfterValidator(name_validator("priority class", optional=True))] = Field(
         default="", description="Priority class of the jobs ('' for the cluster's default).")
     queue: Annotated[str, AfterValidator(name_validator("queue", optional=True))] = Field(
@@ -139,6 +139,9 @@ def job_spec(stage: str, settings: ClusterSettings, *, name: str, work: Path, ex
     A PyTorchJob gets its own memory-backed /dev/shm; a TrainJob's comes from the runtime
     (salmon-torch-distributed mounts one)."""
     procs = settings.procs_per_node or max(1, settings.gpus)
+    # a CPU TrainJob without sizes takes its runtime's (the overlay's); a TrainJob's GPU count
+    # replaces the runtime's resources as a whole, so a GPU job states CPU and memory too
+    from_runtime = executor == "trainjob" and not settings.gpus
     tolerations = gpu_tolerations(settings.gpus, settings.gpu_resource)
     secrets = [SecretEnv(env=k, secret=settings.mlflow_secret, key=k)
                for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")]
@@ -149,8 +152,8 @@ def job_spec(stage: str, settings: ClusterSettings, *, name: str, work: Path, ex
         stage_args=["--config", str(work / "config.yaml"), "--result", str(work / "result.json")],
         image=settings.image, nodes=settings.nodes, procs_per_node=procs, gpus=settings.gpus,
         gpu_resource=settings.gpu_resource,
-        cpu=settings.cpu or (PYTORCHJOB_CPU if executor == "pytorchjob" else None),
-        memory=settings.memory or (PYTORCHJOB_MEMORY if executor == "pytorchjob" else None),
+        cpu=settings.cpu or (None if from_runtime else DEFAULT_CPU),
+        memory=settings.memory or (None if from_runtime else DEFAULT_MEMORY),
         priority_class=settings.priority_class or None, queue=settings.queue or None,
         env={"HOME": "/tmp", "HF_HOME": f"{settings.mount_path}/.hf"}, secret_env=secrets,
         volumes=[Volume(name="shared", mount_path=settings.mount_path, pvc=settings.pvc)]
