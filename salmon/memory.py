@@ -16,7 +16,8 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def _status_kib(key: str) -> int | None:
+def status_kib(key: str) -> int | None:
+    """A ``/proc/self/status`` figure in KiB (``VmRSS``, ``VmHWM``), or None where there is none."""
     try:
         for line in _STATUS.read_text().splitlines():
             if line.startswith(key + ":"):
@@ -47,7 +48,7 @@ class PeakMemory:
         except OSError:
             self.base = None
             return
-        rss = _status_kib("VmRSS")
+        rss = status_kib("VmRSS")
         self.base = None if rss is None else rss * 1024
 
     def peak_mib(self) -> float | None:
@@ -58,7 +59,7 @@ class PeakMemory:
 
             peak = int(torch.cuda.max_memory_allocated(self.device))
         else:
-            hwm = _status_kib("VmHWM")
+            hwm = status_kib("VmHWM")
             if hwm is None:
                 return None
             peak = hwm * 1024

@@ -186,10 +186,9 @@ class _TimedContext:
 
 
 def _vm_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
+    from salmon.memory import status_kib
+
+    return status_kib(field) or 0
 
 
 def timed_ppo(values: dict[str, Any]) -> dict[str, Any]:

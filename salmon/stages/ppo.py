@@ -19,9 +19,9 @@ One PPO step:
    gradients accumulated (:func:`update_minibatch`); the LR schedule steps once per PPO step.
 
 Memory therefore grows with ``forward_batch_size`` and ``micro_batch_size``, not with the rollout
-batch: the method's 576 rollouts and 288 per optimizer step run on one process. Each step's log
-line records its peak memory (``peak_memory_mib``: CUDA allocator peak, or on Linux the resident
-set's high-water mark above the step's start).
+batch: the method's 576 rollouts and 288 per optimizer step run on one process. Each step's
+console line and ``resources.jsonl`` record its peak memory (``peak_memory_mib``: the CUDA
+allocator's peak, or on Linux the resident set's high-water mark, above the step's start).
 
 Roles (``role_layout``): ``shared`` (the method's) puts policy, reference, value and reward as
 LoRA adapters on ONE base model (:mod:`salmon.ppo.shared`); it needs a LoRA RM trained on the
