@@ -303,7 +303,9 @@ def run_stage_task(
     base_source = inputs["base_model"].metadata.get("source", "") if "base_model" in inputs else ""
     task_key = digest_value({"stage": stage, "config": cfg.model_dump(mode="json"), "inputs": input_digests})
     run_tags = {**principle_tags, **(tags or {}), "salmon.git_sha": git_sha(), "salmon.executor": executor}
-    run = _TrackedRun(stage, task_key, run_tags)
+    config_json = cfg.model_dump(mode="json")
+    run = _TrackedRun(stage, task_key, run_tags, base_source=base_source,
+                      prompt_format=str(config_json.get("prompt_format") or ""))
     run.begin(cfg.model_dump(mode="json"), inputs, input_digests)
     started = time.monotonic()
     try:
@@ -329,7 +331,8 @@ def run_stage_task(
         if rows is not None:
             art.metadata["rows"] = rows
     run_id = run.ensure_open(cfg.model_dump(mode="json"), inputs, input_digests)
-    tracking.log_metrics(result.metrics)
+    # an evaluation's figures belong to the model it evaluated too (MLflow 3 model metrics)
+    tracking.log_metrics(result.metrics, model_id=run.model_ids.get(EVALUATED_INPUT.get(stage, "")))
     model_uri = ""
     for name, art in outputs.items():
         p = Path(art.path)
@@ -340,7 +343,9 @@ def run_stage_task(
                           "salmon.base_model": base_source or str(values.get("base_model")
                                                                   or values.get("policy_model")),
                           "salmon.digest": digest_dir(p / MODEL_SUBDIR[stage])}
-            model_uri = tracking.log_model(stage, p / MODEL_SUBDIR[stage], model_tags)
+            model_uri = tracking.log_model(stage, p / MODEL_SUBDIR[stage], model_tags, base_model=run.base_reference,
+                                           base_model_digest=input_digests.get("base_model", ""),
+                                           prompt_format=run.prompt_format)
             art.metadata["model_uri"] = model_uri
         else:
             tracking.log_dataset(name, p.as_uri(), art.metadata["digest"], "output", art.metadata.get("rows"))
@@ -359,6 +364,7 @@ def run_stage_task(
     base = values.get("base_model") or values.get("policy_model") or values.get("model")
     return json.dumps({"stage": stage, "mlflow_run_id": run_id, "model_uri": model_uri,
                        "base_model": base_source or (str(base) if base else ""),
+                       "base_model_reference": run.base_reference,
                        "base_model_digest": input_digests.get("base_model", ""),
                        "metrics": finite_or_none(result.metrics), "outputs": result.outputs,
                        "principles": principle_tags}, default=str)
@@ -397,6 +403,10 @@ def require_tracking(step: str) -> None:
                                  "any work", "check the server and MLFLOW_TRACKING_URI, then retry the run")
 
 
+EVALUATED_INPUT = {"eval_rm": "reward_model", "eval_policy": "policy"}
+"""The input holding the model an evaluation stage measures: its metrics go to that logged model."""
+
+
 class _TrackedRun:
     """The MLflow side of one stage task, written so that an outage costs no work.
 
@@ -404,11 +414,21 @@ class _TrackedRun:
     uploaded as ``config.json``, which proves the artifact store works) and the input datasets;
     unreachable, a ``require`` stage stops here and a ``defer`` stage goes on without MLflow.
     ``ensure_open`` (after the stage) waits for the server if needed and opens the run and
-    writes what ``begin`` could not; ``finish`` / ``fail`` end it."""
+    writes what ``begin`` could not; ``finish`` / ``fail`` end it.
 
-    def __init__(self, stage: str, task_key: str, tags: dict[str, str]) -> None:
+    Inputs are recorded as what they are: the base model and the models of upstream stages as
+    model inputs (MLflow 3 logged models; the base is logged once as ``salmon-base``, see
+    :func:`salmon.tracking.base_model_reference`), everything else as datasets."""
+
+    def __init__(self, stage: str, task_key: str, tags: dict[str, str], *, base_source: str = "",
+                 prompt_format: str = "") -> None:
         self.stage, self.task_key, self.tags = stage, task_key, tags
+        self.base_source, self.prompt_format = base_source, prompt_format
         self.run_id: str | None = None
+        self.base_reference = ""
+        """The portable reference of the base model input (set when the run opens)."""
+        self.model_ids: dict[str, str] = {}
+        """Input name -> id of the logged model it is."""
 
     def begin(self, config: dict[str, Any], inputs: dict[str, ArtifactLike], digests: dict[str, str]) -> None:
         from salmon import tracking
@@ -445,8 +465,18 @@ class _TrackedRun:
             log(self.stage, f"MLflow artifact store refused config.json ({type(e).__name__}); continuing")
         for name, art in inputs.items():
             p = Path(art.path)
-            tracking.log_dataset(name, p.as_uri() if p.is_absolute() else str(p), digests[name], "input",
-                                 _count_lines(p))
+            model_id = None
+            if name == "base_model":
+                self.base_reference, model_id = tracking.base_model_reference(
+                    self.base_source or str(p), p, digests[name], self.prompt_format)
+            elif uri := art.metadata.get("model_uri"):
+                model_id = tracking.logged_model_id(str(uri))
+            if model_id:
+                self.model_ids[name] = model_id
+                tracking.log_model_input(model_id)
+            else:
+                tracking.log_dataset(name, p.as_uri() if p.is_absolute() else str(p), digests[name], "input",
+                                     _count_lines(p))
 
     def ensure_open(self, config: dict[str, Any], inputs: dict[str, ArtifactLike], digests: dict[str, str]) -> str:
         from salmon import tracking
@@ -871,15 +901,18 @@ def register_task(
     from salmon import tracking
 
     require_tracking("register")
+    # one run id across the lineage: the local runner's id where it set one (the stage runs carry it)
+    kfp_run_id = os.environ.get(tracking.KFP_RUN_ENV) or kfp_run_id
     parsed = {k: json.loads(v) for k, v in results.items() if v}  # "": a task with nothing to do (pmp_data)
     eval_rm = parsed["eval_rm"]["metrics"]
     eval_policy = parsed["eval_policy"]["metrics"]
-    rm_ok, rm_fail = _gate([("eval_rm accuracy", eval_rm.get("accuracy"), min_rm_accuracy, "min"),
-                            ("eval_rm flip_rate", eval_rm.get("flip_rate"), min_rm_flip_rate, "min")])
-    pol_ok, pol_fail = _gate([
-        (f"eval_policy win_rate[{policy_gate_principles}]",
-         policy_gate_metric(eval_policy, policy_gate_principles), min_policy_win_rate, "min"),
-        ("eval_policy kl_to_baseline", eval_policy.get("kl_to_baseline"), max_policy_kl, "max")])
+    rm_checks = [("eval_rm accuracy", eval_rm.get("accuracy"), min_rm_accuracy, "min"),
+                 ("eval_rm flip_rate", eval_rm.get("flip_rate"), min_rm_flip_rate, "min")]
+    pol_checks = [(f"eval_policy win_rate[{policy_gate_principles}]",
+                   policy_gate_metric(eval_policy, policy_gate_principles), min_policy_win_rate, "min"),
+                  ("eval_policy kl_to_baseline", eval_policy.get("kl_to_baseline"), max_policy_kl, "max")]
+    rm_ok, rm_fail = _gate(rm_checks)
+    pol_ok, pol_fail = _gate(pol_checks)
     gates = {"train_rm": (rm_ok, rm_fail), "ppo": (rm_ok and pol_ok, rm_fail + pol_fail),
              "sft": (rm_ok and pol_ok, rm_fail + pol_fail)}
     sha = git_sha()
@@ -909,9 +942,30 @@ def register_task(
             log("register", f"{name} v{version}: candidate; champion NOT moved ({'; '.join(reasons)})")
         tracking.tag_version(name, version, {"salmon.gate.passed": str(passed).lower(),
                                              "salmon.gate.reasons": "; ".join(reasons) or "all gates passed"})
+        checks = rm_checks if stage == "train_rm" else rm_checks + pol_checks
+        _describe(name, version, stage, res, parsed, tags, checks, passed, reasons, kfp_run_id, sha)
         summary["models"][name] = {"version": version, "champion": passed, "reasons": reasons,
                                    "uri": f"models:/{name}/{version}"}
     return summary
+
+
+def _describe(name: str, version: str, stage: str, res: dict[str, Any], parsed: dict[str, Any],
+              tags: dict[str, str], checks: list[tuple[str, float | None, float | None, str]], passed: bool,
+              reasons: list[str], kfp_run_id: str, sha: str) -> None:
+    """Write the model card into the version's description and a one-line summary into the
+    registered model's."""
+    from salmon import tracking
+    from salmon.core.model_card import WHAT, DatasetLine, GateFigure, model_card
+
+    datasets = [DatasetLine(up, n, d, r) for up in MODEL_LINEAGE[stage] if up != stage and up in parsed
+                for n, d, r in tracking.run_datasets(parsed[up]["mlflow_run_id"])]
+    card = model_card(name=name, version=version, stage=stage, kfp_run_id=kfp_run_id, git_sha=sha,
+                      base_source=res.get("base_model", ""), base_reference=res.get("base_model_reference", ""),
+                      base_digest=res.get("base_model_digest", ""), tags=tags, datasets=datasets,
+                      gates=[GateFigure(*c) for c in checks], champion=passed, reasons=reasons)
+    tracking.describe(name, version, card)
+    tracking.describe(name, None, f"salmon: the {WHAT[stage]}. Each version's description is its model card; "
+                                  "`champion` is the version that passed the evaluation gates.")
 
 
 def promote(name: str, version: str, alias: str = "champion", *, reason: str, user: str | None = None) -> None:

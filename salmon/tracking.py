@@ -38,7 +38,16 @@ MODEL_NAMES = {"sft": "salmon-sft", "train_rm": "salmon-reward", "ppo": "salmon-
 
 # Pinned requirements of logged models: without an explicit list MLflow infers torchvision
 # for torch models, and the PyPI torchvision breaks next to the CPU torch build.
-MODEL_REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "safetensors"]
+# The rest is what the shipped salmon modules import (pydantic, PyYAML) and what downloads a base
+# model from S3 (boto3).
+MODEL_REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "safetensors", "pydantic>=2",
+                      "pyyaml", "boto3"]
+SIGNATURE_ONLY_ENV = "SALMON_PYFUNC_SIGNATURE_ONLY"
+"""Set while a model is logged: MLflow runs the input example through the model to check it
+against the signature; with this set the model loads no weights and answers placeholders of the
+signature's types, so logging never loads the model (a launcher pod need not hold it)."""
+BASE_MODEL_NAME = "salmon-base"
+"""Name of the logged model that stands for a pipeline's base model (not registered)."""
 
 
 def embedded_uri(out_dir: str | Path) -> str:
@@ -206,12 +215,13 @@ def log_stage_config(config: dict[str, Any]) -> None:
     mlflow.log_params(flat_params(config))
 
 
-def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
+def log_metrics(metrics: dict[str, Any], step: int | None = None, model_id: str | None = None) -> None:
+    """Numeric ``metrics`` on the active run; with ``model_id`` also on that logged model."""
     import mlflow
 
     values = numeric_metrics(metrics)
     if values:
-        mlflow.log_metrics(values, step=step)
+        mlflow.log_metrics(values, step=step, model_id=model_id)
 
 
 def log_train_log(path: str | Path) -> int:
@@ -237,18 +247,106 @@ def log_train_log(path: str | Path) -> int:
     return len(rows)
 
 
+def _dataset_source(uri: str) -> Any:
+    """MLflow's own dataset source for ``uri``: ``s3`` for ``s3://``, ``local`` for a path or
+    ``file://`` URI (``http`` only for http(s) URLs)."""
+    from mlflow.data.dataset_source_registry import _dataset_source_registry
+
+    kind = "s3" if uri.startswith("s3://") else "http" if uri.startswith(("http://", "https://")) else "local"
+    cls = next(c for c in _dataset_source_registry.sources if c._get_source_type() == kind)
+    return cls(uri)
+
+
 def log_dataset(name: str, uri: str, digest: str, context: str, rows: int | None = None) -> None:
     """Record a dataset the stage read (``context`` input) or wrote (``output``) with its digest."""
     import mlflow
-    from mlflow.data.http_dataset_source import HTTPDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
 
     # MLflow keeps at most 36 characters of a dataset digest; the full one goes in a tag.
-    ds = MetaDataset(source=HTTPDatasetSource(uri), name=name, digest=digest.removeprefix("sha256:")[:32])
+    ds = MetaDataset(source=_dataset_source(uri), name=name, digest=digest.removeprefix("sha256:")[:32])
     tags = {"salmon.digest": digest}
     if rows is not None:
         tags["salmon.rows"] = str(rows)
     mlflow.log_input(ds, context=context, tags=tags)
+
+
+def log_model_input(model_id: str) -> None:
+    """Record a logged model the active run read (MLflow 3 model inputs; the client call, as the
+    fluent ``mlflow.log_inputs(models=...)`` is refused outside Databricks)."""
+    import mlflow
+    from mlflow.entities import LoggedModelInput
+
+    run = mlflow.active_run()
+    assert run is not None, "log_model_input needs an active run"
+    mlflow.MlflowClient().log_inputs(run.info.run_id, models=[LoggedModelInput(model_id)])
+
+
+def logged_model_id(uri: str) -> str | None:
+    """The id of the logged model ``uri`` names (``models:/m-...``, or a registered
+    ``models:/<name>/<version>`` / ``@<alias>`` made from one) in this tracking store; ``None``
+    when there is none."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        if m := LOGGED_MODEL_URI.match(uri):
+            return str(client.get_logged_model(m.group(1)).model_id)
+        if m := REGISTRY_URI.match(uri):
+            name, version, alias = m.groups()
+            mv = (client.get_model_version(name, version) if version
+                  else client.get_model_version_by_alias(name, alias))
+            # a version made from a logged model names it in model_id (or, over REST, only in source)
+            if mv.model_id:
+                return str(mv.model_id)
+            if m := LOGGED_MODEL_URI.match(str(mv.source or "")):
+                return str(client.get_logged_model(m.group(1)).model_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return None
+
+
+def pinned_registry_uri(uri: str) -> str:
+    """``models:/<name>@<alias>`` as the version the alias points at now (an alias moves; a
+    reference recorded in a model must not); other URIs unchanged."""
+    import mlflow
+
+    m = REGISTRY_URI.match(uri)
+    if not m or not m.group(3):
+        return uri
+    mv = mlflow.MlflowClient().get_model_version_by_alias(m.group(1), m.group(3))
+    return f"models:/{m.group(1)}/{mv.version}"
+
+
+def base_model_reference(source: str, folder: str | Path, digest: str, prompt_format: str) -> tuple[str, str | None]:
+    """The portable reference of a pipeline's base model and the id of the logged model that
+    stands for it: ``(reference, model_id)``.
+
+    - ``s3://`` source: the reference is the prefix; an external logged model (no artifacts)
+      named ``salmon-base`` records it for lineage;
+    - ``models:/`` source: the registered version (an alias pinned to its version now) and the
+      logged model it was made from, if any;
+    - anything else (``nano``, a packaged model, a local folder): the folder is logged once as
+      the ``salmon-base`` pyfunc model (found again by its digest) and referenced as
+      ``models:/m-<id>``.
+    """
+    import mlflow
+
+    if source.startswith("models:/"):
+        pinned = pinned_registry_uri(source)
+        return pinned, logged_model_id(pinned)
+    experiment = mlflow.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+    found = mlflow.search_logged_models(
+        experiment_ids=[experiment.experiment_id] if experiment else None,
+        filter_string=f"name = '{BASE_MODEL_NAME}' AND tags.`salmon.digest` = '{digest}'",
+        output_format="list", max_results=1) if experiment else []
+    tags = {"salmon.digest": digest, "salmon.source": source or str(folder), "salmon.stage": "base_model"}
+    if source.startswith("s3://"):
+        model = found[0] if found else mlflow.create_external_model(name=BASE_MODEL_NAME, tags=tags)
+        return source, str(model.model_id)
+    if found:
+        return f"models:/{found[0].model_id}", str(found[0].model_id)
+    uri = log_model("base", folder, tags, prompt_format=prompt_format)
+    return uri, uri.removeprefix("models:/")
 
 
 def register_principle_set(name: str, digest: str, text: str, version: str) -> str:
@@ -273,16 +371,56 @@ def register_principle_set(name: str, digest: str, text: str, version: str) -> s
     return f"prompts:/{prompt_name}/{pv.version}"
 
 
-def log_model(stage: str, model_dir: str | Path, tags: dict[str, str]) -> str:
-    """Log a stage's model folder as a pyfunc model (``salmon.mlflow_model``, loaded from code,
-    nothing pickled); returns its ``models:/m-...`` URI."""
+def _code_package(dest: Path) -> Path:
+    """A copy of the ``salmon`` package's modules (``*.py`` only) under ``dest/salmon``: what a
+    logged model ships in its ``code/`` folder so that it loads where salmon is not installed."""
+    import shutil
+
+    src = Path(__file__).parent
+    out = dest / "salmon"
+    shutil.copytree(src, out, ignore=lambda d, names: [n for n in names if not (n.endswith(".py") or
+                                                                            (Path(d) / n).is_dir())
+                                                       or n == "__pycache__"])
+    return out
+
+
+def log_model(stage: str, model_dir: str | Path, tags: dict[str, str], *, base_model: str = "",
+              base_model_digest: str = "", prompt_format: str = "") -> str:
+    """Log a model folder as a pyfunc model (:mod:`salmon.mlflow_model`: loaded from code,
+    nothing pickled) and return its ``models:/m-...`` URI.
+
+    ``stage`` is ``sft``, ``ppo``, ``train_rm`` or ``base``; ``base_model`` is the portable
+    reference of the base the folder's adapter sits on (:func:`base_model_reference`) and
+    ``base_model_digest`` its content digest, checked when the model loads. The model ships
+    salmon's modules, lists its requirements, and has a signature and an input example."""
+    import tempfile
+
     import mlflow
 
-    code = Path(__file__).with_name("mlflow_model.py")
-    info = mlflow.pyfunc.log_model(
-        name=MODEL_NAMES[stage], python_model=str(code), artifacts={"model": str(model_dir)},
-        pip_requirements=MODEL_REQUIREMENTS, tags=tags,
-        model_config={"kind": stage})
+    if stage != "base" and not base_model:
+        raise ValueError(f"a {stage} model needs the portable reference of its base model")
+    reward = stage == "train_rm"
+    code = Path(__file__).with_name("pyfunc_reward.py" if reward else "pyfunc_policy.py")
+    example: list[Any] = ([{"prompt": "What is 2 + 3?", "response": "2 + 3 = 5.", "principles": ["Be concise."]}]
+                          if reward else ["What is 2 + 3?"])
+    settings: dict[str, Any] = {"kind": stage, "base_model": base_model, "base_model_digest": base_model_digest}
+    if prompt_format:
+        settings["prompt_format"] = prompt_format
+    with tempfile.TemporaryDirectory(prefix="salmon-code-") as tmp:
+        (Path(tmp) / "salmon_model.json").write_text(json.dumps(settings, indent=1), encoding="utf-8")
+        previous = os.environ.get(SIGNATURE_ONLY_ENV)
+        os.environ[SIGNATURE_ONLY_ENV] = "1"
+        try:
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAMES.get(stage, BASE_MODEL_NAME), python_model=str(code),
+                artifacts={"model": str(model_dir), "salmon_model": str(Path(tmp) / "salmon_model.json")},
+                code_paths=[str(_code_package(Path(tmp)))], pip_requirements=MODEL_REQUIREMENTS, tags=tags,
+                input_example=example)
+        finally:
+            if previous is None:
+                os.environ.pop(SIGNATURE_ONLY_ENV, None)
+            else:
+                os.environ[SIGNATURE_ONLY_ENV] = previous
     return str(info.model_uri)
 
 
@@ -315,6 +453,29 @@ def set_alias(name: str, alias: str, version: str, audit: dict[str, str]) -> Non
         client.set_model_version_tag(name, version, f"salmon.{alias}.{k}", v)
 
 
+def run_datasets(run_id: str, context: str = "output") -> list[tuple[str, str, str]]:
+    """``(name, digest, rows)`` of the datasets run ``run_id`` logged with ``context``."""
+    import mlflow
+
+    out = []
+    for d in mlflow.MlflowClient().get_run(run_id).inputs.dataset_inputs:
+        tags = {t.key: t.value for t in d.tags}
+        if tags.get("mlflow.data.context") == context:
+            out.append((d.dataset.name, tags.get("salmon.digest", d.dataset.digest), tags.get("salmon.rows", "")))
+    return out
+
+
+def describe(name: str, version: str | None, description: str) -> None:
+    """Set the description of registered model ``name`` (``version`` None) or of one version."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if version is None:
+        client.update_registered_model(name, description=description)
+    else:
+        client.update_model_version(name, version, description=description)
+
+
 def tag_version(name: str, version: str, tags: dict[str, str]) -> None:
     import mlflow
 
@@ -325,6 +486,8 @@ def tag_version(name: str, version: str, tags: dict[str, str]) -> None:
 
 REGISTRY_URI = re.compile(r"^models:/([^/@]+)(?:/(\d+)|@([A-Za-z0-9_-]+))$")
 """``models:/<name>/<version>`` or ``models:/<name>@<alias>``."""
+LOGGED_MODEL_URI = re.compile(r"^models:/(m-[0-9a-f]+)$")
+"""``models:/m-<id>``: a logged model (MLflow 3), registered or not."""
 
 
 def download_model_folder(uri: str, dest: str | Path) -> int:
@@ -349,9 +512,9 @@ def download_model_folder(uri: str, dest: str | Path) -> int:
     from salmon.core.errors import SalmonInputError
     from salmon.core.io import TOKENIZER_FILES
 
-    if not REGISTRY_URI.match(uri):
+    if not (REGISTRY_URI.match(uri) or LOGGED_MODEL_URI.match(uri)):
         raise SalmonInputError(f"model {uri}", "not a registered model URI",
-                               "write models:/<name>/<version> or models:/<name>@<alias>")
+                               "write models:/<name>/<version>, models:/<name>@<alias> or models:/m-<id>")
     with tempfile.TemporaryDirectory(prefix="salmon-registry-") as tmp:
         try:
             root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))

@@ -5,6 +5,7 @@ tests/test_pipeline.py)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,19 @@ def test_quick_smollm2_demo_runs_every_task_on_the_real_model(tmp_path: Path, mo
     assert {"salmon-policy", "salmon-reward"} <= set(summary["models"])
     report = capsys.readouterr().err
     assert "rm_zero_shot_accuracy" in report and "SALMON pipeline finished" in report
+    # the registered policy loads where salmon is not installed and answers through the chat template
+    from servers import load_in_venv, venv_without_salmon
+
+    python = venv_without_salmon(tmp_path / "venv")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SALMON_", "PYTHON"))},
+           "MLFLOW_TRACKING_URI": f"sqlite:///{(out / 'mlflow.db').resolve()}",
+           "PATH": f"{python.parent}:/usr/bin:/bin"}
+    uri = "models:/salmon-policy@candidate"
+    loaded = load_in_venv(python, [uri], env, tmp_path)[uri]
+    answers = loaded["answer"]
+    assert isinstance(answers, list) and len(answers) == 2 and all(isinstance(a, str) and a.strip() for a in answers)
+    assert not [a for a in answers if "<|im_" in a or "assistant\n" in a], answers
+    assert str(loaded["settings"]["base_model"]).startswith("models:/m-")  # type: ignore[index]
 
 
 def test_headline_reports_words_change_stop_rate_and_every_checker_adherence() -> None:

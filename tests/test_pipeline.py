@@ -449,8 +449,35 @@ def test_lineage_from_every_model_version_to_principles_datasets_and_run(
             uri = v.tags["salmon.principles.nano.uri"]
             prompt = mlflow.genai.load_prompt(uri)
             assert prompt.tags["salmon.digest"] == digest
-    # the RM's data chain: instances <- aggregate(pairs, judgements) <- label(pairs) <- sample(prompts)
+    # MLflow 3 lineage: models are model inputs, evaluations are metrics of the model, the
+    # version's description is its model card
     stages = third.summary["stages"]
+    model_id = {name: client.get_model_version(name, m["version"]).source.removeprefix("models:/")
+                for name, m in third.summary["models"].items()}
+    for name, m in third.summary["models"].items():
+        v = client.get_model_version(name, m["version"])
+        source = client.get_run(v.tags["salmon.source_run"])
+        used = {i.model_id for i in source.inputs.model_inputs}
+        base = [client.get_logged_model(i) for i in used if client.get_logged_model(i).name == "salmon-base"]
+        assert len(base) == 1 and base[0].tags["salmon.digest"] == v.tags["salmon.base_model_digest"]
+        assert all(d.dataset.source_type == "local" for d in source.inputs.dataset_inputs)
+        assert not [d for d in source.inputs.dataset_inputs if d.dataset.name == "base_model"], "a model, not data"
+        card = v.description
+        for heading in ("## Base model", "## Principles", "## Data", "## Evaluation gates", "## Use"):
+            assert heading in card, f"{name}: {heading} missing from the model card"
+        assert v.tags["salmon.base_model_digest"] in card
+        accuracy = stages["eval_rm"]["metrics"]["accuracy"]
+        assert f"| eval_rm accuracy | {accuracy:.4g} | ≥ 0 | pass |" in card
+        if name != "salmon-sft":
+            assert v.tags["salmon.principles.nano.digest"][:19] in card
+        assert client.get_registered_model(name).description.startswith("salmon: the ")
+    ppo_run = client.get_run(stages["ppo"]["mlflow_run_id"])
+    assert {model_id["salmon-sft"], model_id["salmon-reward"]} <= {i.model_id for i in ppo_run.inputs.model_inputs}
+    rm_metrics = {m.key: m.value for m in client.get_logged_model(model_id["salmon-reward"]).metrics}
+    assert rm_metrics["accuracy"] == pytest.approx(stages["eval_rm"]["metrics"]["accuracy"])
+    policy_metrics = {m.key for m in client.get_logged_model(model_id["salmon-policy"]).metrics}
+    assert "kl_to_baseline" in policy_metrics, "eval_policy's figures are the policy's metrics"
+    # the RM's data chain: instances <- aggregate(pairs, judgements) <- label(pairs) <- sample(prompts)
     agg = client.get_run(stages["aggregate"]["mlflow_run_id"])
     assert {d.dataset.name for d in agg.inputs.dataset_inputs} >= {"pairs", "judgements", "instances"}
     assert client.get_run(stages["label"]["mlflow_run_id"]).data.tags["mlflow.parentRunId"] == third.parent_run_id
@@ -460,21 +487,57 @@ def test_lineage_from_every_model_version_to_principles_datasets_and_run(
     assert any(k.endswith("adapter_model.safetensors") for k in keys), "model weights are stored in S3"
 
 
-def test_registered_policy_and_rm_load_and_predict(pipeline_runs: dict[str, Any], servers: dict[str, str],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlflow
+def test_registered_models_load_and_serve_where_salmon_is_not_installed(
+        pipeline_runs: dict[str, Any], servers: dict[str, str], tmp_path: Path) -> None:
+    """The policy, SFT and reward models load from the registry in a virtualenv without salmon
+    (the training machine's base-model folder moved away), answer, carry a signature and an input
+    example, and `mlflow models serve` answers one request for the policy."""
+    from servers import free_port, load_in_venv, stop, venv_without_salmon, wait_http
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", servers["mlflow"])
-    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}.items():
-        monkeypatch.setenv(k, v)
-    mlflow.set_tracking_uri(servers["mlflow"])
-    policy = mlflow.pyfunc.load_model("models:/salmon-policy@champion")
-    answers = policy.predict(["What is 2 + 3?", "Name a fruit."])
-    # one answer per prompt, read as the stages read a turn: cut before the next turn's header
-    assert len(answers) == 2 and all(isinstance(a, str) and "###" not in a for a in answers)
-    rm = mlflow.pyfunc.load_model("models:/salmon-reward@champion")
-    rewards = rm.predict([{"prompt": "What is 2 + 3?", "response": "2 + 3 = 5.", "principles": ["Be concise."]}])
-    assert isinstance(rewards[0], float)
+    python = venv_without_salmon(tmp_path / "venv")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SALMON_", "PYTHON"))},
+           "MLFLOW_TRACKING_URI": servers["mlflow"], "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "PATH": f"{python.parent}:/usr/bin:/bin"}
+    # no path of the training machine may be needed: every base-model folder is moved away
+    bases = sorted((pipeline_runs["out"] / "run").rglob("base-model/model"))
+    assert bases
+    for b in bases:
+        b.rename(b.with_name("model.moved"))
+    try:
+        loaded = load_in_venv(python, [f"models:/{n}@champion" for n in ("salmon-policy", "salmon-sft",
+                                                                         "salmon-reward")], env, tmp_path)
+        loaded = {uri.split("/")[1].split("@")[0]: m for uri, m in loaded.items()}
+        port = free_port()
+        log = tmp_path / "serve.log"
+        with open(log, "wb") as f:
+            proc = subprocess.Popen([str(python), "-m", "mlflow", "models", "serve", "-m",
+                                     "models:/salmon-policy@champion", "--env-manager", "local", "-h", "127.0.0.1",
+                                     "-p", str(port)], stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health", proc, 300, log)
+            import urllib.request
+
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                         data=json.dumps({"inputs": ["What is 2 + 3?"]}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                served = json.loads(resp.read())
+        finally:
+            stop(proc)
+    finally:
+        for b in bases:
+            b.with_name("model.moved").rename(b)
+    for name in ("salmon-policy", "salmon-sft"):
+        m = loaded[name]
+        assert len(m["answer"]) == 2 and all(isinstance(a, str) and "###" not in a for a in m["answer"])
+        assert m["settings"]["base_model"].startswith("models:/m-"), "the base is referenced through MLflow"
+        assert m["settings"]["base_model_digest"].startswith("sha256:")
+    assert isinstance(loaded["salmon-reward"]["answer"][0], float)
+    for name, m in loaded.items():
+        assert m["code"], f"{name} ships salmon's modules"
+        assert m["signature"] and m["example"], f"{name} has a signature and an input example"
+        assert not [w for w in m["warnings"] if "type hint" in w.lower()], m["warnings"]
+    assert served["predictions"] == [loaded["salmon-policy"]["answer"][0]], "served as loaded: greedy, same answer"
 
 
 def test_manual_promotion_leaves_an_audit_trail(pipeline_runs: dict[str, Any], servers: dict[str, str]) -> None:

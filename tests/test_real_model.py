@@ -68,7 +68,7 @@ def test_every_stage_runs_on_smollm2_in_chat_template_mode(smollm2_model: str, t
     assert sft["finished"] and (d / "sft" / "adapter" / "adapter_model.safetensors").is_file()
     made = json.loads((d / "sft" / "adapter" / "salmon_sft.json").read_text())
     assert made["prompt_format"] == "chat_template" and made["system_prompt"] is None
-    _served_like_sampled(smollm2_model, d / "sft" / "adapter")
+    _served_like_sampled(smollm2_model, d / "sft" / "adapter", d)
 
     # sample: two answers per prompt from base + SFT adapter, each stopping at eos
     sample = _run(["sample", f"prompts={d / 'prompts.jsonl'}", f"output={d / 'pairs.jsonl'}", "model=smollm2",
@@ -176,17 +176,19 @@ def _query_ids_agree(model: str, d: Path, ppo_args: list[str]) -> None:
     assert query[-4:] == tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
 
 
-def _served_like_sampled(model: str, adapter: Path) -> None:
+def _served_like_sampled(model: str, adapter: Path, tmp: Path) -> None:
     """The model logged to MLflow (salmon.mlflow_model) answers in the adapter's prompt format,
     as the stages sample it: greedy, it gives the stages' greedy answer."""
     from types import SimpleNamespace
 
-    from salmon.mlflow_model import SalmonModel
+    from salmon.mlflow_model import PolicyModel
     from salmon.modeling import generation_end_ids, load_causal_lm, load_tokenizer, resolve_device, with_adapter
     from salmon.turns import PolicyTurns
 
-    served = SalmonModel()
-    context = SimpleNamespace(model_config={"kind": "sft", "max_new_tokens": 24}, artifacts={"model": str(adapter)})
+    served = PolicyModel()
+    settings = tmp / "salmon_model.json"
+    settings.write_text(json.dumps({"kind": "sft", "max_new_tokens": 24}))
+    context = SimpleNamespace(artifacts={"model": str(adapter), "salmon_model": str(settings)})
     served.load_context(context)
     answers = served.predict(context, ["Add 7 and 5.", "Name a colour."])
     tok = load_tokenizer(model)

@@ -177,9 +177,11 @@ def read_rm_meta(path: str) -> RMMeta:
     return meta
 
 
-def load_reward_model(path: str, *, device: torch.device,
-                      dtype: str = "float32") -> tuple[Any, PreTrainedTokenizerBase, RMMeta]:
-    """Load a saved RM folder for scoring (eval mode); ``dtype`` is the body's, the head stays float32."""
+def load_reward_model(path: str, *, device: torch.device, dtype: str = "float32",
+                      base_model: str | None = None) -> tuple[Any, PreTrainedTokenizerBase, RMMeta]:
+    """Load a saved RM folder for scoring (eval mode); ``dtype`` is the body's, the head stays float32.
+    ``base_model``: the folder a LoRA RM's adapter sits on, where it is not ``rm.json``'s
+    ``base_model`` (a logged model loaded on another machine)."""
     from safetensors.torch import load_file
 
     p = Path(path)
@@ -189,8 +191,9 @@ def load_reward_model(path: str, *, device: torch.device,
     if meta.finetune == "lora":
         from peft import PeftModel
 
-        check_model_dir(meta.base_model)
-        body = PeftModel.from_pretrained(load_backbone(meta.base_model, device=device, dtype=dtype),
+        base = base_model or meta.base_model
+        check_model_dir(base)
+        body = PeftModel.from_pretrained(load_backbone(base, device=device, dtype=dtype),
                                          str(p / "adapter"))
     else:
         body = load_backbone(str(p / "backbone"), device=device, dtype=dtype)
