@@ -16,8 +16,10 @@ def test_gate_results_read_min_and_max_thresholds() -> None:
 
 def test_principle_sets_come_from_the_version_tags() -> None:
     tags = {"salmon.principles.nano.digest": "sha256:aa", "salmon.principles.nano.uri": "prompts:/p/1",
-            "salmon.principles.self_align.digest": "sha256:bb", "salmon.stage": "ppo", "salmon.principles": "x"}
-    assert principle_sets(tags) == [("nano", "sha256:aa", "prompts:/p/1"), ("self_align", "sha256:bb", "")]
+            "salmon.principles.self_align.digest": "sha256:bb", "salmon.stage": "ppo", "salmon.principles": "x",
+            "salmon.principles.data/identity.yaml.digest": "sha256:cc"}
+    assert principle_sets(tags) == [("data/identity.yaml", "sha256:cc", ""), ("nano", "sha256:aa", "prompts:/p/1"),
+                                    ("self_align", "sha256:bb", "")]
 
 
 def test_the_card_names_base_principles_data_and_gates() -> None:

@@ -436,6 +436,7 @@ def test_lineage_from_every_model_version_to_principles_datasets_and_run(
     for name, m in third.summary["models"].items():
         v = client.get_model_version(name, m["version"])
         assert v.tags["salmon.git_sha"] and v.tags["kfp.run_id"]
+        assert v.tags["kfp.run_id"] == client.get_run(third.parent_run_id).data.tags["kfp.run_id"], "one run id"
         assert v.tags["salmon.base_model"] == "nano" and v.tags["salmon.base_model_digest"].startswith("sha256:")
         source = client.get_run(v.tags["salmon.source_run"])
         assert source.data.tags["salmon.stage"] == v.tags["salmon.stage"]

@@ -51,10 +51,11 @@ def _num(x: float | None) -> str:
 
 
 def principle_sets(tags: Mapping[str, str]) -> list[tuple[str, str, str]]:
-    """``(set, digest, prompt-registry URI)`` from ``salmon.principles.<set>.digest|uri`` tags."""
-    names = sorted({k.split(".")[2] for k in tags if k.startswith("salmon.principles.") and k.count(".") >= 3})
-    return [(n, tags.get(f"salmon.principles.{n}.digest", ""), tags.get(f"salmon.principles.{n}.uri", ""))
-            for n in names]
+    """``(set, digest, prompt-registry URI)`` from ``salmon.principles.<set>.digest|uri`` tags
+    (a set may be a file name with dots in it, e.g. ``data/identity.yaml``)."""
+    prefix = "salmon.principles."
+    names = sorted(k[len(prefix):-len(".digest")] for k in tags if k.startswith(prefix) and k.endswith(".digest"))
+    return [(n, tags[f"{prefix}{n}.digest"], tags.get(f"{prefix}{n}.uri", "")) for n in names]
 
 
 def model_card(*, name: str, version: str, stage: str, kfp_run_id: str, git_sha: str, base_source: str,
