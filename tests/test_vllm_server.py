@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -258,3 +259,111 @@ def test_a_greedy_turn_through_vllm_ends_at_eos_like_hf(smollm2_server: str, smo
     assert local.stopped and local.ids[-1] == tok.eos_token_id and len(local.ids) < 64
     assert choice["finish_reason"] == "stop" and answer["usage"]["completion_tokens"] == len(local.ids)
     assert choice["text"] == local.text
+
+
+# ------------------------------------------------------------------ PPO rollouts from the server
+
+
+@pytest.fixture(scope="module")
+def lora_server(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """vLLM on the tiny nano model with runtime LoRA loading, log-probs after temperature."""
+    log = tmp_path_factory.mktemp("vllm-lora") / "vllm-server.log"
+    try:
+        with local_vllm_server(tiny_model, log, served_name="nano", key_env=KEY_ENV,
+                               extra_args=["--enable-lora", "--max-lora-rank", "8", "--max-loras", "2",
+                                           "--logprobs-mode", "processed_logprobs"],
+                               extra_env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}) as (url, startup):
+            _note(f"LoRA server answered /health after {startup:.1f} s")
+            yield url
+    finally:
+        _note(f"server stopped; log tail:\n{log.read_text(errors='replace')[-1500:]}")
+
+
+@pytest.fixture(scope="module")
+def ppo_on_server(lora_server: str, tiny_model: str, tiny_rm: str,
+                  tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A nano PPO run (4 steps) whose rollouts come from the server: killed by SIGKILL once its
+    first checkpoint exists, then rerun to the end."""
+    import signal
+    import subprocess
+
+    from salmon.core.config import PPOConfig, build_config
+    from salmon.stages import ppo
+
+    root = tmp_path_factory.mktemp("ppo-openai")
+    write_jsonl(root / "prompts.jsonl", make_prompts(16, seed=11))
+    cfg = build_config(PPOConfig, stage="ppo", values=dict(
+        prompts=str(root / "prompts.jsonl"), policy_model=tiny_model, reward_model=tiny_rm,
+        output_dir=str(root / "run"),
+        role_layout="separate", rl_principles="nano", interventions="interventions", principles_per_rollout=2,
+        system_prompt="### User", rollout_batch_size=4, step_batch_size=2, forward_batch_size=4, total_epochs=1.0,
+        query_len=48, response_len=12, rm_max_length=384, learning_rate=5e-3, warmup_steps=1, lora_r=4,
+        save_every=1, seed=3, rollout_backend="openai", endpoint=lora_server, api_key_env=KEY_ENV, concurrency=4))
+    config_file = root / "ppo.json"
+    config_file.write_text(cfg.model_dump_json())
+    proc = subprocess.Popen([sys.executable, "-m", "salmon.stages.ppo", "--config", str(config_file)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = root / "run" / "checkpoints" / "step-00000001" / "state.json"
+    deadline = time.monotonic() + 300
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first.exists() and proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (root / "run" / "policy").exists()
+    result = ppo.run(cfg)
+    return {"cfg": cfg, "result": result, "root": root}
+
+
+def test_ppo_with_rollouts_from_the_server_resumes_after_a_kill_and_finishes(ppo_on_server: dict[str, Any]) -> None:
+    from salmon.sampling.openai_client import OpenAIClient
+
+    result, root = ppo_on_server["result"], ppo_on_server["root"]
+    assert result.metrics["finished"] and result.metrics["steps_done"] == 4
+    log = [json.loads(x) for x in (root / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3, 4]
+    gaps = [e["server_logprob_gap"] for e in log]
+    _note(f"server log-prob gap per step: {gaps}")
+    assert max(gaps) < 1e-3, "the server's log-probs (after temperature) are the trainer's, up to kernels"
+    assert log[-1]["kl"] > 0, "the policy moved: later steps sampled from updated adapters"
+    served = [m.id for m in OpenAIClient(ppo_on_server["cfg"].endpoint, api_key_env=KEY_ENV).models()]
+    assert served == ["nano"], f"every step's adapter was unloaded after use: {served}"
+    left = sorted(p.name for p in (root / "run" / "served_policy").iterdir())
+    assert len(left) == 1 and left[0].endswith("-step-3"), left
+
+
+def test_served_adapters_answer_like_the_trainer_and_never_stale(
+        ppo_on_server: dict[str, Any], lora_server: str, tiny_model: str, tmp_path: Path) -> None:
+    """Greedy rollouts from the server after each publish equal greedy generation by the trainer
+    with the same adapter; after the next publish the server answers with the new adapter."""
+    import torch
+    from peft import PeftModel
+
+    from salmon.modeling import generation_end_ids, load_causal_lm, load_tokenizer
+    from salmon.ppo.served import ServedPolicy, generate_on_server
+    from salmon.sampling.openai_client import OpenAIClient
+    from salmon.turns import PolicyTurns
+
+    trained = Path(ppo_on_server["result"].outputs["policy"])
+    tok = load_tokenizer(tiny_model)
+    turns = PolicyTurns(tok, "dromedary", system_prompt="### User", end_ids=generation_end_ids(tiny_model))
+    queries = [turns.query_ids(p.full_instruction()) for p in make_prompts(6, seed=21)]
+    policy = PeftModel.from_pretrained(load_causal_lm(tiny_model, device=torch.device("cpu")), str(trained))
+    shifted = PeftModel.from_pretrained(load_causal_lm(tiny_model, device=torch.device("cpu")), str(trained))
+    with torch.no_grad():  # a clearly different policy: the same adapter with its B matrices moved
+        for n, p in shifted.named_parameters():
+            if "lora_B" in n:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(5)) * 0.2)
+    served = ServedPolicy(OpenAIClient(lora_server, api_key_env=KEY_ENV, concurrency=3), tmp_path / "served",
+                          None, run_key=str(tmp_path))
+    answers = {}
+    for step, model in enumerate([policy, shifted, policy]):
+        name = served.publish(step, model.save_pretrained)
+        remote, _ = generate_on_server(served.client, name, turns, queries, max_new_tokens=16, temperature=0.0,
+                                       top_p=1.0, seeds=[0] * len(queries))
+        local = turns.generate(model, queries, temperature=0, top_p=1, max_new_tokens=16, batch_size=3)
+        assert [t.ids for t in remote] == [t.ids for t in local], f"step {step}"
+        answers[step] = [t.ids for t in remote]
+    served.close()
+    assert answers[0] != answers[1], "the two adapters answer differently, so a stale one would show"
+    assert answers[2] == answers[0]

@@ -100,24 +100,29 @@ class _DeepSpeedSettings(_Config):
         return self
 
 
-class _ServerClient(_Config):
-    """Fields of the ``openai`` backend shared by ``sample`` and ``label``."""
+class _ServerConnection(_Config):
+    """How a stage reaches an OpenAI-compatible server (its ``openai`` backend)."""
 
     endpoint: str | None = Field(
         default=None, description="openai backend: base URL of an OpenAI-compatible server, e.g. http://vllm:8000/v1.")
     api_key_env: str = Field(
         default="SALMON_SAMPLER_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="openai backend: NAME of the environment variable holding the API key (no key sent if unset).")
-    served_model: str | None = Field(
-        default=None,
-        description="openai backend: model name to request; default: the first listed by /v1/models, or the one "
-                    "LoRA adapter listed when adapter is set.")
     concurrency: int = Field(default=8, ge=1, description="openai backend: requests in flight at once.")
     request_timeout_s: float = Field(default=300.0, gt=0, description="openai backend: timeout of one request.")
     max_retries: int = Field(
         default=5, ge=0, description="openai backend: retries of a request after connection errors, 429 or 5xx.")
     ready_timeout_s: float = Field(
         default=600.0, ge=0, description="openai backend: how long to wait for /v1/models to list a model.")
+
+
+class _ServerClient(_ServerConnection):
+    """Fields of the ``openai`` backend shared by ``sample`` and ``label``."""
+
+    served_model: str | None = Field(
+        default=None,
+        description="openai backend: model name to request; default: the first listed by /v1/models, or the one "
+                    "LoRA adapter listed when adapter is set.")
 
 
 class SampleConfig(_ServerClient, _PolicyPrompt):
@@ -349,7 +354,7 @@ class EvalRMConfig(_Config):
     min_flip_rate: float | None = Field(default=None, ge=0, le=1, description="Fail (exit 1) below this flip rate.")
 
 
-class PPOConfig(_DeepSpeedSettings, _PolicyPrompt):
+class PPOConfig(_DeepSpeedSettings, _PolicyPrompt, _ServerConnection):
     """``ppo``: RL against the principle-following reward model (method §4). Defaults: the method."""
 
     prompts: str = Field(json_schema_extra=INPUT, description="PromptRecord JSONL to roll out on.")
@@ -402,6 +407,17 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt):
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     temperature: float = Field(default=0.7, gt=0, description="Sampling temperature; log-probs use it too.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    rollout_backend: Literal["hf", "openai"] = Field(
+        default="hf",
+        description="hf: rollouts generated in the training process; openai: by the vLLM server at endpoint, which "
+                    "loads the policy's LoRA adapter before every step (needs --enable-lora and "
+                    "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True). The trainer recomputes every log-prob either way.")
+    served_adapter_dir: str | None = Field(
+        default=None,
+        description="openai rollouts: folder where each step's policy adapter is written for the server to read (a "
+                    "volume both mount); default: output_dir/served_policy.")
+    served_adapter_dir_on_server: str | None = Field(
+        default=None, description="openai rollouts: the same folder as the server sees it; default: the same path.")
     query_len: int = Field(default=256, ge=1, description="Longest templated query; longer prompts are dropped.")
     response_len: int = Field(default=1024, ge=1, description="Most new tokens per rollout.")
     rm_max_length: int = Field(
@@ -440,6 +456,13 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt):
                     "schedule still spans the whole run.")
     seed: int = Field(default=42, description="Seed of sampling, principle draws and data order.")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
+
+    @model_validator(mode="after")
+    def _server_rollouts_need_an_endpoint(self) -> Self:
+        if self.rollout_backend == "openai" and not self.endpoint:
+            raise ValueError("rollout_backend=openai samples from a vLLM server: set endpoint=<base URL>, e.g. "
+                             "endpoint=http://vllm:8000/v1 (or rollout_backend=hf)")
+        return self
 
     @model_validator(mode="after")
     def _quantize_needs_the_shared_base(self) -> Self:

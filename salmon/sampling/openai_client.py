@@ -245,7 +245,7 @@ class OpenAIClient:
 
     # -- one HTTP exchange ---------------------------------------------------------------------
 
-    def _once(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+    def _once(self, method: str, path: str, body: dict[str, Any] | None, as_text: bool = False) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Accept": "application/json"}
         if data is not None:
@@ -263,6 +263,8 @@ class OpenAIClient:
             if status in RETRY_STATUSES:
                 raise _Retryable(f"HTTP {status}: {text}", status, _retry_after(answer_headers)) from None
             raise self._refusal(status, text, path) from None
+        if as_text:
+            return raw.decode("utf-8", errors="replace")
         try:
             return json.loads(raw)
         except ValueError:
@@ -284,8 +286,9 @@ class OpenAIClient:
                              "check the settings against the server's limits (--max-model-len, --max-logprobs)",
                              status)
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One API call with retries; returns the decoded JSON answer.
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, as_text: bool = False) -> Any:
+        """One API call with retries; returns the decoded JSON answer (``as_text``: the answer's
+        text, for vLLM's admin endpoints that answer in plain text).
 
         Raises:
             EndpointError: on a 4xx other than 408/429, or when every attempt failed.
@@ -293,7 +296,7 @@ class OpenAIClient:
         last: _Retryable | None = None
         for attempt in range(self.max_retries + 1):
             try:
-                return self._once(method, path, body)
+                return self._once(method, path, body, as_text)
             except _Retryable as e:
                 last = e
                 if attempt == self.max_retries:
@@ -353,6 +356,29 @@ class OpenAIClient:
                                     "check that the server is running and has loaded its model, or raise "
                                     "ready_timeout_s")
             self.sleep(min(poll_s, max(0.0, deadline - time.monotonic())) or 0.01)
+
+    def load_lora(self, name: str, path: str, in_place: bool = False) -> None:
+        """Load the LoRA adapter folder ``path`` (as the server sees it) under the served name
+        ``name`` (vLLM's runtime LoRA API: the server runs with ``--enable-lora`` and
+        ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``). ``in_place``: replace the weights of an
+        adapter already served under ``name``. Without it, a retry whose first attempt went
+        through finds the name loaded, which counts as loaded."""
+        body: dict[str, Any] = {"lora_name": name, "lora_path": path}
+        if in_place:
+            body["load_inplace"] = True
+        try:
+            self.request("POST", "/load_lora_adapter", body, as_text=True)
+        except EndpointError as e:
+            if in_place or not (e.status == 400 and "already been loaded" in str(e)):
+                raise
+
+    def unload_lora(self, name: str) -> None:
+        """Unload the LoRA adapter served as ``name``; one the server does not have is not an error."""
+        try:
+            self.request("POST", "/unload_lora_adapter", {"lora_name": name}, as_text=True)
+        except EndpointError as e:
+            if e.status not in (400, 404):
+                raise
 
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """One ``/completions`` call (with retries); the answer's ``choices`` are sorted by index."""

@@ -421,6 +421,37 @@ def wrap_roles(roles: Any, ctx: Any, opt: Any, cfg: PPOConfig) -> None:
         roles.use("policy")
 
 
+def served_policy(cfg: PPOConfig, ctx: Any) -> Any:
+    """The :class:`salmon.ppo.served.ServedPolicy` of ``rollout_backend=openai``, once the server
+    lists its models."""
+    from salmon.ppo.served import ServedPolicy
+    from salmon.sampling.openai_client import OpenAIClient
+
+    assert cfg.endpoint is not None  # the config's validator
+    client = OpenAIClient(cfg.endpoint, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+                          timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries)
+    models = client.wait_ready(cfg.ready_timeout_s)
+    ctx.log(STAGE, f"rollouts from {client.endpoint} (serving {', '.join(m.id for m in models)}); the policy "
+                   "adapter is loaded there before every step")
+    write_dir = Path(cfg.served_adapter_dir or Path(cfg.output_dir) / "served_policy")
+    return ServedPolicy(client, write_dir, cfg.served_adapter_dir_on_server,
+                        run_key=str(Path(cfg.output_dir).resolve()))
+
+
+def served_rollouts(served: Any, roles: Any, ctx: Any, trainable: dict[str, Any], turns: Any, q_ids: list[list[int]],
+                    cfg: PPOConfig, step: int, offset: int) -> tuple[list[Any], list[list[float]]]:
+    """This step's rollouts from the server: rank 0 publishes the policy adapter as it is now
+    (ZeRO-3 gathers it first), every rank waits for it, then asks for its own queries, seeded by
+    (seed, step, rollout index across ranks)."""
+    from salmon.ppo.served import generate_on_server, rollout_seed
+
+    with ctx.gathered(list(trainable.values())):
+        ctx.on_main(lambda: served.publish(step, roles.save_policy))  # the other ranks wait at its barrier
+    seeds = [rollout_seed(cfg.seed, step, offset + i) for i in range(len(q_ids))]
+    return generate_on_server(served.client, served.name(step), turns, q_ids, max_new_tokens=cfg.response_len,
+                              temperature=cfg.temperature, top_p=cfg.top_p, seeds=seeds)
+
+
 def run(cfg: PPOConfig) -> StageResult:
     from salmon.distributed import session
 
@@ -501,6 +532,7 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
                        f"{first + 1}..{last}, {cfg.step_batch_size // ctx.world_size} per optimizer step",
                 every_rank=True)
 
+    served = served_policy(cfg, ctx) if cfg.rollout_backend == "openai" else None
     micro = micro_batch(cfg, ctx.world_size)
     memory = PeakMemory(device)
     resources_path = out_dir / "resources.jsonl"
@@ -517,8 +549,13 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
         q_ids = [queries[i] for i in mine for _ in range(group)]
         t_step = time.monotonic()
         memory.start()
-        sampled = turns.generate(roles.sampler, q_ids, temperature=cfg.temperature, top_p=cfg.top_p,
-                                 max_new_tokens=cfg.response_len, batch_size=cfg.forward_batch_size)
+        server_logps: list[list[float]] | None = None
+        if served is not None:  # the server loads this step's adapter; every rank then asks it
+            sampled, server_logps = served_rollouts(served, roles, ctx, trainable, turns, q_ids, cfg, step,
+                                                    offset=ctx.rank * len(q_ids))
+        else:
+            sampled = turns.generate(roles.sampler, q_ids, temperature=cfg.temperature, top_p=cfg.top_p,
+                                     max_new_tokens=cfg.response_len, batch_size=cfg.forward_batch_size)
         texts = [t.text for t in sampled]
         stops = torch.tensor([t.stopped for t in sampled], device=device)
         r_ids = [t.ids[: cfg.response_len] for t in sampled]
@@ -594,6 +631,12 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
         }
         if vlosses:
             entry["value_loss"] = round(stats[7], 5)
+        if server_logps is not None:  # how far the server's log-probs are from the trainer's (health)
+            from salmon.ppo.served import logprob_gap
+
+            gap = logprob_gap([_floats(logp_old[i, :len(r)]) for i, r in enumerate(r_ids)], server_logps)
+            if gap is not None:
+                entry["server_logprob_gap"] = round(gap, 5)
         seconds = {"rollout": round(t_sampled - t_step, 2), "scoring": round(t_scored - t_sampled, 2),
                    "update": round(time.monotonic() - t_scored, 2)}
         used = {"step": done, "seconds": seconds, "peak_memory_mib": memory.peak_mib()}  # this rank's
@@ -634,6 +677,8 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
             if done % cfg.save_every == 0 or done == last:
                 _save_checkpoint(ckpt_dir, done, trainable, opt, sched, rng)
 
+    if served is not None:
+        ctx.on_main(served.close)
     finished = (history[-1]["step"] if history else first) >= total
     policy_dir = out_dir / "policy"
     if finished:
