@@ -367,3 +367,22 @@ def test_served_adapters_answer_like_the_trainer_and_never_stale(
     served.close()
     assert answers[0] != answers[1], "the two adapters answer differently, so a stale one would show"
     assert answers[2] == answers[0]
+
+
+def test_eval_policy_with_answers_from_the_server_matches_local_generation(
+        ppo_on_server: dict[str, Any], lora_server: str, tiny_model: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Greedy, both sides (the PPO policy adapter, loaded at run time, and the served base) answer
+    as local generation does, so the evaluation's figures are the same."""
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, make_prompts(6, seed=21))
+    common = ["eval_policy", f"prompts={prompts}", f"base_model={tiny_model}", "principle_sets=[]",
+              f"policy_adapter={ppo_on_server['result'].outputs['policy']}", "temperature=0", "max_new_tokens=16",
+              "system_prompt=### User", "splits=[train,heldout]", "device=cpu"]
+    local = _stage([*common, f"output_dir={tmp_path / 'hf'}"], capsys)
+    remote = _stage([*common, f"output_dir={tmp_path / 'vllm'}", "rollout_backend=openai",
+                     f"endpoint={lora_server}", f"api_key_env={KEY_ENV}"], capsys)
+    assert (tmp_path / "vllm" / "responses.jsonl").read_text() == (tmp_path / "hf" / "responses.jsonl").read_text()
+    assert remote["kl_to_baseline"] == local["kl_to_baseline"]
+    copied = list((tmp_path / "vllm" / "served_policy").iterdir())  # the adapter went to the server
+    assert len(copied) == 1 and not (tmp_path / "hf" / "served_policy").exists()

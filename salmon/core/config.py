@@ -116,6 +116,30 @@ class _ServerConnection(_Config):
         default=600.0, ge=0, description="openai backend: how long to wait for /v1/models to list a model.")
 
 
+class _ServerRollouts(_ServerConnection):
+    """Generation by a vLLM server that loads the policy's LoRA adapters at run time (``ppo``,
+    ``eval_policy``): the adapters are written where the server can read them."""
+
+    rollout_backend: Literal["hf", "openai"] = Field(
+        default="hf",
+        description="hf: generation in this process; openai: by the vLLM server at endpoint, which loads the "
+                    "policy's LoRA adapter at run time (ppo: before every step; needs --enable-lora and "
+                    "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True). Log-probs are always computed here.")
+    served_adapter_dir: str | None = Field(
+        default=None,
+        description="openai rollouts: folder where adapters are written for the server to read (a volume both "
+                    "mount); default: output_dir/served_policy.")
+    served_adapter_dir_on_server: str | None = Field(
+        default=None, description="openai rollouts: the same folder as the server sees it; default: the same path.")
+
+    @model_validator(mode="after")
+    def _server_rollouts_need_an_endpoint(self) -> Self:
+        if self.rollout_backend == "openai" and not self.endpoint:
+            raise ValueError("rollout_backend=openai generates on a vLLM server: set endpoint=<base URL>, e.g. "
+                             "endpoint=http://vllm:8000/v1 (or rollout_backend=hf)")
+        return self
+
+
 class _ServerClient(_ServerConnection):
     """Fields of the ``openai`` backend shared by ``sample`` and ``label``."""
 
@@ -354,7 +378,7 @@ class EvalRMConfig(_Config):
     min_flip_rate: float | None = Field(default=None, ge=0, le=1, description="Fail (exit 1) below this flip rate.")
 
 
-class PPOConfig(_DeepSpeedSettings, _PolicyPrompt, _ServerConnection):
+class PPOConfig(_DeepSpeedSettings, _PolicyPrompt, _ServerRollouts):
     """``ppo``: RL against the principle-following reward model (method §4). Defaults: the method."""
 
     prompts: str = Field(json_schema_extra=INPUT, description="PromptRecord JSONL to roll out on.")
@@ -407,17 +431,6 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt, _ServerConnection):
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     temperature: float = Field(default=0.7, gt=0, description="Sampling temperature; log-probs use it too.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
-    rollout_backend: Literal["hf", "openai"] = Field(
-        default="hf",
-        description="hf: rollouts generated in the training process; openai: by the vLLM server at endpoint, which "
-                    "loads the policy's LoRA adapter before every step (needs --enable-lora and "
-                    "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True). The trainer recomputes every log-prob either way.")
-    served_adapter_dir: str | None = Field(
-        default=None,
-        description="openai rollouts: folder where each step's policy adapter is written for the server to read (a "
-                    "volume both mount); default: output_dir/served_policy.")
-    served_adapter_dir_on_server: str | None = Field(
-        default=None, description="openai rollouts: the same folder as the server sees it; default: the same path.")
     query_len: int = Field(default=256, ge=1, description="Longest templated query; longer prompts are dropped.")
     response_len: int = Field(default=1024, ge=1, description="Most new tokens per rollout.")
     rm_max_length: int = Field(
@@ -456,13 +469,6 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt, _ServerConnection):
                     "schedule still spans the whole run.")
     seed: int = Field(default=42, description="Seed of sampling, principle draws and data order.")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
-
-    @model_validator(mode="after")
-    def _server_rollouts_need_an_endpoint(self) -> Self:
-        if self.rollout_backend == "openai" and not self.endpoint:
-            raise ValueError("rollout_backend=openai samples from a vLLM server: set endpoint=<base URL>, e.g. "
-                             "endpoint=http://vllm:8000/v1 (or rollout_backend=hf)")
-        return self
 
     @model_validator(mode="after")
     def _quantize_needs_the_shared_base(self) -> Self:
@@ -667,7 +673,7 @@ class SFTConfig(_DeepSpeedSettings):
     dtype: DType = Field(default="float32", description="Base weights dtype.")
 
 
-class EvalPolicyConfig(_PolicyPrompt):
+class EvalPolicyConfig(_PolicyPrompt, _ServerRollouts):
     """``eval_policy``: a policy against a baseline (the SFT model) on held-out prompts."""
 
     prompts: str = Field(json_schema_extra=INPUT, description="PromptRecord JSONL to evaluate on.")

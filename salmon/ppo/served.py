@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,28 @@ def generate_on_server(client: Any, model: str, turns: Any, queries: Sequence[Se
         out.append(turn)
         logps.append(values[: len(turn.ids)])
     return out, logps
+
+
+def base_name(models: Sequence[Any]) -> str:
+    """The served name of the base model among ``/v1/models`` entries (the first without a parent)."""
+    return next(m.id for m in models if not m.parent or m.parent == m.id)
+
+
+@contextmanager
+def adapter_on_server(client: Any, adapter: str, write_dir: Path, server_dir: str | None) -> Iterator[str]:
+    """An adapter folder served for the length of the block: copied into ``write_dir`` (which
+    the server reads as ``server_dir``), loaded under a name from its content digest, unloaded
+    at the end. Yields the served name."""
+    from salmon.core.digest import digest_dir
+    from salmon.core.io import atomic_dir
+
+    name = "salmon-adapter-" + digest_dir(adapter).removeprefix("sha256:")[:12]
+    folder = Path(write_dir) / name
+    if not folder.is_dir():
+        with atomic_dir(folder) as tmp:
+            shutil.copytree(adapter, tmp, dirs_exist_ok=True)
+    client.load_lora(name, f"{(server_dir or str(write_dir)).rstrip('/')}/{name}", in_place=True)
+    try:
+        yield name
+    finally:
+        client.unload_lora(name)
