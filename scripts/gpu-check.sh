@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check: the `gpu` test tier (bf16 and QLoRA SFT on SmolLM2) and the real world on the GPU
-# at a larger size, in at most 8 minutes on one H100. Figures go to one JSON file:
+# The GPU check: the `gpu` test tier (bf16 and QLoRA SFT on SmolLM2), the real world on the GPU
+# at a larger size, and, where a CUDA build of vLLM is at $SALMON_VLLM_PYTHON, PPO rollouts from a
+# vLLM server with the LoRA adapter hot-loaded against rollouts in the trainer; at most 12 minutes
+# on one H100. Figures go to one JSON file:
 #
 #   bash scripts/gpu-check.sh [OUT_DIR]        # default $OUT or out/gpu-check
 #
@@ -27,10 +29,21 @@ timeout 330 "$py" -m salmon demo --base smollm2 --out "$out/demo" --no-cache nan
     eval_limit=100 'stage_overrides={"train_rm": {"lora_layers": null}}' 2>&1 | tee "$out/demo.log" | grep -E '^\s*\[|SALMON pipeline|^[a-z_/:]+ +[-0-9.]+$' || true
 demo=${PIPESTATUS[0]}
 
-"$py" - "$out" "$tier" "$demo" "$start" <<'PY'
+# 3. PPO rollouts: vLLM on the GPU with the policy adapter loaded every step vs HF generate in the
+#    trainer (goals: >= 3x the rollout phase, >= 1.5x the step). Needs a CUDA vLLM build.
+rollouts=skipped
+if [ -n "${SALMON_VLLM_PYTHON:-}" ] && [ -x "$SALMON_VLLM_PYTHON" ]; then
+    timeout 240 "$py" -m salmon bench ppo_rollouts --json "$out/ppo_rollouts.json" 2>&1 | tee "$out/ppo_rollouts.log"
+    rollouts=${PIPESTATUS[0]}
+else
+    echo "ppo_rollouts: skipped (no CUDA vLLM build at \$SALMON_VLLM_PYTHON)" | tee "$out/ppo_rollouts.log"
+fi
+
+"$py" - "$out" "$tier" "$demo" "$start" "$rollouts" <<'PY'
 import json, sys, time
 from pathlib import Path
 out, tier, demo, start = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rollouts = sys.argv[5]
 summary = out / "demo" / "summary.json"
 figures = {"gpu": (out / "gpu.txt").read_text().strip(), "gpu_tier_exit": tier, "demo_exit": demo,
            "seconds": round(time.time() - start)}
@@ -38,6 +51,9 @@ if summary.is_file():
     s = json.loads(summary.read_text())
     figures.update(headline=s.get("headline"), pipeline_seconds=s.get("seconds"),
                    stage_seconds={k: v["metrics"].get("seconds") for k, v in s.get("stages", {}).items()})
+figures["ppo_rollouts_exit"] = rollouts
+if (out / "ppo_rollouts.json").is_file():
+    figures["ppo_rollouts"] = json.loads((out / "ppo_rollouts.json").read_text())["results"]
 (out / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
 print(json.dumps(figures, indent=2))
 PY

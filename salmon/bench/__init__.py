@@ -15,6 +15,8 @@ BENCHES: dict[str, tuple[str, str]] = {
     "ppo": ("salmon.bench.ppo", "PPO step split; shared-base adapters vs four model copies (memory)"),
     "hardware": ("salmon.bench.hardware", "achieved FLOP/s of RM training and PPO learning vs matmul peak"),
     "sampling": ("salmon.bench.sampling", "sample with hf vs openai on a vLLM server"),
+    "ppo_rollouts": ("salmon.bench.ppo_rollouts", "PPO steps with rollouts in the trainer vs from a vLLM server "
+                     "that hot-loads the policy's LoRA adapter"),
     "stopping": ("salmon.bench.stopping", "SmolLM2 rollouts stopping at the end of their turn vs to the token limit"),
     "selfalign": ("salmon.bench.selfalign", "SmolLM2 self-alignment generation from the shared prefix's cache vs "
                   "whole prompts"),
