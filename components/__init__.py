@@ -25,8 +25,10 @@ from components.stages import (
     serve_sampler,
     sft,
     stop_sampler,
+    stop_sampler_after_rollouts,
     train_rm,
 )
 
 __all__ = ["aggregate", "base_model", "eval_policy", "eval_rm", "label", "plan", "pmp_data", "ppo", "prompts",
-           "register", "sample", "selfalign", "serve_sampler", "sft", "stop_sampler", "train_rm"]
+           "register", "sample", "selfalign", "serve_sampler", "sft", "stop_sampler",
+           "stop_sampler_after_rollouts", "train_rm"]

@@ -13,6 +13,8 @@ INPUT_HELP = {
     "executor": "Where a training stage runs: task (in this step's pod), trainjob or pytorchjob.",
     "backend": "Model backend of the stage: nano, hf or openai (the sampler server).",
     "sampler": "The openai backend's server: none, endpoint or deploy (sampler_endpoint, serve_sampler).",
+    "rollout_backend": "Where ppo and eval_policy generate: hf (in the task or job) or openai (the sampler server, "
+                       "which loads the policy's LoRA adapter at run time).",
     "seed": "Seed of the stage's random choices.",
     "sources": "Comma-separated input sources, local paths or s3:// URIs (pmp_data: FORMAT:URI); '' for none.",
     "nano_prompts": "Nano-world prompts to generate (0: none).",
@@ -90,6 +92,7 @@ def plan(
     s3_secret: str,
     sampler: str,
     sampler_endpoint: str,
+    rollout_backend: str,
     base_model_uri: str,
     prompt_sources: str,
     pmp_sources: str,
@@ -116,7 +119,8 @@ def plan(
               "rl_principles": rl_principles, "selfalign_backend": selfalign_backend,
               "sample_backend": sample_backend, "label_backend": label_backend, "sft_executor": sft_executor,
               "train_rm_executor": train_rm_executor, "ppo_executor": ppo_executor, "sampler": sampler,
-              "sampler_endpoint": sampler_endpoint, "base_model_uri": base_model_uri,
+              "sampler_endpoint": sampler_endpoint, "rollout_backend": rollout_backend,
+              "base_model_uri": base_model_uri,
               "prompt_sources": prompt_sources, "pmp_sources": pmp_sources, "nano_prompts": nano_prompts,
               "nano_pretrain_steps": nano_pretrain_steps, "rl_principle_ids": rl_principle_ids,
               "rm_epochs": rm_epochs, "ppo_steps": ppo_steps, "eval_limit": eval_limit,
@@ -194,12 +198,22 @@ def serve_sampler(mode: str, endpoint: str, api_key_secret: str, run_id: str, gp
 
 
 @_component
-def stop_sampler(mode: str, run_id: str) -> str:
-    """Remove the vLLM server this run deployed once label succeeded or failed. A cancelled run
-    skips this task; the salmon-sweeper CronJob removes the server then (docs/deploy.md)."""
+def stop_sampler(mode: str, run_id: str, rollout_backend: str) -> str:
+    """Remove the vLLM server this run deployed once sample and label succeeded or failed, unless
+    ppo and eval_policy generate on it too (rollout_backend openai). A cancelled run skips this
+    task; the salmon-sweeper CronJob removes the server then (docs/deploy.md)."""
     from salmon.task import stop_sampler_task
 
-    return ", ".join(stop_sampler_task(mode, run_id=run_id))
+    return ", ".join(stop_sampler_task(mode, run_id=run_id, keep=rollout_backend == "openai"))
+
+
+@_component
+def stop_sampler_after_rollouts(mode: str, run_id: str, rollout_backend: str) -> str:
+    """With rollout_backend openai, remove the vLLM server this run deployed once ppo and
+    eval_policy succeeded or failed (with hf, stop_sampler removed it after label)."""
+    from salmon.task import stop_sampler_task
+
+    return ", ".join(stop_sampler_task(mode, run_id=run_id, keep=rollout_backend != "openai"))
 
 
 def _server_values(backend: str, sampler: str) -> dict:
@@ -208,6 +222,20 @@ def _server_values(backend: str, sampler: str) -> dict:
 
     server = json.loads(sampler or "{}")
     return {k: v for k, v in server.items() if k in ("endpoint", "served_model")} if backend == "openai" else {}
+
+
+def _rollout_values(rollout_backend: str, sampler: str) -> dict:
+    """Config values of ppo / eval_policy with rollout_backend=openai: the run's server, and the
+    folder on the model cache where it reads the adapters."""
+    import json
+
+    if rollout_backend != "openai":
+        return {}
+    server = json.loads(sampler or "{}")
+    values = {"rollout_backend": "openai", "endpoint": server.get("endpoint")}
+    if server.get("adapter_dir"):
+        values["served_adapter_dir"] = server["adapter_dir"]
+    return values
 
 
 @_component(additional_funcs=[_server_values])
@@ -287,14 +315,15 @@ def eval_rm(plan: str, reward_model: Input[Model], pairs: Input[Dataset], judgem
 
 
 @_component
-def ppo(plan: str, executor: str, rl_principle_ids: list, total_steps: int, prompts: Input[Dataset],
-        base_model: Input[Model], sft: Input[Model], reward_model: Input[Model], policy: Output[Model],
-        metrics: Output[Metrics], job_manifest: Output[Artifact]) -> str:
+def ppo(plan: str, executor: str, rl_principle_ids: list, total_steps: int, rollout_backend: str, sampler: str,
+        prompts: Input[Dataset], base_model: Input[Model], sft: Input[Model], reward_model: Input[Model],
+        policy: Output[Model], metrics: Output[Metrics], job_manifest: Output[Artifact]) -> str:
     """RL against the reward model, steered by the RL-time principles (in this task, or as a job)."""
     from salmon.task import run_stage_task
 
     values = {"prompts": prompts.path, "policy_model": base_model.path, "policy_adapter": sft.path + "/adapter",
-              "reward_model": reward_model.path + "/model", "output_dir": policy.path}
+              "reward_model": reward_model.path + "/model", "output_dir": policy.path,
+              **_rollout_values(rollout_backend, sampler)}
     if rl_principle_ids:
         values["rl_principle_ids"] = list(rl_principle_ids)
     if total_steps > 0:
@@ -306,15 +335,15 @@ def ppo(plan: str, executor: str, rl_principle_ids: list, total_steps: int, prom
 
 
 @_component
-def eval_policy(plan: str, limit: int, prompts: Input[Dataset], base_model: Input[Model], sft: Input[Model],
-                policy: Input[Model], reward_model: Input[Model], evaluation: Output[Artifact],
-                report: Output[Markdown], metrics: Output[Metrics]) -> str:
+def eval_policy(plan: str, limit: int, rollout_backend: str, sampler: str, prompts: Input[Dataset],
+                base_model: Input[Model], sft: Input[Model], policy: Input[Model], reward_model: Input[Model],
+                evaluation: Output[Artifact], report: Output[Markdown], metrics: Output[Metrics]) -> str:
     """The policy against the SFT policy: rewards, adherence, KL, length, win rate, plots."""
     from salmon.task import publish_report, run_stage_task
 
     values = {"prompts": prompts.path, "base_model": base_model.path, "baseline_adapter": sft.path + "/adapter",
               "policy_adapter": policy.path + "/policy", "reward_model": reward_model.path + "/model",
-              "output_dir": evaluation.path, "policy_label": "ppo"}
+              "output_dir": evaluation.path, "policy_label": "ppo", **_rollout_values(rollout_backend, sampler)}
     if limit > 0:
         values["limit"] = limit
     result = run_stage_task("eval_policy", plan=plan, values=values,

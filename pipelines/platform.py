@@ -30,12 +30,12 @@ GPU_MEMORY_LIMIT = "64Gi"
 TRAINING_STAGES = ("sft", "train_rm", "ppo")
 
 
-LAUNCHERS = (*TRAINING_STAGES, "serve_sampler", "stop_sampler")
+LAUNCHERS = (*TRAINING_STAGES, "serve_sampler", "stop_sampler", "stop_sampler_after_rollouts")
 """Tasks that launch (or remove) pods of their own: training jobs, the vLLM server."""
 LAUNCH_RETRIES = 2
 """Retries of a launcher task after a failure (a lost pod, an API hiccup), 60 s apart, doubling."""
 
-SAMPLER_CLIENTS = ("sample", "label")
+SAMPLER_CLIENTS = ("sample", "label", "ppo", "eval_policy")
 SAMPLER_KEY_ENV = "SALMON_SAMPLER_API_KEY"
 """Where the openai backend of sample and label reads the sampler server's API key."""
 

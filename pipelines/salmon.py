@@ -13,7 +13,7 @@ import components as c
 from pipelines import platform
 
 PIPELINE_NAME = "salmon"
-UNCACHED = ("plan", "serve_sampler", "stop_sampler", "register")
+UNCACHED = ("plan", "serve_sampler", "stop_sampler", "stop_sampler_after_rollouts", "register")
 """Tasks that always run: plan re-reads the principle files; serve_sampler makes sure the server is
 up for this run and stop_sampler removes it; register reflects the registry now."""
 
@@ -36,6 +36,7 @@ def salmon_pipeline(
     sample_backend: str = "nano",
     label_backend: str = "rules",
     sampler: str = "none",
+    rollout_backend: str = "hf",
     sampler_endpoint: str = "",
     sampler_api_key_secret: str = "salmon-vllm-api-key",
     sft_executor: str = "local",
@@ -81,6 +82,7 @@ def salmon_pipeline(
         sample_backend: Generator of the response pairs: hf, nano, or openai (the run's sampler server).
         label_backend: Judge: hf (the model's own logits), openai (the same logits from the sampler server's logprobs) or rules (exact checkers, nano world).
         sampler: Server of the openai backends: none, endpoint (sampler_endpoint) or deploy (a vLLM Deployment serving the base model + SFT adapter for this run, removed when the run ends).
+        rollout_backend: Where ppo and eval_policy generate: hf (in their own task or job) or openai (the sampler server, which loads the policy's LoRA adapter before every PPO step; the server then stays up until eval_policy ends).
         sampler_endpoint: Base URL of an existing OpenAI-compatible server (sampler=endpoint), e.g. http://vllm.salmon.svc:8000/v1.
         sampler_api_key_secret: Name of the Secret (key 'api-key') with the sampler server's API key.
         sft_executor: Where SFT training runs: local (in the task's pod), trainjob (Kubeflow Trainer v2) or pytorchjob (training-operator v1).
@@ -121,7 +123,7 @@ def salmon_pipeline(
                   gpus=gpus,
                   accelerator_type=accelerator_type, model_cache_pvc=model_cache_pvc, mlflow_secret=mlflow_secret,
                   s3_secret=s3_secret, sampler=sampler, sampler_endpoint=sampler_endpoint,
-                  base_model_uri=base_model_uri, prompt_sources=prompt_sources, pmp_sources=pmp_sources,
+                  rollout_backend=rollout_backend, base_model_uri=base_model_uri, prompt_sources=prompt_sources, pmp_sources=pmp_sources,
                   nano_prompts=nano_prompts,
                   nano_pretrain_steps=nano_pretrain_steps, rl_principle_ids=rl_principle_ids, rm_epochs=rm_epochs,
                   ppo_steps=ppo_steps, eval_limit=eval_limit, min_rm_accuracy=min_rm_accuracy,
@@ -153,9 +155,11 @@ def salmon_pipeline(
     eval_rm = c.eval_rm(plan=plans["eval_rm"], reward_model=train_rm.outputs["reward_model"],
                         pairs=sample.outputs["pairs"], judgements=label.outputs["judgements"])
     ppo = c.ppo(plan=plans["ppo"], executor=ppo_executor, rl_principle_ids=rl_principle_ids,
-                total_steps=ppo_steps, prompts=prompts.outputs["prompts"], base_model=model, sft=sft.outputs["sft"],
+                total_steps=ppo_steps, rollout_backend=rollout_backend, sampler=sampler_info,
+                prompts=prompts.outputs["prompts"], base_model=model, sft=sft.outputs["sft"],
                 reward_model=train_rm.outputs["reward_model"])
-    eval_policy = c.eval_policy(plan=plans["eval_policy"], limit=eval_limit, prompts=prompts.outputs["prompts"],
+    eval_policy = c.eval_policy(plan=plans["eval_policy"], limit=eval_limit, rollout_backend=rollout_backend,
+                                sampler=sampler_info, prompts=prompts.outputs["prompts"],
                                 base_model=model, sft=sft.outputs["sft"], policy=ppo.outputs["policy"],
                                 reward_model=train_rm.outputs["reward_model"])
     register = c.register(prompts=prompts.outputs["Output"], selfalign=selfalign.outputs["Output"],
@@ -172,11 +176,17 @@ def salmon_pipeline(
              "serve_sampler": serve, "sample": sample, "label": label, "aggregate": aggregate,
              "pmp_data": pmp, "train_rm": train_rm, "eval_rm": eval_rm, "ppo": ppo, "eval_policy": eval_policy,
              "register": register}
-    # Remove the vLLM server of sampler=deploy once label is done with it, whether sample and
-    # label succeeded or failed (in the other sampler modes the task does nothing).
-    stop = c.stop_sampler(mode=sampler, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).after(serve, sample, label)
+    # Remove the vLLM server of sampler=deploy once its last user is done with it, whether they
+    # succeeded or failed (in the other sampler modes the tasks do nothing): after label, unless
+    # ppo and eval_policy generate on it too (rollout_backend=openai); then after eval_policy.
+    stop = c.stop_sampler(mode=sampler, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                          rollout_backend=rollout_backend).after(serve, sample, label)
     stop.ignore_upstream_failure()
     tasks["stop_sampler"] = stop
+    stop_after = c.stop_sampler_after_rollouts(mode=sampler, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                               rollout_backend=rollout_backend).after(serve, ppo, eval_policy)
+    stop_after.ignore_upstream_failure()
+    tasks["stop_sampler_after_rollouts"] = stop_after
     for name, task in tasks.items():
         task.set_display_name(name)
         task.set_caching_options(name not in UNCACHED)

@@ -564,10 +564,12 @@ SAMPLER_MODES = ("none", "endpoint", "deploy")
 
 def serve_sampler_task(mode: str, *, endpoint: str, base_model: str, adapter: str, run_id: str,
                        cluster: dict[str, Any], api_key_secret: str, api_client: Any = None) -> str:
-    """The OpenAI-compatible server that ``sample`` and ``label`` use with the ``openai`` backend,
-    as JSON ``{"endpoint", "served_model"}``: ``none`` -> ``{}``; ``endpoint`` -> the given URL;
-    ``deploy`` -> a vLLM Deployment + Service serving the base model with the SFT adapter as
-    LoRA ``sft`` (``salmon.cluster.sampler``), removed by :func:`stop_sampler_task` at the end."""
+    """The OpenAI-compatible server that ``sample`` and ``label`` use with the ``openai`` backend
+    (and ``ppo`` / ``eval_policy`` with ``rollout_backend=openai``), as JSON ``{"endpoint",
+    "served_model", "adapter_dir"}``: ``none`` -> ``{}``; ``endpoint`` -> the given URL; ``deploy``
+    -> a vLLM Deployment + Service serving the base model with the SFT adapter as LoRA ``sft``
+    and runtime LoRA loading on (``salmon.cluster.sampler``), removed by
+    :func:`stop_sampler_task`."""
     if mode == "none":
         return "{}"
     if mode == "endpoint":
@@ -587,6 +589,7 @@ def serve_sampler_task(mode: str, *, endpoint: str, base_model: str, adapter: st
         name=name, namespace=settings.resolved_namespace(), model=str(folder / "base"), served_model_name="base",
         model_pvc=settings.pvc, model_mount=settings.mount_path, gpus=settings.gpus,
         gpu_resource=settings.gpu_resource, lora_modules={"sft": str(folder / "sft")},
+        runtime_lora_updates=True,  # ppo / eval_policy with rollout_backend=openai load adapters at run time
         api_key_secret=api_key_secret,
         tolerations=gpu_tolerations(settings.gpus, settings.gpu_resource))
     api = api_client or kube_api_client()
@@ -594,12 +597,18 @@ def serve_sampler_task(mode: str, *, endpoint: str, base_model: str, adapter: st
     if owner:  # deleting the run's Workflow garbage-collects the server too
         spec = spec.model_copy(update={"owner": OwnerRef(**owner)})
     url = deploy_server(spec, api_client=api, run_id=run_id, out=lambda line: log("sampler", line))
-    return json.dumps({"endpoint": url, "served_model": "sft"})
+    # adapters written under adapter_dir (on the model cache, which the server mounts at the same
+    # path) are loaded at run time by rollout_backend=openai
+    return json.dumps({"endpoint": url, "served_model": "sft", "adapter_dir": str(folder / "served")})
 
 
-def stop_sampler_task(mode: str, *, run_id: str, namespace: str = "", api_client: Any = None) -> list[str]:
-    """Exit handler: remove the vLLM server this run deployed (nothing for other modes)."""
-    if mode != "deploy":
+def stop_sampler_task(mode: str, *, run_id: str, namespace: str = "", api_client: Any = None,
+                      keep: bool = False) -> list[str]:
+    """Exit handler: remove the vLLM server this run deployed (nothing for other modes, or when
+    ``keep``: a later stage still needs it)."""
+    if mode != "deploy" or keep:
+        if keep and mode == "deploy":
+            log("sampler", "kept up for the rollouts of ppo and eval_policy (rollout_backend=openai)")
         return []
     from salmon.cluster.executor import ClusterSettings
     from salmon.cluster.launch import kube_api_client
@@ -691,7 +700,10 @@ def validate_pipeline_params(params: dict[str, Any]) -> None:
         raise SalmonInputError("pipeline parameter sampler_endpoint",
                                f"'{params.get('sampler_endpoint', '')}' is not an http(s) URL",
                                "give the server's base URL, e.g. http://vllm.salmon.svc:8000/v1")
-    for key in ("sample_backend", "label_backend"):
+    if params.get("rollout_backend", "hf") not in ("hf", "openai"):
+        raise SalmonInputError(f"pipeline parameter rollout_backend='{params['rollout_backend']}'",
+                               "unknown rollout backend", "use hf or openai")
+    for key in ("sample_backend", "label_backend", "rollout_backend"):
         if params.get(key) == "openai" and sampler == "none":
             raise SalmonInputError(f"pipeline parameter {key}='openai'", "needs a server",
                                    "set sampler=deploy (a vLLM server for this run) or sampler=endpoint "

@@ -484,11 +484,17 @@ def test_serve_and_stop_sampler_tasks_in_deploy_mode(emu: Any, tmp_path: Path) -
     t.join()
     [dep] = apps.list_namespaced_deployment(NS).items
     name = dep.metadata.name
-    assert info == {"endpoint": f"http://{name}.{NS}.svc:8000/v1", "served_model": "sft"}
+    assert info == {"endpoint": f"http://{name}.{NS}.svc:8000/v1", "served_model": "sft",
+                    "adapter_dir": str(tmp_path / "pvc" / "salmon-serve" / name / "served")}
+    env = {e.name: e.value for e in dep.spec.template.spec.containers[0].env}
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True", "ppo can load its adapter at run time"
     args = dep.spec.template.spec.containers[0].args
     assert args[args.index("--lora-modules") + 1] == f"sft={tmp_path / 'pvc' / 'salmon-serve' / name / 'sft'}"
     assert (tmp_path / "pvc" / "salmon-serve" / name / "base" / "config.json").is_file()
     assert stop_sampler_task("endpoint", run_id="run-x") == []
+    # rollout_backend=openai: the task after label leaves the server up for ppo and eval_policy
+    assert stop_sampler_task("deploy", run_id="run-x", namespace=NS, api_client=emu.api_client(), keep=True) == []
+    assert len(apps.list_namespaced_deployment(NS).items) == 1
     assert stop_sampler_task("deploy", run_id="run-x", namespace=NS, api_client=emu.api_client()) == [
         f"deployments/{name}", f"services/{name}"]
     assert apps.list_namespaced_deployment(NS).items == []

@@ -92,14 +92,22 @@ def test_compiled_pipeline_structure() -> None:
     spec, platform = docs[0], docs[1]
     tasks = spec["root"]["dag"]["tasks"]
     stages = ["plan", "base-model", "prompts", "selfalign", "sft", "serve-sampler", "sample", "label", "aggregate",
-              "pmp-data", "train-rm", "eval-rm", "ppo", "eval-policy", "register", "stop-sampler"]
+              "pmp-data", "train-rm", "eval-rm", "ppo", "eval-policy", "register", "stop-sampler",
+              "stop-sampler-after-rollouts"]
     assert sorted(tasks) == sorted(stages)
     for name, task in tasks.items():
         cached = task.get("cachingOptions", {}).get("enableCache", False)
-        assert cached == (name not in ("plan", "serve-sampler", "stop-sampler", "register")), name
+        assert cached == (name not in ("plan", "serve-sampler", "stop-sampler", "stop-sampler-after-rollouts",
+                                       "register")), name
     stop = tasks["stop-sampler"]
     assert stop["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED", "runs even when label failed"
     assert set(stop["dependentTasks"]) == {"serve-sampler", "sample", "label"}
+    # with rollout_backend=openai the server stays up for ppo and eval_policy, removed after them
+    later = tasks["stop-sampler-after-rollouts"]
+    assert later["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert set(later["dependentTasks"]) == {"serve-sampler", "ppo", "eval-policy"}
+    for task in ("ppo", "eval-policy"):
+        assert tasks[task]["inputs"]["parameters"]["sampler"]["taskOutputParameter"]["producerTask"] == "serve-sampler"
     assert tasks["sample"]["inputs"]["parameters"]["sampler"]["taskOutputParameter"]["producerTask"] == "serve-sampler"
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert all(p.get("description") for p in params.values()), "every parameter is documented"
@@ -109,7 +117,8 @@ def test_compiled_pipeline_structure() -> None:
         ex = executors[f"exec-{stage}"]
         assert ex["tolerations"][0]["key"] == "nvidia.com/gpu"
         secrets = {s["secretNameParameter"]["componentInputParameter"] for s in ex["secretAsEnv"]}
-        assert secrets == {"mlflow_secret", "s3_secret"}, "secret names are pipeline parameters"
+        rollouts = {"sampler_api_key_secret"} if stage in ("ppo", "eval-policy") else set()  # rollout_backend openai
+        assert secrets == {"mlflow_secret", "s3_secret"} | rollouts, "secret names are pipeline parameters"
         container = spec["deploymentSpec"]["executors"][f"exec-{stage}"]["container"]
         gpus = container["resources"]["accelerator"]["resourceCount"]
         param = "gpus" if stage == "eval-policy" else "training_task_gpus"
@@ -357,7 +366,7 @@ def test_the_demo_console_names_every_task_and_leaves_kfp_output_to_the_log(pipe
     first = pipeline_runs["first"]
     head = first.console.splitlines()[:60]
     assert not any("executor_input" in line or "\x1b[" in line for line in head), head
-    for task in (*TASKS, "serve-sampler", "stop-sampler"):
+    for task in (*TASKS, "serve-sampler", "stop-sampler", "stop-sampler-after-rollouts"):
         if task in first.cached:
             continue
         assert any(f" {task} started" in line for line in head), (task, head)

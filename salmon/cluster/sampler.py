@@ -7,7 +7,8 @@ tasks stay cacheable. Objects carry the label ``salmon.ai/kfp-run`` of the run t
 Who removes them:
 
 - the pipeline's ``stop_sampler`` task (:func:`delete_servers`), once ``label`` is done, whether
-  ``sample`` and ``label`` succeeded or failed;
+  ``sample`` and ``label`` succeeded or failed (with ``rollout_backend=openai``,
+  ``stop_sampler_after_rollouts`` once ``ppo`` and ``eval_policy`` are done);
 - :func:`deploy_server` itself on SIGTERM while it waits for the server (the run was cancelled
   during ``serve_sampler``);
 - when the run is cancelled after ``serve_sampler`` finished, no task of the run is left to do it
