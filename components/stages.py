@@ -224,20 +224,6 @@ def _server_values(backend: str, sampler: str) -> dict:
     return {k: v for k, v in server.items() if k in ("endpoint", "served_model")} if backend == "openai" else {}
 
 
-def _rollout_values(rollout_backend: str, sampler: str) -> dict:
-    """Config values of ppo / eval_policy with rollout_backend=openai: the run's server, and the
-    folder on the model cache where it reads the adapters."""
-    import json
-
-    if rollout_backend != "openai":
-        return {}
-    server = json.loads(sampler or "{}")
-    values = {"rollout_backend": "openai", "endpoint": server.get("endpoint")}
-    if server.get("adapter_dir"):
-        values["served_adapter_dir"] = server["adapter_dir"]
-    return values
-
-
 @_component(additional_funcs=[_server_values])
 def sample(plan: str, backend: str, sampler: str, seed: int, prompts: Input[Dataset], base_model: Input[Model],
            sft: Input[Model], pairs: Output[Dataset]) -> str:
@@ -319,11 +305,11 @@ def ppo(plan: str, executor: str, rl_principle_ids: list, total_steps: int, roll
         prompts: Input[Dataset], base_model: Input[Model], sft: Input[Model], reward_model: Input[Model],
         policy: Output[Model], metrics: Output[Metrics], job_manifest: Output[Artifact]) -> str:
     """RL against the reward model, steered by the RL-time principles (in this task, or as a job)."""
-    from salmon.task import run_stage_task
+    from salmon.task import rollout_values, run_stage_task
 
     values = {"prompts": prompts.path, "policy_model": base_model.path, "policy_adapter": sft.path + "/adapter",
               "reward_model": reward_model.path + "/model", "output_dir": policy.path,
-              **_rollout_values(rollout_backend, sampler)}
+              **rollout_values(rollout_backend, sampler)}
     if rl_principle_ids:
         values["rl_principle_ids"] = list(rl_principle_ids)
     if total_steps > 0:
@@ -339,11 +325,11 @@ def eval_policy(plan: str, limit: int, rollout_backend: str, sampler: str, promp
                 base_model: Input[Model], sft: Input[Model], policy: Input[Model], reward_model: Input[Model],
                 evaluation: Output[Artifact], report: Output[Markdown], metrics: Output[Metrics]) -> str:
     """The policy against the SFT policy: rewards, adherence, KL, length, win rate, plots."""
-    from salmon.task import publish_report, run_stage_task
+    from salmon.task import publish_report, rollout_values, run_stage_task
 
     values = {"prompts": prompts.path, "base_model": base_model.path, "baseline_adapter": sft.path + "/adapter",
               "policy_adapter": policy.path + "/policy", "reward_model": reward_model.path + "/model",
-              "output_dir": evaluation.path, "policy_label": "ppo", **_rollout_values(rollout_backend, sampler)}
+              "output_dir": evaluation.path, "policy_label": "ppo", **rollout_values(rollout_backend, sampler)}
     if limit > 0:
         values["limit"] = limit
     result = run_stage_task("eval_policy", plan=plan, values=values,

@@ -602,6 +602,19 @@ def serve_sampler_task(mode: str, *, endpoint: str, base_model: str, adapter: st
     return json.dumps({"endpoint": url, "served_model": "sft", "adapter_dir": str(folder / "served")})
 
 
+def rollout_values(rollout_backend: str, sampler: str) -> dict[str, Any]:
+    """Config values of ``ppo`` / ``eval_policy`` for the pipeline's ``rollout_backend``: with
+    ``openai``, the run's server (``sampler``: :func:`serve_sampler_task`'s JSON) and the folder
+    on the model cache where it reads the adapters; nothing with ``hf``."""
+    if rollout_backend != "openai":
+        return {}
+    server = json.loads(sampler or "{}")
+    values: dict[str, Any] = {"rollout_backend": "openai", "endpoint": server.get("endpoint")}
+    if server.get("adapter_dir"):
+        values["served_adapter_dir"] = server["adapter_dir"]
+    return values
+
+
 def stop_sampler_task(mode: str, *, run_id: str, namespace: str = "", api_client: Any = None,
                       keep: bool = False) -> list[str]:
     """Exit handler: remove the vLLM server this run deployed (nothing for other modes, or when

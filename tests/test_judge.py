@@ -11,11 +11,13 @@ from salmon.nano.world import make_pairs, make_prompts
 torch = pytest.importorskip("torch")
 
 
-def test_prefix_reuse_equals_plain_forward(tiny_model: str) -> None:
-    from salmon.judge.hf import HFJudge
+@pytest.mark.parametrize("groups", [1, 3])
+def test_prefix_reuse_equals_plain_forward(tiny_model: str, groups: int) -> None:
+    from salmon.judge.hf import HFJudge, length_groups
     from salmon.modeling import load_causal_lm, load_tokenizer
 
-    judge = HFJudge(load_causal_lm(tiny_model, device=torch.device("cpu")), load_tokenizer(tiny_model))
+    judge = HFJudge(load_causal_lm(tiny_model, device=torch.device("cpu")), load_tokenizer(tiny_model),
+                    principle_groups=groups)
     pairs = make_pairs(make_prompts(6, seed=11), seed=12)  # different lengths: padding between segments
     principles = load_principle_set("nano").principles
     fast, fast_stats = judge.judge(pairs, principles, reuse_prefix=True)
@@ -28,8 +30,32 @@ def test_prefix_reuse_equals_plain_forward(tiny_model: str) -> None:
         assert a.label == b.label or abs(a.delta_12) < 1e-4 or abs(a.delta_21) < 1e-4
     # the deltas are not all equal: the check would catch a judge that ignores its input
     assert len({round(j.delta_12, 5) for j in fast}) > 10
-    assert fast_stats.forward_calls == 3 and slow_stats.forward_calls == 6
+    used = len(length_groups([len(judge.principle_tokens(p)) for p in principles], groups))
+    assert used == groups, "the nano principles differ in length: each group is its own call"
+    assert fast_stats.forward_calls == 2 + used and slow_stats.forward_calls == 6
     assert fast_stats.tokens_processed < slow_stats.tokens_processed
+
+
+def test_principle_groups_pad_less_and_the_grouping_is_optimal() -> None:
+    from itertools import combinations
+
+    from salmon.judge.hf import length_groups
+
+    lengths = [10, 90, 12, 88, 50]
+    # by hand: {10, 12} padded to 12 (24 slots) and {50, 88, 90} to 90 (270): 294 < 5 x 90 = 450
+    assert length_groups(lengths, 2) == [[0, 2], [4, 3, 1]]
+    assert length_groups(lengths, 1) == [[0, 2, 4, 3, 1]]
+    assert length_groups(lengths, 9) == [[0], [2], [4], [3], [1]]
+    assert length_groups([], 4) == [] and length_groups([7, 7, 7], 3) == [[0, 1, 2]], "no gain, one call"
+
+    def slots(groups: list[list[int]]) -> int:
+        return sum(len(g) * max(lengths[i] for i in g) for g in groups)
+
+    # exhaustive check over every split of the sorted lengths into at most 3 runs
+    order = sorted(range(5), key=lambda i: lengths[i])
+    best = min(slots([order[a:b] for a, b in zip((0, *cuts), (*cuts, 5), strict=True)])
+               for k in range(3) for cuts in combinations(range(1, 5), k))
+    assert slots(length_groups(lengths, 3)) == best == 24 + 50 + 180
 
 
 def test_truncation_keeps_the_principle_segment(tiny_model: str) -> None:

@@ -106,3 +106,18 @@ def test_server_rollouts_need_an_endpoint(tmp_path: Path) -> None:
         build_config(PPOConfig, stage="ppo", values=values)
     cfg = build_config(PPOConfig, stage="ppo", values={**values, "endpoint": "http://vllm:8000/v1"})
     assert cfg.rollout_backend == "openai" and cfg.served_adapter_dir is None
+
+
+def test_the_pipeline_points_ppo_and_eval_policy_at_the_runs_server() -> None:
+    import json
+
+    from salmon.task import rollout_values
+
+    server = json.dumps({"endpoint": "http://vllm-x.ns.svc:8000/v1", "served_model": "sft",
+                         "adapter_dir": "/mnt/models/salmon-serve/vllm-x/served"})
+    assert rollout_values("hf", server) == {}
+    assert rollout_values("openai", server) == {"rollout_backend": "openai", "endpoint": "http://vllm-x.ns.svc:8000/v1",
+                                                "served_adapter_dir": "/mnt/models/salmon-serve/vllm-x/served"}
+    # sampler=endpoint: the server reads the adapters where the task writes them (a shared volume)
+    assert rollout_values("openai", json.dumps({"endpoint": "http://e/v1"})) == {
+        "rollout_backend": "openai", "endpoint": "http://e/v1"}

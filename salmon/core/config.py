@@ -211,6 +211,11 @@ class LabelConfig(_ServerClient):
     max_length: int = Field(default=1536, ge=16, description="Longest judge prompt in tokens.")
     reuse_prefix: bool = Field(
         default=True, description="Share the KV cache of the instruction and outputs across principles and orders.")
+    principle_groups: int = Field(
+        default=4, ge=1,
+        description="hf with reuse_prefix: the principle segments of a batch run in at most this many forward calls "
+                    "of principles of similar length, each padded only to its own longest (1: one call, all padded "
+                    "to the longest principle).")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
     dtype: DType = Field(default="float32", description="Judge weights dtype.")
     flush_every: int = Field(default=8, ge=1, description="Batches between progress-file flushes.")

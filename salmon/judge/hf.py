@@ -96,6 +96,8 @@ class JudgeTokenizer:
     tokenizer: PreTrainedTokenizerBase
     max_length: int = 1536
     prompt_format: str = "dromedary"
+    principle_groups: int = 4
+    """Most forward calls the principle segments of a batch are split into (by length)."""
     id_a: int = field(init=False)
     id_b: int = field(init=False)
     wrap: templates.ChatWrap | None = field(init=False, default=None)
@@ -189,6 +191,8 @@ class HFJudge:
     tokenizer: PreTrainedTokenizerBase
     max_length: int = 1536
     prompt_format: str = "dromedary"
+    principle_groups: int = 4
+    """Most forward calls the principle segments of a batch are split into (by length)."""
     id_a: int = field(init=False)
     id_b: int = field(init=False)
     tokens: JudgeTokenizer = field(init=False)
@@ -213,7 +217,8 @@ class HFJudge:
         """Judge every pair under every principle, both orders."""
         toks, p_ids = self.tokens.batch(pairs, principles)
         if reuse_prefix:
-            scores, stats = judge_batch_prefix(self.model, toks, p_ids, self.id_a, self.id_b)
+            scores, stats = judge_batch_prefix(self.model, toks, p_ids, self.id_a, self.id_b,
+                                               principle_groups=self.principle_groups)
         else:
             scores, stats = judge_batch_reference(self.model, toks, p_ids, self.id_a, self.id_b)
         out = []
@@ -245,23 +250,64 @@ def _positions(full_mask: torch.Tensor, width: int) -> torch.Tensor:
     return pos[:, -width:].clamp(min=0)
 
 
+def length_groups(lengths: Sequence[int], max_groups: int) -> list[list[int]]:
+    """Indices of ``lengths`` split into at most ``max_groups`` groups of similar length so that
+    padding every item to the longest of its group costs the fewest slots in all: the optimum,
+    found by dynamic programming over the lengths in ascending order. Groups come shortest first,
+    each in ascending length; an empty input gives no groups.
+
+    >>> length_groups([10, 90, 12, 88, 50], 2)
+    [[0, 2], [4, 3, 1]]
+    >>> length_groups([10, 90, 12, 88, 50], 3)
+    [[0, 2], [4], [3, 1]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    n, k = len(order), max(1, min(max_groups, len(order)))
+    if not n:
+        return []
+    size = [lengths[i] for i in order]
+    inf = float("inf")
+    # best[g][i]: fewest slots for the first i items in g groups; cut[g][i]: where the last group starts
+    best = [[inf] * (n + 1) for _ in range(k + 1)]
+    cut = [[0] * (n + 1) for _ in range(k + 1)]
+    best[0][0] = 0
+    for g in range(1, k + 1):
+        for i in range(1, n + 1):
+            for j in range(g - 1, i):
+                cost = best[g - 1][j] + (i - j) * size[i - 1]
+                if cost < best[g][i]:
+                    best[g][i], cut[g][i] = cost, j
+    g = min(range(1, k + 1), key=lambda x: (best[x][n], x))  # fewer groups on a tie
+    groups, i = [], n
+    while g:
+        j = cut[g][i]
+        groups.append(order[j:i])
+        i, g = j, g - 1
+    return groups[::-1]
+
+
 def judge_batch_prefix(
     model: PreTrainedModel, pairs: Sequence[PairTokens], principles: Sequence[Sequence[int]],
-    id_a: int, id_b: int,
+    id_a: int, id_b: int, principle_groups: int = 1,
 ) -> tuple[list[list[list[float]]], JudgeStats]:
     """Scores ``[pair][order][principle]`` = logit(a) - logit(b), sharing prefixes via the KV cache.
 
-    Three forward calls for the whole batch: shared segments ``[B, L0]``; outputs segments
-    ``[2B, L1]`` on the cache repeated per order; principle segments ``[2B*P, L2]`` on the cache
-    repeated per principle. Padding sits between segments and is masked out; position ids
-    count real tokens only, so every prompt sees the positions of its unpadded sequence.
+    Forward calls for the whole batch: shared segments ``[B, L0]``; outputs segments ``[2B, L1]``
+    on the cache repeated per order; then the principle segments on the cache repeated per
+    principle, in up to ``principle_groups`` calls of principles of similar length
+    (:func:`length_groups`), each ``[2B*P_g, L2_g]`` padded only to the longest of its group.
+    Padding sits between segments and is masked out; position ids count real tokens only, so
+    every prompt sees the positions of its unpadded sequence.
     """
+    import copy
+
     import torch
     from transformers import DynamicCache
 
     n_pairs, n_pr = len(pairs), len(principles)
     device = next(model.parameters()).device
-    stats = JudgeStats(prompts=n_pairs * 2 * n_pr, forward_calls=3)
+    groups = length_groups([len(p) for p in principles], principle_groups)
+    stats = JudgeStats(prompts=n_pairs * 2 * n_pr, forward_calls=2 + len(groups))
     with torch.no_grad():
         ids0, mask = _pad_right([p.shared for p in pairs], 0)
         ids0, mask = ids0.to(device), mask.to(device)
@@ -275,17 +321,27 @@ def judge_batch_prefix(
         model(input_ids=ids1.to(device), attention_mask=mask,
               position_ids=_positions(mask, ids1.shape[1]), past_key_values=cache, use_cache=True)
 
-        cache.batch_repeat_interleave(n_pr)
-        ids2, mask2 = _pad_right([principles[j] for _ in range(2 * n_pairs) for j in range(n_pr)], 0)
-        mask = torch.cat([mask.repeat_interleave(n_pr, dim=0), mask2.to(device)], dim=1)
-        logits = model(input_ids=ids2.to(device), attention_mask=mask,
-                       position_ids=_positions(mask, ids2.shape[1]), past_key_values=cache,
-                       use_cache=True, logits_to_keep=0).logits
-        last = mask2.sum(-1).to(device) - 1
-        rows = logits[torch.arange(logits.shape[0], device=device), last].float()
-        delta = (rows[:, id_a] - rows[:, id_b]).view(n_pairs, 2, n_pr).tolist()
+        delta = [[[0.0] * n_pr for _ in (0, 1)] for _ in range(n_pairs)]
+        third = 0
+        for g, group in enumerate(groups):
+            # the last group extends the cache itself; the others a copy of it
+            part = cache if g == len(groups) - 1 else copy.deepcopy(cache)
+            part.batch_repeat_interleave(len(group))
+            ids2, mask2 = _pad_right([principles[j] for _ in range(2 * n_pairs) for j in group], 0)
+            full = torch.cat([mask.repeat_interleave(len(group), dim=0), mask2.to(device)], dim=1)
+            logits = model(input_ids=ids2.to(device), attention_mask=full,
+                           position_ids=_positions(full, ids2.shape[1]), past_key_values=part,
+                           use_cache=True, logits_to_keep=0).logits
+            last = mask2.sum(-1).to(device) - 1
+            rows = logits[torch.arange(logits.shape[0], device=device), last].float()
+            values = (rows[:, id_a] - rows[:, id_b]).view(n_pairs, 2, len(group)).tolist()
+            for i in range(n_pairs):
+                for o in (0, 1):
+                    for slot, j in enumerate(group):
+                        delta[i][o][j] = values[i][o][slot]
+            third += ids2.numel()
 
-    stats.tokens_processed = ids0.numel() + ids1.numel() + ids2.numel()
+    stats.tokens_processed = ids0.numel() + ids1.numel() + third
     stats.tokens_unshared = sum(
         len(p.shared) + len(p.outputs[o]) + len(t) for p in pairs for o in (0, 1) for t in principles)
     return delta, stats

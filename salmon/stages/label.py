@@ -112,7 +112,8 @@ def _make_judge(cfg: LabelConfig, principles: list[Principle]):  # type: ignore[
     JudgeTokenizer(tokenizer, max_length=max_length, prompt_format=cfg.prompt_format).check_fit(
         principles, cfg.principles)
     return HFJudge(with_adapter(load_causal_lm(cfg.model, device=device, dtype=cfg.dtype), cfg.adapter),
-                   tokenizer, max_length=max_length, prompt_format=cfg.prompt_format)
+                   tokenizer, max_length=max_length, prompt_format=cfg.prompt_format,
+                   principle_groups=cfg.principle_groups)
 
 
 def audit_judge(cfg: LabelConfig, pairs: list[ResponsePair], principles: list[Principle],
