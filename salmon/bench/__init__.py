@@ -11,6 +11,8 @@ from __future__ import annotations
 BENCHES: dict[str, tuple[str, str]] = {
     # name: (module, what it compares)
     "label": ("salmon.bench.label", "prefix-shared judge vs one padded forward per principle and order"),
+    "label_real": ("salmon.bench.label_real", "SmolLM2 judging pairs of realistic length: prefix-shared, principles "
+                   "grouped by length, vs padded to the longest prompt per forward"),
     "train_rm": ("salmon.bench.train_rm", "reward-model training vs TRL's RewardTrainer"),
     "ppo": ("salmon.bench.ppo", "PPO step split; shared-base adapters vs four model copies (memory)"),
     "hardware": ("salmon.bench.hardware", "achieved FLOP/s of RM training and PPO learning vs matmul peak"),

@@ -272,6 +272,23 @@ def phase_medians(result: dict[str, Any]) -> dict[str, float]:
     return med
 
 
+def real_scale_values(work: Path) -> dict[str, Any]:
+    """PPO config values on SmolLM2-135M-Instruct (``chat_template``) with a LoRA RM on it, sized
+    for a memory measurement (2 steps of 4 rollouts of up to 32 tokens)."""
+    from salmon.base_models import prepare
+    from salmon.core.io import write_jsonl
+    from salmon.nano.world import make_prompts
+
+    model = str(prepare("smollm2"))
+    rm = build_lora_rm(model, work / "rm-smollm2", lora_r=8)
+    prompts = work / "prompts-smollm2.jsonl"
+    write_jsonl(prompts, make_prompts(16, seed=7, heldout_fraction=0.0))
+    return {"prompts": str(prompts), "policy_model": model, "reward_model": rm, "prompt_format": "chat_template",
+            "rollout_batch_size": 4, "step_batch_size": 4, "forward_batch_size": 4, "micro_batch_size": 4,
+            "response_len": 32, "query_len": 96, "rm_max_length": 512, "total_steps": 2, "lora_r": 8,
+            "lora_alpha": 16, "ppo_epochs": 1, "save_every": 10_000, "device": "cpu", "prompt_splits": None}
+
+
 def run(quick: bool, work: Path) -> BenchResult:
     from salmon.bench.models import parameter_count
 
@@ -308,6 +325,13 @@ def run(quick: bool, work: Path) -> BenchResult:
         if res.get("rss_roles_kib"):
             result.figures[f"{name}.roles_mib"] = round((res["rss_roles_kib"] - res["rss_imports_kib"]) * mib, 1)
             result.figures[f"{name}.step_working_set_mib"] = round((res["peak_kib"] - res["rss_roles_kib"]) * mib, 1)
+    if not quick:  # the memory comparison again where weights, not activations, dominate
+        real = {layout: run_layout(real_scale_values(work), layout, work / "smollm2") for layout in
+                ("shared", "separate")}
+        net = {k: (v["peak_kib"] - v["rss_imports_kib"]) * mib for k, v in real.items()}
+        result.comparisons.append(Comparison(
+            "peak memory above the runtime, SmolLM2-135M-Instruct", "MiB", net["separate"], net["shared"],
+            better="lower", goal=2.0, note="2 steps of 4 rollouts x 32 tokens; LoRA RM on the same base"))
     result.notes = [
         "The step split is measured on the stage's own code (salmon.stages.ppo._train) by wrapping its "
         "roles, PolicyTurns.generate and context; 'other' is tokenising, RM input encoding, shaping and GAE.",
