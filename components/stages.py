@@ -90,6 +90,7 @@ def plan(
     model_cache_pvc: str,
     mlflow_secret: str,
     s3_secret: str,
+    sampler_api_key_secret: str,
     sampler: str,
     sampler_endpoint: str,
     rollout_backend: str,
@@ -119,6 +120,7 @@ def plan(
               "rl_principles": rl_principles, "selfalign_backend": selfalign_backend,
               "sample_backend": sample_backend, "label_backend": label_backend, "sft_executor": sft_executor,
               "train_rm_executor": train_rm_executor, "ppo_executor": ppo_executor, "sampler": sampler,
+              "sampler_api_key_secret": sampler_api_key_secret,
               "sampler_endpoint": sampler_endpoint, "rollout_backend": rollout_backend,
               "base_model_uri": base_model_uri,
               "prompt_sources": prompt_sources, "pmp_sources": pmp_sources, "nano_prompts": nano_prompts,
@@ -131,8 +133,9 @@ def plan(
               "training_task_gpus": training_task_gpus}
     cluster = {"nodes": train_nodes, "procs_per_node": train_procs_per_node, "gpus": gpus,
                "gpu_resource": accelerator_type, "pvc": model_cache_pvc, "mlflow_secret": mlflow_secret,
-               "s3_secret": s3_secret, "cpu": train_cpu, "memory": train_memory,
-               "priority_class": train_priority_class, "queue": train_queue}
+               "s3_secret": s3_secret, "sampler_api_key_secret": sampler_api_key_secret or None,
+               "cpu": train_cpu, "memory": train_memory, "priority_class": train_priority_class,
+               "queue": train_queue}
     p = plan_task(preset=preset, stage_overrides=stage_overrides, selfalign_rules=selfalign_rules,
                   label_principles=label_principles, rl_principles=rl_principles, params=params, cluster=cluster)
     return (p["prompts"], p["selfalign"], p["sft"], p["sample"], p["label"], p["aggregate"], p["pmp_data"],

@@ -997,3 +997,22 @@ def test_the_pipeline_checks_job_sizes_in_plan() -> None:
     with pytest.raises(SalmonInputError, match="cpu"):
         plan_task(preset="nano", stage_overrides={}, selfalign_rules="", label_principles="", rl_principles="",
                   params={"sft_executor": "trainjob"}, cluster=cluster, register=False)
+
+
+def test_a_ppo_job_gets_the_sampler_key_for_server_rollouts() -> None:
+    """With the sampler's API key Secret set, a ppo job's pods read it as SALMON_SAMPLER_API_KEY
+    (rollout_backend=openai asks the run's vLLM server); other stages' jobs do not get it."""
+    from salmon.cluster.executor import ClusterSettings, job_spec
+
+    def secrets(stage: str, **settings: Any) -> dict[str, tuple[str, str]]:
+        spec = job_spec(stage, ClusterSettings(**settings), name=f"salmon-{stage}-x", work=Path("/mnt/models/w"),
+                        executor="pytorchjob")
+        return {s.env: (s.secret, s.key) for s in spec.secret_env}
+
+    assert secrets("ppo", sampler_api_key_secret="vllm-key")["SALMON_SAMPLER_API_KEY"] == ("vllm-key", "api-key")
+    assert "SALMON_SAMPLER_API_KEY" not in secrets("ppo")
+    assert "SALMON_SAMPLER_API_KEY" not in secrets("sft", sampler_api_key_secret="vllm-key")
+    rendered = json.dumps(render_job(job_spec("ppo", ClusterSettings(sampler_api_key_secret="vllm-key"),
+                                              name="salmon-ppo-x", work=Path("/mnt/models/w"), executor="trainjob"),
+                                     "trainjob"))
+    assert '"name": "vllm-key"' in rendered and "api-key" in rendered

@@ -81,8 +81,7 @@ def test_the_first_task_receives_every_parameter_it_can_check() -> None:
     pipeline_params = set(spec["root"]["inputDefinitions"]["parameters"])
     plan_inputs = spec["root"]["dag"]["tasks"]["plan"]["inputs"]["parameters"]
     wired = {v["componentInputParameter"] for v in plan_inputs.values() if "componentInputParameter" in v}
-    unchecked = {"seed",  # any integer is a seed
-                 "sampler_api_key_secret"}  # a Secret name: the API server checks it when the server starts
+    unchecked = {"seed"}  # any integer is a seed
     assert pipeline_params - wired == unchecked
 
 

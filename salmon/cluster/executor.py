@@ -90,6 +90,9 @@ class ClusterSettings(BaseModel):
         default="salmon-mlflow", description="Secret with the MLflow variables.")
     s3_secret: Annotated[str, AfterValidator(name_validator("secret"))] = Field(
         default="salmon-s3", description="Secret with the S3 variables.")
+    sampler_api_key_secret: Annotated[str | None, AfterValidator(name_validator("secret", optional=True))] = Field(
+        default=None, description="Secret (key 'api-key') with the vLLM server's API key, for ppo's openai "
+                                  "rollouts (SALMON_SAMPLER_API_KEY in the job's pods).")
     service_account: Annotated[str | None, AfterValidator(name_validator("service account"))] = Field(
         default=None, description="Service account of the training pods.")
     poll_seconds: float = Field(default=10.0, gt=0, description="How often the launcher polls the job.")
@@ -147,6 +150,8 @@ def job_spec(stage: str, settings: ClusterSettings, *, name: str, work: Path, ex
                for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")]
     secrets += [SecretEnv(env=k, secret=settings.s3_secret, key=k)
                 for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")]
+    if stage == "ppo" and settings.sampler_api_key_secret:  # rollout_backend=openai asks the run's server
+        secrets.append(SecretEnv(env="SALMON_SAMPLER_API_KEY", secret=settings.sampler_api_key_secret, key="api-key"))
     return TrainingJobSpec(
         name=name, namespace=settings.resolved_namespace(), stage=stage,  # type: ignore[arg-type]
         stage_args=["--config", str(work / "config.yaml"), "--result", str(work / "result.json")],
