@@ -71,14 +71,18 @@ def response_logprobs(model: Any, batch: RolloutBatch, temperature: float) -> to
 
     The logits are divided by the sampling temperature before the softmax, as in the method,
     so that the policy's log-probs are those of the distribution it sampled from. Padding: 0.
+    The model must accept ``logits_to_keep`` (transformers' causal LMs do).
     """
     import torch
 
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   position_ids=batch.position_ids).logits
     q = batch.query_width
+    width = batch.input_ids.shape[1] - q  # response slots
+    # only the positions that predict response tokens go through the LM head (logits_to_keep): the
+    # vocabulary-wide tensors are (B, T + 1, V), not (B, Q + T, V)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   position_ids=batch.position_ids, logits_to_keep=width + 1).logits
     # logits at position q-1+t predict response token t
-    pred = logits[:, q - 1:-1, :].float() / temperature
+    pred = logits[:, :-1, :].float() / temperature
     targets = batch.input_ids[:, q:]
     logp = torch.log_softmax(pred, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return logp * batch.response_mask
