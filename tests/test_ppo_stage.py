@@ -230,25 +230,13 @@ def test_shared_run_trains_policy_and_value_only_and_saves_a_loadable_policy(
 def test_a_killed_process_resumes_to_the_same_result(setup: dict[str, str], tmp_path: Path) -> None:
     """SIGKILL the stage process once its first checkpoint exists; the rerun ends where an
     uninterrupted run with the same seed ends."""
-    import signal
-    import subprocess
-    import sys
-    import time
+    from killing import kill_at_first_checkpoint
 
     from salmon.stages import ppo
 
     cfg = _cfg(setup, tmp_path / "killed", total_epochs=1.0)  # 4 steps
-    config_file = tmp_path / "ppo.json"
-    config_file.write_text(cfg.model_dump_json())
-    proc = subprocess.Popen([sys.executable, "-m", "salmon.stages.ppo", "--config", str(config_file)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = tmp_path / "killed" / "checkpoints" / "step-00000001" / "state.json"
-    deadline = time.monotonic() + 120
-    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert first.exists() and proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_at_first_checkpoint("ppo", cfg, tmp_path / "ppo.json",
+                             tmp_path / "killed" / "checkpoints" / "step-00000001" / "state.json", timeout=120)
     assert not (tmp_path / "killed" / "policy").exists()
     resumed = ppo.run(cfg)
     full = ppo.run(_cfg(setup, tmp_path / "full", total_epochs=1.0))

@@ -284,8 +284,7 @@ def ppo_on_server(lora_server: str, tiny_model: str, tiny_rm: str,
                   tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A nano PPO run (4 steps) whose rollouts come from the server: killed by SIGKILL once its
     first checkpoint exists, then rerun to the end."""
-    import signal
-    import subprocess
+    from killing import kill_at_first_checkpoint
 
     from salmon.core.config import PPOConfig, build_config
     from salmon.stages import ppo
@@ -299,17 +298,8 @@ def ppo_on_server(lora_server: str, tiny_model: str, tiny_rm: str,
         system_prompt="### User", rollout_batch_size=4, step_batch_size=2, forward_batch_size=4, total_epochs=1.0,
         query_len=48, response_len=12, rm_max_length=384, learning_rate=5e-3, warmup_steps=1, lora_r=4,
         save_every=1, seed=3, rollout_backend="openai", endpoint=lora_server, api_key_env=KEY_ENV, concurrency=4))
-    config_file = root / "ppo.json"
-    config_file.write_text(cfg.model_dump_json())
-    proc = subprocess.Popen([sys.executable, "-m", "salmon.stages.ppo", "--config", str(config_file)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = root / "run" / "checkpoints" / "step-00000001" / "state.json"
-    deadline = time.monotonic() + 300
-    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert first.exists() and proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_at_first_checkpoint("ppo", cfg, root / "ppo.json", root / "run" / "checkpoints" / "step-00000001" /
+                             "state.json", timeout=300)
     assert not (root / "run" / "policy").exists()
     result = ppo.run(cfg)
     return {"cfg": cfg, "result": result, "root": root}

@@ -88,6 +88,12 @@ def logprob_gap(trainer: Sequence[Sequence[float]], server: Sequence[Sequence[fl
     return sum(diffs) / len(diffs) if diffs else None
 
 
+def served_adapter_dir(cfg: Any) -> Path:
+    """Where a ``ppo`` / ``eval_policy`` config writes adapters for the server to read:
+    ``served_adapter_dir``, or ``output_dir/served_policy``."""
+    return Path(cfg.served_adapter_dir or Path(cfg.output_dir) / "served_policy")
+
+
 class ServedPolicy:
     """The policy adapter on the server, one served name per PPO step.
 

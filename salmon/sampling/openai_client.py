@@ -200,6 +200,14 @@ class OpenAIClient:
         self._scheme, self._host, self._port = parts.scheme, parts.hostname or "", parts.port
         self._base_path = parts.path.rstrip("/")
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> OpenAIClient:
+        """The client of a stage config's server fields (``endpoint``, ``api_key_env``,
+        ``concurrency``, ``request_timeout_s``, ``max_retries``: the configs' ``_ServerConnection``);
+        ``endpoint`` must be set."""
+        return cls(cfg.endpoint, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+                   timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries)
+
     # -- connections ---------------------------------------------------------------------------
 
     def _acquire(self) -> tuple[http.client.HTTPConnection, bool]:

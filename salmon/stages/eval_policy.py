@@ -65,14 +65,13 @@ def served_answers(cfg: EvalPolicyConfig, turns: Any, queries: list[list[int]],
     seeded by (seed, its index) as on the other side."""
     from contextlib import nullcontext
 
-    from salmon.ppo.served import adapter_on_server, base_name, generate_on_server, rollout_seed
+    from salmon.ppo.served import adapter_on_server, base_name, generate_on_server, rollout_seed, served_adapter_dir
     from salmon.sampling.openai_client import OpenAIClient
 
     assert cfg.endpoint is not None  # the config's validator
-    client = OpenAIClient(cfg.endpoint, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
-                          timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries)
+    client = OpenAIClient.from_config(cfg)
     base = base_name(client.wait_ready(cfg.ready_timeout_s))
-    write_dir = Path(cfg.served_adapter_dir or Path(cfg.output_dir) / "served_policy")
+    write_dir = served_adapter_dir(cfg)
     seeds = [rollout_seed(cfg.seed, 0, i) for i in range(len(queries))]
     out: dict[str, list[Any]] = {}
     for side, adapter in sides.items():

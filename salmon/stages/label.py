@@ -71,8 +71,7 @@ def _make_openai_judge(cfg: LabelConfig, principles: list[Principle]):  # type: 
     preflight_model(STAGE, cfg.model, prompt_format=cfg.prompt_format)
     tokens = JudgeTokenizer(load_tokenizer(cfg.model), max_length=cfg.max_length, prompt_format=cfg.prompt_format)
     tokens.check_fit(principles, cfg.principles)
-    client = OpenAIClient(cfg.endpoint, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
-                          timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries)
+    client = OpenAIClient.from_config(cfg)
     models = client.wait_ready(cfg.ready_timeout_s)
     name = choose_model(models, cfg.served_model, bool(cfg.adapter), client.endpoint)
     served = next(m for m in models if m.id == name)

@@ -424,17 +424,15 @@ def wrap_roles(roles: Any, ctx: Any, opt: Any, cfg: PPOConfig) -> None:
 def served_policy(cfg: PPOConfig, ctx: Any) -> Any:
     """The :class:`salmon.ppo.served.ServedPolicy` of ``rollout_backend=openai``, once the server
     lists its models."""
-    from salmon.ppo.served import ServedPolicy
+    from salmon.ppo.served import ServedPolicy, served_adapter_dir
     from salmon.sampling.openai_client import OpenAIClient
 
     assert cfg.endpoint is not None  # the config's validator
-    client = OpenAIClient(cfg.endpoint, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
-                          timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries)
+    client = OpenAIClient.from_config(cfg)
     models = client.wait_ready(cfg.ready_timeout_s)
     ctx.log(STAGE, f"rollouts from {client.endpoint} (serving {', '.join(m.id for m in models)}); the policy "
                    "adapter is loaded there before every step")
-    write_dir = Path(cfg.served_adapter_dir or Path(cfg.output_dir) / "served_policy")
-    return ServedPolicy(client, write_dir, cfg.served_adapter_dir_on_server,
+    return ServedPolicy(client, served_adapter_dir(cfg), cfg.served_adapter_dir_on_server,
                         run_key=str(Path(cfg.output_dir).resolve()))
 
 

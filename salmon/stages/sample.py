@@ -137,8 +137,7 @@ def openai_client(cfg: SampleConfig):  # type: ignore[no-untyped-def]
     if not cfg.endpoint:
         raise SalmonInputError("sample config", "backend openai needs endpoint=<base URL>",
                                "e.g. endpoint=http://vllm:8000/v1")
-    client = OpenAIClient(cfg.endpoint, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
-                          timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries)
+    client = OpenAIClient.from_config(cfg)
     models = client.wait_ready(cfg.ready_timeout_s)
     return client, choose_model(models, cfg.served_model, bool(cfg.adapter), client.endpoint)
 
