@@ -236,11 +236,13 @@ class PolicyTurns:
         return (text.split(self.stop, 1)[0] if self.stop else text).strip()
 
     def generate(self, model: Any, queries: Sequence[Sequence[int]], *, temperature: float, top_p: float,
-                 max_new_tokens: int, batch_size: int) -> list[Turn]:
-        """Sample one answer per query (see :func:`generate_ids`) and read it."""
+                 max_new_tokens: int, batch_size: int, stop: bool = True) -> list[Turn]:
+        """Sample one answer per query (see :func:`generate_ids`) and read it. ``stop=False``
+        generates to ``max_new_tokens`` (only the model's own eos ends a sequence early); the
+        turn is still read up to its end."""
         raw = generate_ids(model, self.tokenizer, queries, temperature=temperature, top_p=top_p,
-                           max_new_tokens=max_new_tokens, batch_size=batch_size, stop_strings=self.stop_strings,
-                           end_ids=self.end_ids)
+                           max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           stop_strings=self.stop_strings if stop else (), end_ids=self.end_ids if stop else ())
         return [self.read(r) for r in raw]
 
 

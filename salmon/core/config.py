@@ -403,6 +403,21 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt, _ServerRollouts):
         default="none",
         description="4bit: the shared base in NF4 under all four adapters (QLoRA, the method's); needs "
                     "role_layout=shared, bitsandbytes and a GPU.")
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Recompute the decoder layers' activations in the backward pass of the learning passes "
+                    "instead of keeping them (the method's backbone does): less memory, about a third more "
+                    "learning time. Off by default; the passes without gradients are never checkpointed.")
+    merge_for_generation: bool = Field(
+        default=False,
+        description="Generate rollouts (rollout_backend=hf) from a plain copy of the base with the policy adapter "
+                    "merged in, refreshed before every step: faster generation than through the unmerged "
+                    "adapter, for one more copy of the base weights. Not with quantize=4bit or ZeRO-3.")
+    stop_rollouts: bool = Field(
+        default=True,
+        description="Stop each rollout at the end of its turn (stop string or end id). false generates every "
+                    "rollout of rollout_backend=hf to response_len (the model's own eos still ends one), as the "
+                    "released code did; the turn is read up to its end either way. For comparisons.")
     algorithm: Literal["ppo", "grpo", "rloo"] = Field(
         default="ppo", description="ppo (value model, GAE) or a critic-free variant on the same rewards.")
     rl_principles: str = Field(
@@ -480,6 +495,22 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt, _ServerRollouts):
         if self.quantize == "4bit" and self.role_layout != "shared":
             raise ValueError("quantize=4bit quantizes the one base that the shared layout's four adapters sit on; "
                              "set role_layout=shared, or quantize=none")
+        return self
+
+    @model_validator(mode="after")
+    def _merged_generation_copy_fits(self) -> Self:
+        if not self.merge_for_generation:
+            return self
+        if self.quantize == "4bit":
+            raise ValueError("merge_for_generation merges the adapter into a full-precision copy of the base, which "
+                             "a 4-bit base does not have; set merge_for_generation=false")
+        if self.deepspeed == "zero3":
+            raise ValueError("merge_for_generation merges the adapter into a whole copy of the base on every rank, "
+                             "and ZeRO-3 partitions the weights it reads; use deepspeed=zero2, or "
+                             "merge_for_generation=false")
+        if self.rollout_backend != "hf":
+            raise ValueError("merge_for_generation applies to rollouts generated in the trainer; set "
+                             "merge_for_generation=false with rollout_backend=openai")
         return self
 
 

@@ -80,7 +80,7 @@ def response_logprobs(model: Any, batch: RolloutBatch, temperature: float) -> to
     # only the positions that predict response tokens go through the LM head (logits_to_keep): the
     # vocabulary-wide tensors are (B, T + 1, V), not (B, Q + T, V)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   position_ids=batch.position_ids, logits_to_keep=width + 1).logits
+                   position_ids=batch.position_ids, logits_to_keep=width + 1, use_cache=False).logits
     # logits at position q-1+t predict response token t
     pred = logits[:, :-1, :].float() / temperature
     targets = batch.input_ids[:, q:]
@@ -91,7 +91,7 @@ def response_logprobs(model: Any, batch: RolloutBatch, temperature: float) -> to
 def response_values(value_body: Any, value_head: Any, batch: RolloutBatch) -> torch.Tensor:
     """Values ``(B, T)``: the head on the hidden state just before each response token. Padding: 0."""
     hidden = value_body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                        position_ids=batch.position_ids).last_hidden_state
+                        position_ids=batch.position_ids, use_cache=False).last_hidden_state
     q = batch.query_width
     head_dtype = next(value_head.parameters()).dtype  # float32, or bf16 under DeepSpeed bf16 training
     values = value_head(hidden[:, q - 1:-1, :].float().to(head_dtype)).squeeze(-1).float()

@@ -58,10 +58,12 @@ class SharedRoles:
     layout = "shared"
 
     def __init__(self, policy_model: str, policy_adapter: str | None, reward_model: str, lora_r: int,
-                 lora_alpha: int, device: torch.device, quantize: str = "none") -> None:
+                 lora_alpha: int, device: torch.device, quantize: str = "none", merge_for_generation: bool = False,
+                 gradient_checkpointing: bool = False) -> None:
         from peft import LoraConfig, PeftModel, get_peft_model
 
         from salmon.modeling import check_adapter_dir, load_4bit, load_causal_lm, load_tokenizer
+        from salmon.ppo.generation import MergedCopy, enable_activation_checkpointing
         from salmon.ppo.rollout import zero_value_head
         from salmon.reward.model import RMMeta
         from salmon.reward.module import new_head
@@ -83,6 +85,8 @@ class SharedRoles:
         # 4bit: QLoRA, the one base in NF4 under all four adapters (the method's layout)
         base = (load_4bit(policy_model, device=device) if quantize == "4bit"
                 else load_causal_lm(policy_model, device=device))
+        # taken before the adapters wrap the base's layers in place
+        self.generation_copy = MergedCopy(base) if merge_for_generation else None
         if policy_adapter:
             check_adapter_dir(policy_adapter)
             self.model = PeftModel.from_pretrained(base, policy_adapter, adapter_name="policy", is_trainable=True)
@@ -103,6 +107,8 @@ class SharedRoles:
         self.value_head = zero_value_head(hidden).to(device)
         if quantize != "4bit":  # a quantized model is placed on its device as it loads
             self.model.to(device)
+        if gradient_checkpointing:
+            enable_activation_checkpointing(self.model)
         self.use("policy")
 
     # -- adapter switching ------------------------------------------------------------------
@@ -119,9 +125,17 @@ class SharedRoles:
     # -- passes -----------------------------------------------------------------------------
     @property
     def sampler(self) -> Any:
-        """The model to sample rollouts from (policy adapter active)."""
+        """The model to sample rollouts from: the policy adapter active, or the generation copy
+        with the policy's current weights merged in."""
         self.use("policy")
+        if self.generation_copy is not None:
+            return self.generation_copy.refresh(self.model, "policy")
         return self.model
+
+    @property
+    def learning_models(self) -> tuple[Any, ...]:
+        """The modules the learning passes run through (checkpointed when that is on)."""
+        return (self.model,)
 
     def policy_logprobs(self, batch: RolloutBatch, temperature: float) -> torch.Tensor:
         from salmon.ppo.rollout import response_logprobs
@@ -141,7 +155,7 @@ class SharedRoles:
     def values(self, batch: RolloutBatch) -> torch.Tensor:
         self.use("value")
         out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                         position_ids=batch.position_ids, output_hidden_states=True)
+                         position_ids=batch.position_ids, output_hidden_states=True, use_cache=False)
         q = batch.query_width
         hidden = out.hidden_states[-1][:, q - 1:-1, :].float().to(next(self.value_head.parameters()).dtype)
         return self.value_head(hidden).squeeze(-1).float() * batch.response_mask

@@ -117,6 +117,7 @@ class SeparateRoles:
     value_head: Any | None
     tokenizer: Any
     rm_tokenizer: Any
+    generation_copy: Any = None
     layout: str = "separate"
 
     def trainable(self) -> dict[str, Any]:
@@ -127,7 +128,13 @@ class SeparateRoles:
 
     @property
     def sampler(self) -> Any:
+        if self.generation_copy is not None:
+            return self.generation_copy.refresh(self.policy, "default")
         return self.policy
+
+    @property
+    def learning_models(self) -> tuple[Any, ...]:
+        return tuple(m for m in (self.policy, self.value_body) if m is not None)
 
     def policy_logprobs(self, batch: Any, temperature: float) -> Any:
         from salmon.ppo.rollout import response_logprobs
@@ -170,7 +177,8 @@ def build_roles(cfg: PPOConfig, device: Any) -> Any:
         from salmon.ppo.shared import SharedRoles
 
         return SharedRoles(cfg.policy_model, cfg.policy_adapter, cfg.reward_model, cfg.lora_r, cfg.lora_alpha,
-                           device, quantize=cfg.quantize)
+                           device, quantize=cfg.quantize, merge_for_generation=cfg.merge_for_generation,
+                           gradient_checkpointing=cfg.gradient_checkpointing)
     return build_separate_roles(cfg, device)
 
 
@@ -179,11 +187,13 @@ def build_separate_roles(cfg: PPOConfig, device: Any) -> SeparateRoles:
     from peft import LoraConfig, PeftModel, get_peft_model
 
     from salmon.modeling import check_adapter_dir, load_causal_lm, load_tokenizer
+    from salmon.ppo.generation import MergedCopy, enable_activation_checkpointing
     from salmon.ppo.rollout import zero_value_head
     from salmon.reward.model import load_reward_model
 
     tok = load_tokenizer(cfg.policy_model)
     base = load_causal_lm(cfg.policy_model, device=device)
+    generation_copy = MergedCopy(base) if cfg.merge_for_generation else None  # before the adapter wraps base
     ref = load_causal_lm(cfg.policy_model, device=device)
     if cfg.policy_adapter:
         check_adapter_dir(cfg.policy_adapter)
@@ -211,7 +221,9 @@ def build_separate_roles(cfg: PPOConfig, device: Any) -> SeparateRoles:
             hidden = value_body.config.hidden_size
         value_body.train()
         value_head = zero_value_head(hidden).to(device)
-    return SeparateRoles(policy, ref, rm, value_body, value_head, tok, rm_tok)
+    if cfg.gradient_checkpointing:
+        enable_activation_checkpointing(*(m for m in (policy, value_body) if m is not None))
+    return SeparateRoles(policy, ref, rm, value_body, value_head, tok, rm_tok, generation_copy)
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -352,26 +364,28 @@ def update_minibatch(roles: Any, mb: list[int], q_ids: list[list[int]], r_ids: l
     loss, clip fraction and value loss.
     """
     from salmon.ppo import math as ppo_math
+    from salmon.ppo.generation import checkpointed_learning
     from salmon.ppo.rollout import make_batch
 
     tokens = max(1, sum(len(r_ids[i]) for i in mb))
     pl_sum = cf_sum = vl_sum = 0.0
-    for idx in chunks(mb, micro_batch_size):
-        sub = make_batch([q_ids[i] for i in idx], [r_ids[i] for i in idx], pad_id).to(device)
-        w = sub.response_mask.shape[1]
-        share = float(sub.response_mask.sum()) / tokens
-        logp = roles.policy_logprobs(sub, cfg.temperature)
-        pl, cf = ppo_math.policy_loss(logp, old.logp[idx, :w], advantages[idx, :w], sub.response_mask,
-                                      cfg.clip_range)
-        backward(pl * share)
-        pl_sum += float(pl.detach()) * share
-        cf_sum += float(cf) * share
-        if critic:
-            v = roles.values(sub)
-            vl = ppo_math.value_loss(v, old.values[idx, :w], returns[idx, :w], sub.response_mask,
-                                     cfg.clip_range_value, cfg.vf_coef)
-            backward(vl * share)
-            vl_sum += float(vl.detach()) * share
+    with checkpointed_learning(*roles.learning_models):  # a no-op unless gradient_checkpointing
+        for idx in chunks(mb, micro_batch_size):
+            sub = make_batch([q_ids[i] for i in idx], [r_ids[i] for i in idx], pad_id).to(device)
+            w = sub.response_mask.shape[1]
+            share = float(sub.response_mask.sum()) / tokens
+            logp = roles.policy_logprobs(sub, cfg.temperature)
+            pl, cf = ppo_math.policy_loss(logp, old.logp[idx, :w], advantages[idx, :w], sub.response_mask,
+                                          cfg.clip_range)
+            backward(pl * share)
+            pl_sum += float(pl.detach()) * share
+            cf_sum += float(cf) * share
+            if critic:
+                v = roles.values(sub)
+                vl = ppo_math.value_loss(v, old.values[idx, :w], returns[idx, :w], sub.response_mask,
+                                         cfg.clip_range_value, cfg.vf_coef)
+                backward(vl * share)
+                vl_sum += float(vl.detach()) * share
     return pl_sum, cf_sum, vl_sum
 
 
@@ -553,7 +567,8 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
                                                     offset=ctx.rank * len(q_ids))
         else:
             sampled = turns.generate(roles.sampler, q_ids, temperature=cfg.temperature, top_p=cfg.top_p,
-                                     max_new_tokens=cfg.response_len, batch_size=cfg.forward_batch_size)
+                                     max_new_tokens=cfg.response_len, batch_size=cfg.forward_batch_size,
+                                     stop=cfg.stop_rollouts)
         texts = [t.text for t in sampled]
         stops = torch.tensor([t.stopped for t in sampled], device=device)
         r_ids = [t.ids[: cfg.response_len] for t in sampled]
