@@ -23,6 +23,11 @@ figure compared is the peak resident memory (``VmHWM``) after the roles are buil
 have run, minus the resident memory after the imports (what the Python runtime, torch and
 transformers take whatever the layout); the raw peaks are reported too.
 
+A third run of the shared layout generates from a copy of the base with the policy adapter merged
+in (``merge_for_generation``); its generation phase is compared with the unmerged one. The full
+run measures the memory of both layouts on SmolLM2-135M-Instruct too, without and with
+``gradient_checkpointing`` (the learning passes recompute the decoder layers' activations).
+
 The model is :func:`salmon.bench.models.bench_model` (random weights); the RM is a LoRA adapter
 with a seeded scalar head on the same base, untrained (speed does not depend on what it learned).
 """
@@ -245,14 +250,16 @@ def _child(spec_path: str) -> None:
     Path(spec["result"]).write_text(json.dumps(out))
 
 
-def run_layout(values: dict[str, Any], layout: str, work: Path) -> dict[str, Any]:
-    """:func:`timed_ppo` for one role layout in a fresh subprocess (so its peak memory is its own)."""
+def run_layout(values: dict[str, Any], layout: str, work: Path, tag: str = "") -> dict[str, Any]:
+    """:func:`timed_ppo` for one role layout in a fresh subprocess (so its peak memory is its own);
+    ``tag`` names the run's files when one layout runs more than once in ``work``."""
     import salmon.ppo.rollout  # noqa: F401  (the child imports these too: same baseline both sides)
 
     work.mkdir(parents=True, exist_ok=True)
-    spec = {"values": {**values, "role_layout": layout, "output_dir": str(work / f"out-{layout}")},
-            "result": str(work / f"result-{layout}.json")}
-    spec_path = work / f"spec-{layout}.json"
+    name = layout + tag
+    spec = {"values": {**values, "role_layout": layout, "output_dir": str(work / f"out-{name}")},
+            "result": str(work / f"result-{name}.json")}
+    spec_path = work / f"spec-{name}.json"
     spec_path.write_text(json.dumps(spec))
     proc = subprocess.run([sys.executable, "-c", "import sys; from salmon.bench.ppo import _child; "
                            "_child(sys.argv[1])", str(spec_path)], capture_output=True, text=True)
@@ -325,13 +332,27 @@ def run(quick: bool, work: Path) -> BenchResult:
         if res.get("rss_roles_kib"):
             result.figures[f"{name}.roles_mib"] = round((res["rss_roles_kib"] - res["rss_imports_kib"]) * mib, 1)
             result.figures[f"{name}.step_working_set_mib"] = round((res["peak_kib"] - res["rss_roles_kib"]) * mib, 1)
+    merged = phase_medians(run_layout({**values, "merge_for_generation": True}, "shared", work, tag="-merged"))
+    result.comparisons.append(Comparison(
+        "generation phase, policy adapter unmerged vs merged into a generation copy", "s", sh["generation"],
+        merged["generation"], better="lower", note="shared layout; merge_for_generation: true"))
+    result.figures["merged.generation_s"] = round(merged["generation"], 4)
+    result.figures["merged.step_s"] = round(merged["step"], 4)
     if not quick:  # the memory comparison again where weights, not activations, dominate
-        real = {layout: run_layout(real_scale_values(work), layout, work / "smollm2") for layout in
-                ("shared", "separate")}
-        net = {k: (v["peak_kib"] - v["rss_imports_kib"]) * mib for k, v in real.items()}
-        result.comparisons.append(Comparison(
-            "peak memory above the runtime, SmolLM2-135M-Instruct", "MiB", net["separate"], net["shared"],
-            better="lower", goal=2.0, note="2 steps of 4 rollouts x 32 tokens; LoRA RM on the same base"))
+        real_values = real_scale_values(work)
+        for checkpointing in (False, True):
+            real = {layout: run_layout({**real_values, "gradient_checkpointing": checkpointing}, layout,
+                                       work / "smollm2", tag=f"-ckpt{int(checkpointing)}")
+                    for layout in ("shared", "separate")}
+            net = {k: (v["peak_kib"] - v["rss_imports_kib"]) * mib for k, v in real.items()}
+            result.comparisons.append(Comparison(
+                "peak memory above the runtime, SmolLM2-135M-Instruct"
+                + (", gradient_checkpointing on both sides" if checkpointing else ""), "MiB", net["separate"],
+                net["shared"], better="lower", goal=2.0, note="2 steps of 4 rollouts x 32 tokens; LoRA RM on the "
+                "same base"))
+            for layout, res in real.items():
+                result.figures[f"smollm2.ckpt{int(checkpointing)}.{layout}.step_s"] = round(
+                    phase_medians(res)["step"], 3)
     result.notes = [
         "The step split is measured on the stage's own code (salmon.stages.ppo._train) by wrapping its "
         "roles, PolicyTurns.generate and context; 'other' is tokenising, RM input encoding, shaping and GAE.",

@@ -1,5 +1,5 @@
 """``salmon bench stopping``: tokens generated per rollout on a real chat model, with and without
-stopping each sequence at the end of its turn.
+stopping each sequence at the end of its turn, and the PPO step time either way.
 
 The model is SmolLM2-135M-Instruct (``salmon base prepare smollm2``), sampling as PPO does
 (temperature 0.7, top-p 1, ``batch`` rollouts per ``generate`` call, ``response_len`` new tokens at
@@ -16,6 +16,10 @@ Tokens per rollout count the ids each sequence generated before padding (its eos
 same prompts with the same seed, back to back in one process; seconds are the median of the
 repeats after a warm-up. The ``chat_template`` format (the turn ends at eos) is measured as a
 figure of its own.
+
+The PPO comparison runs the ``ppo`` stage twice on SmolLM2 in the Dromedary format, with
+``stop_rollouts: false`` (every rollout to ``response_len``, as the released code generated) and
+``true`` (the default), and compares the stage's own per-step seconds.
 """
 
 from __future__ import annotations
@@ -28,6 +32,37 @@ from salmon.bench.common import BenchResult, Comparison
 
 QUICK_SIZES = {"prompts": 8, "batch": 4, "response_len": 64, "repeats": 1}
 FULL_SIZES = {"prompts": 32, "batch": 8, "response_len": 256, "repeats": 2}
+# the PPO steps: rollouts per step (and per generate call), new tokens at most, steps (the first is a warm-up)
+QUICK_PPO = {"rollouts": 4, "forward_batch": 4, "response_len": 64, "steps": 2}
+FULL_PPO = {"rollouts": 8, "forward_batch": 4, "response_len": 128, "steps": 3}
+
+
+def ppo_steps(work: Path, model: str, sizes: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Median rollout and step seconds of the ``ppo`` stage on ``model`` (Dromedary format, the
+    shared layout with an untrained LoRA RM on the same base), with rollouts that stop at the end
+    of their turn and with rollouts to the token limit (``stop_rollouts: false``)."""
+    from salmon.bench.ppo import build_lora_rm
+    from salmon.bench.ppo_rollouts import step_seconds
+    from salmon.core.config import PPOConfig, build_config
+    from salmon.core.io import write_jsonl
+    from salmon.nano.world import make_prompts
+    from salmon.stages import ppo
+
+    rm = build_lora_rm(model, work / "rm-lora", lora_r=8)
+    write_jsonl(work / "prompts.jsonl", make_prompts(4 * sizes["rollouts"], seed=5, heldout_fraction=0.0))
+    values = dict(prompts=str(work / "prompts.jsonl"), policy_model=model, reward_model=rm, prompt_format="dromedary",
+                  rl_principles="nano", interventions="interventions", principles_per_rollout=2,
+                  rollout_batch_size=sizes["rollouts"], step_batch_size=sizes["rollouts"],
+                  forward_batch_size=sizes["forward_batch"], micro_batch_size=sizes["forward_batch"],
+                  total_steps=sizes["steps"], query_len=128, response_len=sizes["response_len"], rm_max_length=512,
+                  lora_r=8, lora_alpha=16, ppo_epochs=1, save_every=10_000, seed=3, device="cpu",
+                  prompt_splits=None)
+    seconds = {}
+    for name, stop in (("to_limit", False), ("stopping", True)):
+        out = work / f"ppo-{name}"
+        ppo.run(build_config(PPOConfig, stage="ppo", values={**values, "stop_rollouts": stop, "output_dir": str(out)}))
+        seconds[name] = step_seconds(out)
+    return seconds
 
 
 def rollouts(model: Any, turns: Any, queries: list[list[int]], sizes: dict[str, int], *, stop: bool,
@@ -77,11 +112,18 @@ def run(quick: bool, work: Path) -> BenchResult:
     after, after_s, after_ended = median_run(dromedary, d_queries, stop=True)
     chat_tokens, chat_s, chat_ended = median_run(chat, c_queries, stop=True)
     n = len(prompts)
+    ppo_sizes = QUICK_PPO if quick else FULL_PPO
+    steps = ppo_steps(work, path, ppo_sizes)
     result = BenchResult(name="stopping", baseline="generate to the token limit (no stop string)")
-    result.setup = {"model": "SmolLM2-135M-Instruct", **sizes, "temperature": 0.7}
+    result.setup = {"model": "SmolLM2-135M-Instruct", **sizes, "temperature": 0.7,
+                    **{f"ppo_{k}": v for k, v in ppo_sizes.items()}}
     result.comparisons = [
         Comparison("tokens per rollout (dromedary)", "tokens", sum(before) / n, sum(after) / n, better="lower"),
         Comparison("seconds per rollout (dromedary)", "s", before_s / n, after_s / n, better="lower"),
+        Comparison("PPO step time (dromedary, stop_rollouts false vs true)", "s", steps["to_limit"]["step"],
+                   steps["stopping"]["step"], better="lower"),
+        Comparison("PPO rollout phase (same runs)", "s", steps["to_limit"]["rollout"], steps["stopping"]["rollout"],
+                   better="lower"),
     ]
     result.figures = {
         "dromedary_stopped_share": sum(after_ended) / n,
@@ -90,4 +132,7 @@ def run(quick: bool, work: Path) -> BenchResult:
         "chat_template_ended_at_eos_share": sum(chat_ended) / n,
     }
     result.notes.append("tokens per rollout: ids each sequence generated before padding (its eos included)")
+    result.notes.append("PPO steps: the ppo stage itself, shared layout, an untrained LoRA RM on SmolLM2; median "
+                        "over the steps after the first (resources.jsonl). Both sides learn from the same cut "
+                        "turns; only generation differs.")
     return result
