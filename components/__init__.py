@@ -1,6 +1,6 @@
 """Thin KFP components, one per SALMON stage, plus the pipeline's plan, base_model, register and
 serve_sampler / stop_sampler (the vLLM server of the openai backend) tasks. Each imports
-``salmon`` inside its function and calls the stage recipe through ``salmon.task``; nothing here
+``salmon`` inside its function and calls the stage recipe through ``salmon.tasks``; nothing here
 holds algorithm code.
 
 Every component is a lightweight Python component with ``base_image`` set to the project's

@@ -1,4 +1,4 @@
-"""The components. Each body only maps KFP artifacts and parameters onto ``salmon.task``."""
+"""The components. Each body only maps KFP artifacts and parameters onto ``salmon.tasks``."""
 
 import inspect
 from typing import NamedTuple
@@ -114,7 +114,7 @@ def plan(
                           ("ppo", str), ("eval_policy", str)]):
     """Validate every parameter (before any GPU work), record the principle sets, give each stage
     its plan. Parameters that only the validation reads do not change any plan."""
-    from salmon.task import plan_task
+    from salmon.tasks.plan import plan_task
 
     params = {"preset": preset, "selfalign_rules": selfalign_rules, "label_principles": label_principles,
               "rl_principles": rl_principles, "selfalign_backend": selfalign_backend,
@@ -147,7 +147,8 @@ def base_model(uri: str, nano_pretrain_steps: int, seed: int, model: Output[Mode
     """The base model as an artifact: 'nano' builds the nano model; a folder or s3:// prefix is copied."""
     import json
 
-    from salmon.task import artifact_digest, base_model_task
+    from salmon.tasks.common import artifact_digest
+    from salmon.tasks.infra import base_model_task
 
     info = base_model_task(uri, model.path, nano_pretrain_steps=nano_pretrain_steps, seed=seed)
     model.metadata.update(source=uri, digest=artifact_digest(model.path))
@@ -157,7 +158,7 @@ def base_model(uri: str, nano_pretrain_steps: int, seed: int, model: Output[Mode
 @_component
 def prompts(plan: str, sources: str, nano_prompts: int, seed: int, prompts: Output[Dataset]) -> str:
     """Load, clean, dedupe and tag the prompts (comma-separated URIs), plus nano-world prompts."""
-    from salmon.task import run_stage_task
+    from salmon.tasks.run import run_stage_task
 
     values = {"output": prompts.path, "seed": seed,
               "sources": [{"uri": u.strip()} for u in sources.split(",") if u.strip()]}
@@ -169,7 +170,7 @@ def prompts(plan: str, sources: str, nano_prompts: int, seed: int, prompts: Outp
 def selfalign(plan: str, backend: str, seed: int, prompts: Input[Dataset], base_model: Input[Model],
               sft_data: Output[Dataset]) -> str:
     """Principle-driven answers in context, filtered: the SFT data."""
-    from salmon.task import run_stage_task
+    from salmon.tasks.run import run_stage_task
 
     return run_stage_task("selfalign", plan=plan, values={
         "prompts": prompts.path, "model": base_model.path, "output": sft_data.path, "backend": backend,
@@ -180,7 +181,7 @@ def selfalign(plan: str, backend: str, seed: int, prompts: Input[Dataset], base_
 def sft(plan: str, executor: str, sft_data: Input[Dataset], base_model: Input[Model], sft: Output[Model],
         metrics: Output[Metrics], job_manifest: Output[Artifact]) -> str:
     """Principle engraving: the SFT LoRA adapter (in this task, or as a TrainJob / PyTorchJob)."""
-    from salmon.task import run_stage_task
+    from salmon.tasks.run import run_stage_task
 
     return run_stage_task("sft", plan=plan, executor=executor, values={
         "data": sft_data.path, "base_model": base_model.path, "output_dir": sft.path},
@@ -193,7 +194,7 @@ def serve_sampler(mode: str, endpoint: str, api_key_secret: str, run_id: str, gp
                   model_cache_pvc: str, base_model: Input[Model], sft: Input[Model]) -> str:
     """The OpenAI-compatible server of the openai backend: none, a given endpoint, or a vLLM
     Deployment serving the base model with the SFT adapter (removed by stop_sampler)."""
-    from salmon.task import serve_sampler_task
+    from salmon.tasks.infra import serve_sampler_task
 
     cluster = {"gpus": gpus, "gpu_resource": accelerator_type, "pvc": model_cache_pvc}
     return serve_sampler_task(mode, endpoint=endpoint, base_model=base_model.path, adapter=sft.path + "/adapter",
@@ -205,7 +206,7 @@ def stop_sampler(mode: str, run_id: str, rollout_backend: str) -> str:
     """Remove the vLLM server this run deployed once sample and label succeeded or failed, unless
     ppo and eval_policy generate on it too (rollout_backend openai). A cancelled run skips this
     task; the salmon-sweeper CronJob removes the server then (docs/deploy.md)."""
-    from salmon.task import stop_sampler_task
+    from salmon.tasks.infra import stop_sampler_task
 
     return ", ".join(stop_sampler_task(mode, run_id=run_id, keep=rollout_backend == "openai"))
 
@@ -214,7 +215,7 @@ def stop_sampler(mode: str, run_id: str, rollout_backend: str) -> str:
 def stop_sampler_after_rollouts(mode: str, run_id: str, rollout_backend: str) -> str:
     """With rollout_backend openai, remove the vLLM server this run deployed once ppo and
     eval_policy succeeded or failed (with hf, stop_sampler removed it after label)."""
-    from salmon.task import stop_sampler_task
+    from salmon.tasks.infra import stop_sampler_task
 
     return ", ".join(stop_sampler_task(mode, run_id=run_id, keep=rollout_backend != "openai"))
 
@@ -231,7 +232,7 @@ def _server_values(backend: str, sampler: str) -> dict:
 def sample(plan: str, backend: str, sampler: str, seed: int, prompts: Input[Dataset], base_model: Input[Model],
            sft: Input[Model], pairs: Output[Dataset]) -> str:
     """Two responses per prompt from the SFT policy."""
-    from salmon.task import run_stage_task
+    from salmon.tasks.run import run_stage_task
 
     return run_stage_task("sample", plan=plan, values={
         "prompts": prompts.path, "model": base_model.path, "adapter": sft.path + "/adapter", "output": pairs.path,
@@ -243,7 +244,7 @@ def sample(plan: str, backend: str, sampler: str, seed: int, prompts: Input[Data
 def label(plan: str, backend: str, sampler: str, pairs: Input[Dataset], base_model: Input[Model], sft: Input[Model],
           judgements: Output[Dataset]) -> str:
     """AI feedback: the SFT policy judges each pair under each principle, both orders."""
-    from salmon.task import run_stage_task
+    from salmon.tasks.run import run_stage_task
 
     return run_stage_task("label", plan=plan, values={
         "pairs": pairs.path, "model": base_model.path, "adapter": sft.path + "/adapter", "output": judgements.path,
@@ -255,7 +256,7 @@ def label(plan: str, backend: str, sampler: str, pairs: Input[Dataset], base_mod
 def aggregate(plan: str, seed: int, pairs: Input[Dataset], judgements: Input[Dataset],
               instances: Output[Dataset]) -> str:
     """Principle-conditioned reward-model training instances."""
-    from salmon.task import run_stage_task
+    from salmon.tasks.run import run_stage_task
 
     return run_stage_task("aggregate", plan=plan, values={
         "pairs": pairs.path, "judgements": judgements.path, "output": instances.path, "seed": seed + 42},
@@ -265,7 +266,7 @@ def aggregate(plan: str, seed: int, pairs: Input[Dataset], judgements: Input[Dat
 @_component
 def pmp_data(plan: str, sources: str, seed: int, pairs: Output[Dataset]) -> str:
     """Preference-model pre-training pairs from the pmp_sources files; with none, an empty file."""
-    from salmon.task import pmp_data_task
+    from salmon.tasks.run import pmp_data_task
 
     return pmp_data_task(plan, sources, seed + 7, pairs)
 
@@ -276,7 +277,7 @@ def train_rm(plan: str, executor: str, epochs: float, instances: Input[Dataset],
              job_manifest: Output[Artifact]) -> str:
     """The principle-following reward model (in this task, or as a TrainJob / PyTorchJob), after a
     PMP phase on the pmp_data pairs when there are any."""
-    from salmon.task import has_pmp_pairs, run_stage_task
+    from salmon.tasks.run import has_pmp_pairs, run_stage_task
 
     values = {"instances": instances.path, "base_model": base_model.path, "output_dir": reward_model.path,
               "epochs": epochs}
@@ -292,7 +293,8 @@ def train_rm(plan: str, executor: str, epochs: float, instances: Input[Dataset],
 def eval_rm(plan: str, reward_model: Input[Model], pairs: Input[Dataset], judgements: Input[Dataset],
             evaluation: Output[Artifact], report: Output[Markdown], metrics: Output[Metrics]) -> str:
     """Held-out accuracy, principle-flip rate, sensitivity and the self-praise check of the RM."""
-    from salmon.task import publish_report, run_stage_task
+    from salmon.tasks.common import publish_report
+    from salmon.tasks.run import run_stage_task
 
     result = run_stage_task("eval_rm", plan=plan, values={
         "model": reward_model.path + "/model", "pairs": pairs.path, "judgements": judgements.path,
@@ -308,7 +310,8 @@ def ppo(plan: str, executor: str, rl_principle_ids: list, total_steps: int, roll
         prompts: Input[Dataset], base_model: Input[Model], sft: Input[Model], reward_model: Input[Model],
         policy: Output[Model], metrics: Output[Metrics], job_manifest: Output[Artifact]) -> str:
     """RL against the reward model, steered by the RL-time principles (in this task, or as a job)."""
-    from salmon.task import rollout_values, run_stage_task
+    from salmon.tasks.infra import rollout_values
+    from salmon.tasks.run import run_stage_task
 
     values = {"prompts": prompts.path, "policy_model": base_model.path, "policy_adapter": sft.path + "/adapter",
               "reward_model": reward_model.path + "/model", "output_dir": policy.path,
@@ -328,7 +331,9 @@ def eval_policy(plan: str, limit: int, rollout_backend: str, sampler: str, promp
                 base_model: Input[Model], sft: Input[Model], policy: Input[Model], reward_model: Input[Model],
                 evaluation: Output[Artifact], report: Output[Markdown], metrics: Output[Metrics]) -> str:
     """The policy against the SFT policy: rewards, adherence, KL, length, win rate, plots."""
-    from salmon.task import publish_report, rollout_values, run_stage_task
+    from salmon.tasks.common import publish_report
+    from salmon.tasks.infra import rollout_values
+    from salmon.tasks.run import run_stage_task
 
     values = {"prompts": prompts.path, "base_model": base_model.path, "baseline_adapter": sft.path + "/adapter",
               "policy_adapter": policy.path + "/policy", "reward_model": reward_model.path + "/model",
@@ -370,7 +375,7 @@ def register(prompts: str, selfalign: str, sft: str, sample: str, label: str, ag
     """
     import json
 
-    from salmon.task import register_task
+    from salmon.tasks.register import register_task
 
     summary = register_task(
         {"prompts": prompts, "selfalign": selfalign, "sft": sft, "sample": sample, "label": label,

@@ -4,7 +4,7 @@ the same stage recipes directly.
 - baseline, **direct**: one Python process calls, in pipeline order, ``plan_task`` (without
   registering the principle sets), ``base_model_task`` and every stage's ``run(cfg)`` with the
   config each pipeline task would resolve (preset -> plan overrides -> principle values -> the
-  values the component passes; :func:`stage_config` mirrors ``salmon.task.run_stage_task``). No
+  values the component passes; :func:`stage_config` is ``salmon.tasks.run.resolve_stage_config``). No
   kfp, no MLflow, no caching, no digests; ``register`` (which only writes to the MLflow model
   registry) and the no-op sampler tasks are not run.
 - salmon, **kfp.local**: :func:`pipelines.local.run_local` with the same parameters and caching
@@ -23,7 +23,6 @@ This module lives in ``pipelines`` because it imports kfp; the salmon package ne
 from __future__ import annotations
 
 import importlib
-import json
 import shutil
 import statistics
 import time
@@ -55,19 +54,16 @@ def pipeline_values(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage_config(stage: str, plan: str, values: dict[str, Any]) -> Any:
-    """The config ``run_stage_task`` resolves for ``stage`` (same order, same principle checks)."""
-    from salmon.core.config import build_config
-    from salmon.task import CONFIGS, _check_refs
+    """The config ``run_stage_task`` resolves for ``stage`` (the same function resolves it)."""
+    from salmon.tasks.run import resolve_stage_config
 
-    stage_plan = json.loads(plan) if plan else {}
-    principle_values, _ = _check_refs(stage, stage_plan.get("principles", {}))
-    merged = {**stage_plan.get("overrides", {}), **principle_values, **values}
-    return build_config(CONFIGS[stage], stage=stage, preset=stage_plan.get("preset") or None, values=merged)
+    return resolve_stage_config(stage, plan, values)[0]
 
 
 def run_direct(out: Path, params: dict[str, Any]) -> dict[str, float]:
     """The pipeline's stages called in this process; returns seconds per stage (and ``total``)."""
-    from salmon.task import base_model_task, plan_task
+    from salmon.tasks.infra import base_model_task
+    from salmon.tasks.plan import plan_task
 
     p = pipeline_values(params)
     out.mkdir(parents=True, exist_ok=True)

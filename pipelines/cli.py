@@ -158,7 +158,7 @@ def parse_params(items: list[str]) -> dict[str, Any]:
 
 def check_params(params: dict[str, Any]) -> None:
     """The plan task's parameter checks, on the parameters with the pipeline's defaults filled in."""
-    from salmon.task import validate_pipeline_params
+    from salmon.tasks.params import validate_pipeline_params
 
     defaults = {name: p.default for name, p in pipeline_parameters().items()}
     validate_pipeline_params({**defaults, **params})

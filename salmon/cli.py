@@ -238,7 +238,7 @@ ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,255}$")
 def _registry_promote(args: argparse.Namespace) -> int:
     import mlflow
 
-    from salmon.task import promote
+    from salmon.tasks.register import promote
     from salmon.tracking import tracking_problem
 
     if not ALIAS.match(args.alias) or args.alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", args.alias):

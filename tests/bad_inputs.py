@@ -219,7 +219,7 @@ def naming(build: Build, names: str) -> Build:
 
 def params_call(params: dict[str, Any]) -> Callable[[], object]:
     def call() -> object:
-        from salmon.task import validate_pipeline_params
+        from salmon.tasks.params import validate_pipeline_params
 
         validate_pipeline_params(params)
         return None
@@ -712,7 +712,7 @@ def _pipeline() -> list[BadInput]:
 
     def plan_first_step(c: Ctx) -> Setup:
         def run() -> object:
-            from salmon.task import plan_task
+            from salmon.tasks.plan import plan_task
 
             return plan_task(preset="nano", stage_overrides={}, selfalign_rules="", label_principles="",
                              rl_principles="", params={"sampler": "gpu"}, register=False)

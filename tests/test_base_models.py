@@ -130,7 +130,8 @@ def test_preflight_notes_pad_as_eos_and_an_ignored_chat_template(smollm2_model: 
 
 
 def test_the_pipeline_accepts_smollm2_as_base_model(tmp_path: Path, smollm2_model: str) -> None:
-    from salmon.task import base_model_task, validate_pipeline_params
+    from salmon.tasks.infra import base_model_task
+    from salmon.tasks.params import validate_pipeline_params
 
     validate_pipeline_params({"base_model_uri": "smollm2"})
     info = base_model_task("smollm2", str(tmp_path / "base"))
@@ -148,7 +149,8 @@ def test_the_pipeline_takes_a_registered_model(tiny_model: str, tmp_path: Path,
     import torch
 
     from salmon.modeling import load_causal_lm, load_tokenizer
-    from salmon.task import base_model_task, validate_pipeline_params
+    from salmon.tasks.infra import base_model_task
+    from salmon.tasks.params import validate_pipeline_params
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -182,7 +184,7 @@ def test_the_pipeline_takes_a_model_folder_from_s3(tiny_model: str, tmp_path: Pa
     from servers import moto_server
 
     from salmon.modeling import load_causal_lm, load_tokenizer
-    from salmon.task import base_model_task
+    from salmon.tasks.infra import base_model_task
 
     with moto_server() as url:
         for k, v in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",

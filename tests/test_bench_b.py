@@ -89,7 +89,7 @@ def test_pipeline_direct_side_resolves_every_stage_like_the_tasks(tmp_path: Path
     component's values; an unknown key (a drift from components/stages.py) would raise."""
     pytest.importorskip("kfp")
     from pipelines.bench import STAGES, TINY_PARAMS, pipeline_values, stage_config
-    from salmon.task import plan_task
+    from salmon.tasks.plan import plan_task
 
     p = pipeline_values(TINY_PARAMS)
     assert p["nano_prompts"] == TINY_PARAMS["nano_prompts"] and p["preset"] == "nano"

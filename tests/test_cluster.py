@@ -455,7 +455,7 @@ def test_serve_and_stop_sampler_tasks_in_deploy_mode(emu: Any, tmp_path: Path) -
     content-derived name, hand sample/label the endpoint, and remove the server at the end."""
     from kubernetes import client
 
-    from salmon.task import serve_sampler_task, stop_sampler_task
+    from salmon.tasks.infra import serve_sampler_task, stop_sampler_task
 
     base, adapter = tmp_path / "base", tmp_path / "sft" / "adapter"
     base.mkdir()
@@ -989,7 +989,7 @@ def test_job_sizes_priority_and_queue_come_from_the_settings(capsys: pytest.Capt
 
 def test_the_pipeline_checks_job_sizes_in_plan() -> None:
     from salmon.core.errors import SalmonInputError
-    from salmon.task import plan_task
+    from salmon.tasks.plan import plan_task
 
     cluster = {"nodes": 1, "procs_per_node": 0, "gpus": 0, "gpu_resource": "nvidia.com/gpu",
                "pvc": "salmon-model-cache", "mlflow_secret": "salmon-mlflow", "s3_secret": "salmon-s3",

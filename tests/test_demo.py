@@ -68,7 +68,7 @@ def test_demo_refuses_bad_holdouts_before_any_work(tmp_path: Path, capsys: pytes
 @pytest.mark.parametrize("preset", ["nano", "small"])
 def test_every_stage_has_a_valid_preset_config(preset: str) -> None:
     from salmon.core.config import build_config
-    from salmon.task import CONFIGS
+    from salmon.tasks.common import CONFIGS
 
     required = {"prompts": "p.jsonl", "output": "o.jsonl", "pairs": "p.jsonl", "judgements": "j.jsonl",
                 "instances": "i.jsonl", "base_model": "smollm2", "output_dir": "d", "model": "m", "data": "d.jsonl",

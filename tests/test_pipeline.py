@@ -155,7 +155,7 @@ def test_cli_rejects_bad_parameters_with_exit_2(tmp_path: Path) -> None:
 
 def test_plan_checks_parameters_before_any_work() -> None:
     from salmon.core.errors import SalmonInputError
-    from salmon.task import validate_pipeline_params
+    from salmon.tasks.params import validate_pipeline_params
 
     validate_pipeline_params({"sft_executor": "local", "label_backend": "rules"})
     validate_pipeline_params({"ppo_executor": "trainjob", "sft_executor": "pytorchjob"})
@@ -177,7 +177,7 @@ def test_plan_checks_parameters_before_any_work() -> None:
 
 def test_only_remote_training_stages_carry_the_cluster_settings() -> None:
     from salmon.core.errors import SalmonInputError
-    from salmon.task import plan_task
+    from salmon.tasks.plan import plan_task
 
     def plans(cluster: dict[str, Any], **executors: str) -> dict[str, dict[str, Any]]:
         out = plan_task(preset="nano", stage_overrides={}, selfalign_rules="", label_principles="",
@@ -210,7 +210,7 @@ def _principles_copy(tmp_path: Path, edit: bool) -> Path:
 
 def test_a_principle_change_reaches_exactly_the_stages_that_read_it(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from salmon.task import plan_task
+    from salmon.tasks.plan import plan_task
 
     def plans() -> dict[str, str]:
         return plan_task(preset="nano", stage_overrides={}, selfalign_rules="", label_principles="",
@@ -230,7 +230,7 @@ def test_a_selfalign_data_file_change_reaches_selfalign_only(tmp_path: Path, mon
                                                              data_file: str) -> None:
     """The identity conversations and the exemplars are files selfalign reads: editing one
     changes selfalign's plan (its cache key) and no other stage's."""
-    from salmon.task import _check_refs, plan_task
+    from salmon.tasks.plan import check_refs, plan_task
 
     def plans() -> dict[str, str]:
         return plan_task(preset="nano", stage_overrides={}, selfalign_rules="", label_principles="",
@@ -243,22 +243,22 @@ def test_a_selfalign_data_file_change_reaches_selfalign_only(tmp_path: Path, mon
         f.write("\n# edited\n")
     after = plans()
     assert sorted(s for s in before if before[s] != after[s]) == ["selfalign"]
-    values, tags = _check_refs("selfalign", json.loads(after["selfalign"])["principles"])
+    values, tags = check_refs("selfalign", json.loads(after["selfalign"])["principles"])
     assert tags[f"salmon.principles.{data_file}.digest"].startswith("sha256:")
 
 
 def test_a_principle_edited_mid_run_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from salmon.core.errors import SalmonInputError
-    from salmon.task import _check_refs, plan_task
+    from salmon.tasks.plan import check_refs, plan_task
 
     monkeypatch.setenv("SALMON_PRINCIPLES_DIR", str(_principles_copy(tmp_path, edit=False)))
     plan = json.loads(plan_task(preset="nano", stage_overrides={}, selfalign_rules="", label_principles="",
                                 rl_principles="", params={}, register=False)["label"])
-    values, tags = _check_refs("label", plan["principles"])
+    values, tags = check_refs("label", plan["principles"])
     assert values == {"principles": "nano"} and tags["salmon.principles.nano.digest"].startswith("sha256:")
     monkeypatch.setenv("SALMON_PRINCIPLES_DIR", str(_principles_copy(tmp_path, edit=True)))
     with pytest.raises(SalmonInputError, match="changed during the run"):
-        _check_refs("label", plan["principles"])
+        check_refs("label", plan["principles"])
 
 
 def test_stage_run_is_reopened_on_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -262,7 +262,7 @@ def test_the_pipeline_runs_pmp_data_and_hands_its_pairs_to_train_rm() -> None:
 def test_pmp_sources_are_checked_before_any_work() -> None:
     from salmon.core.errors import SalmonInputError
     from salmon.core.pmp import parse_source_spec
-    from salmon.task import validate_pipeline_params
+    from salmon.tasks.params import validate_pipeline_params
 
     assert parse_source_spec(" hh_rlhf:s3://data/hh/train.jsonl , shp:/mnt/models/shp.jsonl,") == [
         {"format": "hh_rlhf", "uri": "s3://data/hh/train.jsonl"}, {"format": "shp", "uri": "/mnt/models/shp.jsonl"}]
@@ -295,13 +295,13 @@ def test_without_sources_the_task_writes_an_empty_file_and_train_rm_skips_pmp(
     pmp_data for train_rm; pairs on disk become train_rm's pmp_data (and a logged input)."""
     pytest.importorskip("kfp")
     import components.stages as c
-    import salmon.task
+    import salmon.tasks.run
 
     pairs = Art(str(tmp_path / "pmp" / "pairs"))
     assert c.pmp_data.python_func(plan="", sources=" ", seed=0, pairs=pairs) == ""
     assert Path(pairs.path).read_text() == "" and pairs.metadata["rows"] == 0
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(salmon.task, "run_stage_task", lambda stage, **kw: calls.append(kw) or "{}")
+    monkeypatch.setattr(salmon.tasks.run, "run_stage_task", lambda stage, **kw: calls.append(kw) or "{}")
     common = dict(plan="", executor="local", epochs=1.0, instances=Art("i.jsonl"), base_model=Art("m"),
                   reward_model=Art("rm"), metrics=Art("metrics"), job_manifest=Art("job"))
     c.train_rm.python_func(pmp_data=pairs, **common)

@@ -111,7 +111,7 @@ def test_server_rollouts_need_an_endpoint(tmp_path: Path) -> None:
 def test_the_pipeline_points_ppo_and_eval_policy_at_the_runs_server() -> None:
     import json
 
-    from salmon.task import rollout_values
+    from salmon.tasks.infra import rollout_values
 
     server = json.dumps({"endpoint": "http://vllm-x.ns.svc:8000/v1", "served_model": "sft",
                          "adapter_dir": "/mnt/models/salmon-serve/vllm-x/served"})

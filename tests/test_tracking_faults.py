@@ -72,7 +72,7 @@ def _pairs(tmp: Path) -> Art:
 
 
 def _label(tmp: Path, pairs: Art) -> tuple[str, Art]:
-    from salmon.task import run_stage_task
+    from salmon.tasks.run import run_stage_task
 
     out = Art(str(tmp / "out" / "judgements.jsonl"))
     text = run_stage_task("label", plan="", values={"backend": "rules", "principles": "nano", "progress": False,
@@ -115,7 +115,7 @@ def test_the_probe_tells_an_answering_server_from_a_dead_port(monkeypatch: pytes
 
 def test_a_bookkeeping_stage_fails_before_any_work_without_mlflow(tmp_path: Path, tracking_env: None,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from salmon.task import run_stage_task
+    from salmon.tasks.run import run_stage_task
 
     use_tracking_uri(monkeypatch, f"http://127.0.0.1:{free_port()}")
     pairs = _pairs(tmp_path)
@@ -150,18 +150,18 @@ def test_a_model_stage_runs_without_mlflow_and_tracks_when_the_server_comes_back
             up.set()
             stop.wait(300)
 
-    import salmon.task as task_mod
+    import salmon.tasks.tracked as task_mod
     from salmon import tracking
 
     assert tracking.tracking_problem(attempts=1) is not None  # down before the stage starts
     server = threading.Thread(target=serve, daemon=True)
-    real_begin = task_mod._TrackedRun.begin
+    real_begin = task_mod.TrackedRun.begin
 
     def begin_then_start_the_server(self: Any, *args: Any) -> None:
         real_begin(self, *args)  # the probe finds no server: the stage goes on without one
         server.start()
 
-    monkeypatch.setattr(task_mod._TrackedRun, "begin", begin_then_start_the_server)
+    monkeypatch.setattr(task_mod.TrackedRun, "begin", begin_then_start_the_server)
     try:
         text, out = _label(tmp_path, pairs)
         info = json.loads(text)
@@ -197,7 +197,7 @@ def test_a_training_stage_stops_before_training_when_the_artifact_store_is_down(
         tmp_path: Path, tracking_env: None, monkeypatch: pytest.MonkeyPatch, tiny_model: str) -> None:
     """MLflow answers, but its S3 artifact store does not: sft fails before its first step."""
     from salmon.core.records import SFTExample
-    from salmon.task import run_stage_task
+    from salmon.tasks.run import run_stage_task
 
     data = tmp_path / "sft.jsonl"
     write_jsonl(data, [SFTExample(example_id="e", instruction="Hi?", response="Hello.", source="nano")])
@@ -226,7 +226,8 @@ def test_plan_and_register_fail_at_once_without_mlflow(tmp_path: Path, tracking_
     MLflow) stop with exit-3 errors in seconds, not after MLflow's retries."""
     import time
 
-    from salmon.task import plan_task, register_task
+    from salmon.tasks.plan import plan_task
+    from salmon.tasks.register import register_task
 
     use_tracking_uri(monkeypatch, f"http://127.0.0.1:{free_port()}")
     started = time.monotonic()
@@ -241,7 +242,7 @@ def test_plan_and_register_fail_at_once_without_mlflow(tmp_path: Path, tracking_
 
 def test_a_damaged_input_artifact_is_refused_before_any_work(tmp_path: Path) -> None:
     """The digest its producer stamped on the artifact must match its content."""
-    from salmon.task import artifact_digest, checked_input_digest
+    from salmon.tasks.common import artifact_digest, checked_input_digest
 
     pairs = _pairs(tmp_path)
     pairs.metadata["digest"] = artifact_digest(pairs.path)
