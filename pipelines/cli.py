@@ -1,7 +1,8 @@
 """``salmon pipeline compile|submit|run`` and ``salmon demo``: the commands that need kfp.
 
-``salmon.cli`` hands these sub-commands to :func:`main` (loading this module by name, so that
-the salmon package never imports kfp).
+They reach the ``salmon`` command as entry points of the ``salmon.commands`` group
+(:func:`add_demo_command`, :func:`add_pipeline_command`, declared in ``pyproject.toml``), so the
+salmon package never names this one and never imports kfp.
 """
 
 from __future__ import annotations
@@ -358,14 +359,29 @@ def _run(out: str, params: dict[str, Any], cache: bool, verbose: bool = False) -
     return 0
 
 
+def add_demo_command(sub: Any) -> None:
+    """The ``salmon demo`` sub-command (registered with ``salmon`` as a ``salmon.commands`` entry point)."""
+    demo = sub.add_parser(
+        "demo", help="run the SALMON pipeline with kfp.local: the nano world, or SmolLM2 on the nano world's "
+                     "prompts (--base smollm2)",
+        description="Run the whole SALMON pipeline locally with kfp.local in the nano world: MLflow "
+                    "runs in DIR/mlflow.db, models registered, champion promoted when the gates pass.")
+    add_demo_arguments(demo)
+    demo.set_defaults(func=main)
+
+
+def add_pipeline_command(sub: Any) -> None:
+    """The ``salmon pipeline`` sub-command (a ``salmon.commands`` entry point)."""
+    pipe = sub.add_parser("pipeline", help="compile, submit or locally run the Kubeflow pipeline")
+    add_pipeline_arguments(pipe)
+    pipe.set_defaults(func=main)
+
+
 def build_parser(prog: str = "salmon") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser("demo", help="run the SALMON pipeline with kfp.local: the nano world, or SmolLM2 on "
-                          "the nano world's prompts (--base smollm2)")
-    add_demo_arguments(demo)
-    pipe = sub.add_parser("pipeline", help="compile, submit or locally run the Kubeflow pipeline")
-    add_pipeline_arguments(pipe)
+    add_demo_command(sub)
+    add_pipeline_command(sub)
     return parser
 
 

@@ -201,34 +201,31 @@ def _nano_prompts(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pipeline_commands(sub: Any) -> None:
-    """``demo`` and ``pipeline`` live in the ``pipelines`` package (they need kfp); it is loaded
-    by name so that salmon itself never imports kfp."""
-    import importlib
+COMMAND_PLUGINS = "salmon.commands"
+"""Entry-point group of the sub-commands other packages add (``demo`` and ``pipeline``, from the
+``pipelines`` package: they need kfp). Each entry point is a function that adds its sub-parser."""
 
-    try:
-        pcli = importlib.import_module("pipelines.cli")
-    except ImportError as e:
-        missing = str(e)
 
-        def unavailable(args: argparse.Namespace) -> int:
-            raise SalmonInputError(f"salmon {args.command}", f"needs kfp ({missing})",
-                                   "install salmon with the 'pipeline' and 'tracking' extras")
+def _plugin_commands(sub: Any) -> None:
+    """Add the sub-commands registered under :data:`COMMAND_PLUGINS`. One whose package cannot be
+    imported (kfp missing) still appears, and explains what to install."""
+    from importlib.metadata import entry_points
 
-        for name in ("demo", "pipeline"):
-            p = sub.add_parser(name, help=f"{name} (needs the 'pipeline' extra)")
+    for ep in sorted(entry_points(group=COMMAND_PLUGINS), key=lambda e: e.name):
+        try:
+            add = ep.load()
+        except ImportError as e:
+            missing = str(e)
+
+            def unavailable(args: argparse.Namespace, missing: str = missing) -> int:
+                raise SalmonInputError(f"salmon {args.command}", f"needs kfp ({missing})",
+                                       "install salmon with the 'pipeline' and 'tracking' extras")
+
+            p = sub.add_parser(ep.name, help=f"{ep.name} (needs the 'pipeline' extra)")
             p.add_argument("rest", nargs=argparse.REMAINDER)
             p.set_defaults(func=unavailable)
-        return
-    demo = sub.add_parser(
-        "demo", help="run the SALMON pipeline in the nano world with kfp.local (CPU, minutes)",
-        description="Run the whole SALMON pipeline locally with kfp.local in the nano world: MLflow "
-                    "runs in DIR/mlflow.db, models registered, champion promoted when the gates pass.")
-    pcli.add_demo_arguments(demo)
-    demo.set_defaults(func=pcli.main)
-    pipe = sub.add_parser("pipeline", help="compile, submit or locally run the Kubeflow pipeline")
-    pcli.add_pipeline_arguments(pipe)
-    pipe.set_defaults(func=pcli.main)
+            continue
+        add(sub)
 
 
 ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,255}$")
@@ -364,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("shell", choices=["bash"], help="the shell (bash; zsh through bashcompinit)")
     comp.set_defaults(func=_completion)
 
-    _pipeline_commands(sub)
+    _plugin_commands(sub)
     _cluster_commands(sub)
     _bench_command(sub)
     reg = sub.add_parser("registry", help="the MLflow model registry")

@@ -58,3 +58,19 @@ def test_bash_completion_offers_subcommands_and_options(tmp_path: object) -> Non
     assert "--executor" in offered("job", "render", "--")
     assert "ppo" in offered("") and "pmp_data" in offered("")
     assert offered("completion", "b") == ["bash"]
+
+
+def test_demo_and_pipeline_arrive_as_entry_points_not_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    """The library never names the application package: ``demo`` and ``pipeline`` are entry points
+    of the ``salmon.commands`` group, and they answer through ``salmon``."""
+    import inspect
+    from importlib.metadata import entry_points
+
+    import salmon.cli
+
+    eps = {ep.name: ep.value for ep in entry_points(group=salmon.cli.COMMAND_PLUGINS)}
+    assert eps == {"demo": "pipelines.cli:add_demo_command", "pipeline": "pipelines.cli:add_pipeline_command"}
+    assert "pipelines" not in inspect.getsource(salmon.cli)
+    with pytest.raises(SystemExit) as done:
+        main(["pipeline", "--help"])
+    assert done.value.code == 0 and "compile" in capsys.readouterr().out
