@@ -202,8 +202,8 @@ def _nano_prompts(args: argparse.Namespace) -> int:
 
 
 COMMAND_PLUGINS = "salmon.commands"
-"""Entry-point group of the sub-commands other packages add (``demo`` and ``pipeline``, from the
-``pipelines`` package: they need kfp). Each entry point is a function that adds its sub-parser."""
+"""Entry-point group of the sub-commands other packages add (``demo`` and ``pipeline``, which need
+kfp). Each entry point is a function that adds its sub-parser."""
 
 
 def _plugin_commands(sub: Any) -> None:
