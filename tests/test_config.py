@@ -70,6 +70,18 @@ def test_overrides_parse_yaml_scalars() -> None:
 
 
 def test_every_field_is_documented() -> None:
-    for cls in (SampleConfig, LabelConfig, AggregateConfig, TrainRMConfig, EvalRMConfig):
+    """Every field of every config model (the stages' and the nested ones) has a description."""
+    import inspect
+
+    from pydantic import BaseModel
+
+    import salmon.core.config as config_mod
+    from salmon.tasks.common import CONFIGS
+
+    models = {cls for _, cls in inspect.getmembers(config_mod, inspect.isclass)
+              if issubclass(cls, BaseModel) and cls.__module__ == config_mod.__name__}
+    assert set(CONFIGS.values()) <= models and len(models) > len(CONFIGS)  # nested models (sources) too
+    for cls in (SampleConfig, LabelConfig, AggregateConfig, TrainRMConfig, EvalRMConfig, *sorted(
+            models, key=lambda c: c.__name__)):
         for name, field in cls.model_fields.items():
             assert field.description, f"{cls.__name__}.{name} has no description"

@@ -27,7 +27,7 @@ def close(actual: torch.Tensor, expected: list, atol: float = 1e-6) -> bool:  # 
 
 
 def test_length_bonus_caps_only_the_top() -> None:
-    p = ShapingParams()
+    p = ShapingParams.method_defaults()
     got = length_bonus(torch.tensor([512, 1000, 1024]), torch.tensor([1.0, 1.0, -0.4]), p)
     # 5 * min(0.5, .8) = 2.5; 5 * min(0.977, .8) = 4.0; 5 * min(-0.4, .8) = -2.0
     assert got.tolist() == pytest.approx([2.5, 4.0, -2.0])

@@ -100,6 +100,27 @@ class _DeepSpeedSettings(_Config):
         return self
 
 
+class _LoraSettings(_Config):
+    """The LoRA adapter fields shared by ``sft`` and ``train_rm`` (peft's ``LoraConfig``)."""
+
+    lora_r: int = Field(default=64, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="LoRA dropout.")
+    lora_target: str = Field(
+        default="all-linear", description="peft target_modules: 'all-linear' (every linear layer but lm_head) or a "
+                                          "comma list of module names.")
+
+
+class _OptimSettings(_Config):
+    """The AdamW and schedule fields shared by ``sft`` and ``train_rm`` (each sets its own
+    ``learning_rate``)."""
+
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field(default="cosine", description="Decay after warm-up.")
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1, description="Share of steps used for warm-up.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=0.3, gt=0, description="Gradient clipping norm.")
+
+
 class _ServerConnection(_Config):
     """How a stage reaches an OpenAI-compatible server (its ``openai`` backend)."""
 
@@ -287,7 +308,7 @@ class PMPDataConfig(_Config):
     seed: int = Field(default=42, description="Seed of the shuffle.")
 
 
-class TrainRMConfig(_DeepSpeedSettings):
+class TrainRMConfig(_DeepSpeedSettings, _LoraSettings, _OptimSettings):
     """``train_rm``: the principle-following reward model, Bradley-Terry loss (method §3)."""
 
     instances: str = Field(json_schema_extra=INPUT, description="RMInstance JSONL from aggregate.")
@@ -295,19 +316,11 @@ class TrainRMConfig(_DeepSpeedSettings):
     base_model: str = Field(description="HF causal LM folder (or packaged model name) to start from.",
                             json_schema_extra=MODEL_REF)
     finetune: Literal["lora", "full"] = Field(default="lora", description="LoRA adapters or all weights.")
-    lora_r: int = Field(default=64, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha.")
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="LoRA dropout.")
-    lora_target: str = Field(default="all-linear", description="peft target_modules ('all-linear' or comma list).")
     lora_layers: int | None = Field(
         default=None, ge=1,
         description="LoRA on the last N transformer layers only; null: every layer (the method). Backpropagation "
                     "then stops at the lowest adapted layer, so a step costs less (docs/results.md: SmolLM2).")
     learning_rate: float = Field(default=3e-5, gt=0, description="Peak learning rate.")
-    lr_schedule: Literal["cosine", "linear", "constant"] = Field(default="cosine", description="Decay after warm-up.")
-    warmup_ratio: float = Field(default=0.03, ge=0, lt=1, description="Share of steps used for warm-up.")
-    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(default=0.3, gt=0, description="Gradient clipping norm.")
     epochs: float = Field(default=1.0, gt=0, description="Passes over the instances (fractions allowed).")
     batch_size: int = Field(default=64, ge=1, description="Pairs per optimizer step.")
     micro_batch_size: int = Field(default=4, ge=1, description="Pairs per forward pass.")
@@ -384,8 +397,14 @@ class EvalRMConfig(_Config):
 
 
 class PPOConfig(_DeepSpeedSettings, _PolicyPrompt, _ServerRollouts):
-    """``ppo``: RL against the principle-following reward model (method §4). Defaults: the method."""
+    """``ppo``: RL against the principle-following reward model (method §4). Defaults: the method.
 
+    The fields come in sections: inputs and outputs; the four roles (layout, precision, memory);
+    RL-time principles; rollouts (with ``rollout_backend`` and the server fields of
+    ``_ServerRollouts``); reward shaping; advantages and losses; optimisation; run length,
+    checkpoints and seed; the DeepSpeed fields (``_DeepSpeedSettings``)."""
+
+    # -- inputs and outputs
     prompts: str = Field(json_schema_extra=INPUT, description="PromptRecord JSONL to roll out on.")
     policy_model: str = Field(
         description="HF causal LM folder or packaged model name (or the base of policy_adapter) to start the policy "
@@ -395,6 +414,8 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt, _ServerRollouts):
         json_schema_extra=OUTPUT_DIR, description="Folder for the policy, checkpoints and rollout dumps.")
     policy_adapter: str | None = Field(
         json_schema_extra=INPUT, default=None, description="SFT LoRA adapter to start policy and reference from.")
+
+    # -- the four roles: layout, precision, memory
     role_layout: Literal["shared", "separate"] = Field(
         default="shared",
         description="shared: the four roles as LoRA adapters on one base (needs a LoRA RM on policy_model); "
@@ -413,13 +434,11 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt, _ServerRollouts):
         description="Generate rollouts (rollout_backend=hf) from a plain copy of the base with the policy adapter "
                     "merged in, refreshed before every step: faster generation than through the unmerged "
                     "adapter, for one more copy of the base weights. Not with quantize=4bit or ZeRO-3.")
-    stop_rollouts: bool = Field(
-        default=True,
-        description="Stop each rollout at the end of its turn (stop string or end id). false generates every "
-                    "rollout of rollout_backend=hf to response_len (the model's own eos still ends one), as the "
-                    "released code did; the turn is read up to its end either way. For comparisons.")
-    algorithm: Literal["ppo", "grpo", "rloo"] = Field(
-        default="ppo", description="ppo (value model, GAE) or a critic-free variant on the same rewards.")
+    lora_r: int = Field(default=64, ge=1, description="LoRA rank of new policy/value adapters.")
+    lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha of new adapters.")
+    init_value_with_reward: bool = Field(default=True, description="Value body starts from the RM; value head at 0.")
+
+    # -- RL-time principles (method §4.4)
     rl_principles: str = Field(
         json_schema_extra=INPUT, default="rl", description="Principle set sampled at RL time (steers the policy).")
     interventions: str | None = Field(json_schema_extra=INPUT,
@@ -431,33 +450,29 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt, _ServerRollouts):
     principles_per_rollout: int = Field(default=3, ge=0, description="Principles drawn by weight per RM call.")
     prompt_splits: list[Literal["train", "heldout"]] | None = Field(
         default=None, description="Roll out only on prompts of these splits; null for all.")
+
+    # -- rollouts (rollout_backend and the server fields: above)
     rollout_batch_size: int = Field(default=576, ge=1, description="Rollouts per PPO step.")
-    step_batch_size: int = Field(default=288, ge=1, description="Rollouts per optimizer step.")
-    ppo_epochs: int = Field(default=2, ge=1, description="Passes over each step's rollouts.")
     forward_batch_size: int = Field(
         default=6, ge=1,
         description="Rollouts per forward without gradients: generation, RM scoring, and the old policy, "
                     "reference and value passes.")
-    micro_batch_size: int = Field(
-        default=6, ge=1,
-        description="Rollouts per forward/backward in an update; gradients accumulate over the micro-batches of "
-                    "each step_batch_size minibatch (the method: 6 per device). Memory grows with this, not with "
-                    "the rollout batch.")
-    group_size: int = Field(default=4, ge=2, description="Samples per prompt for grpo and rloo.")
-    total_epochs: float = Field(default=2.0, gt=0, description="Passes over the prompt set.")
-    learning_rate: float = Field(default=2e-5, gt=0, description="Peak LR (policy, value and value head together).")
-    warmup_steps: int = Field(default=5, ge=0, description="Warm-up PPO steps; the schedule steps once per PPO step.")
-    lr_schedule: Literal["cosine", "linear", "constant"] = Field(default="cosine", description="Decay after warm-up.")
-    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     temperature: float = Field(default=0.7, gt=0, description="Sampling temperature; log-probs use it too.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
     query_len: int = Field(default=256, ge=1, description="Longest templated query; longer prompts are dropped.")
     response_len: int = Field(default=1024, ge=1, description="Most new tokens per rollout.")
+    stop: str | None = Field(default=None, description=END_OF_TURN_HELP)
+    stop_rollouts: bool = Field(
+        default=True,
+        description="Stop each rollout at the end of its turn (stop string or end id). false generates every "
+                    "rollout of rollout_backend=hf to response_len (the model's own eos still ends one), as the "
+                    "released code did; the turn is read up to its end either way. For comparisons.")
+
+    # -- reward shaping (method §4.3)
     rm_max_length: int = Field(
         default=1664, ge=32,
         description="Longest RM input at RL time; it holds the instruction (up to query_len tokens) and the whole "
                     "response (up to response_len), whatever limits the RM was trained with.")
-    stop: str | None = Field(default=None, description=END_OF_TURN_HELP)
     no_stop_penalty: float = Field(default=-6.0, description="Added to the score when the stop string is missing.")
     length_bonus: float = Field(default=5.0, description="Length bonus scale.")
     length_cap: float = Field(default=0.8, description="Upper bound of the length term before scaling.")
@@ -466,6 +481,11 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt, _ServerRollouts):
         description="Length multiplier per prompt type.")
     kl_coef: float = Field(default=0.01, ge=0, description="Per-token KL penalty (k1, clamped at 0).")
     reward_scale: float = Field(default=10.0, gt=0, description="All shaped rewards are multiplied by this.")
+
+    # -- advantages and losses
+    algorithm: Literal["ppo", "grpo", "rloo"] = Field(
+        default="ppo", description="ppo (value model, GAE) or a critic-free variant on the same rewards.")
+    group_size: int = Field(default=4, ge=2, description="Samples per prompt for grpo and rloo.")
     gamma: float = Field(default=1.0, ge=0, le=1, description="GAE discount.")
     lam: float = Field(default=1.0, ge=0, le=1, description="GAE lambda.")
     whiten_advantages: bool = Field(default=True, description="Whiten advantages over the whole batch.")
@@ -476,10 +496,22 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt, _ServerRollouts):
     clip_range: float = Field(default=0.2, gt=0, description="Policy ratio clip.")
     clip_range_value: float = Field(default=0.2, gt=0, description="Value clip around the old values.")
     vf_coef: float = Field(default=0.1, ge=0, description="Value loss coefficient.")
-    lora_r: int = Field(default=64, ge=1, description="LoRA rank of new policy/value adapters.")
-    lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha of new adapters.")
-    init_value_with_reward: bool = Field(default=True, description="Value body starts from the RM; value head at 0.")
-    save_every: int = Field(default=10, ge=1, description="Checkpoint every N PPO steps.")
+
+    # -- optimisation
+    step_batch_size: int = Field(default=288, ge=1, description="Rollouts per optimizer step.")
+    micro_batch_size: int = Field(
+        default=6, ge=1,
+        description="Rollouts per forward/backward in an update; gradients accumulate over the micro-batches of "
+                    "each step_batch_size minibatch (the method: 6 per device). Memory grows with this, not with "
+                    "the rollout batch.")
+    ppo_epochs: int = Field(default=2, ge=1, description="Passes over each step's rollouts.")
+    learning_rate: float = Field(default=2e-5, gt=0, description="Peak LR (policy, value and value head together).")
+    warmup_steps: int = Field(default=5, ge=0, description="Warm-up PPO steps; the schedule steps once per PPO step.")
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field(default="cosine", description="Decay after warm-up.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+
+    # -- run length, checkpoints, seed
+    total_epochs: float = Field(default=2.0, gt=0, description="Passes over the prompt set.")
     total_steps: int | None = Field(
         default=None, ge=1,
         description="Schedule exactly N PPO steps (the LR schedule spans them) instead of total_epochs.")
@@ -487,6 +519,7 @@ class PPOConfig(_DeepSpeedSettings, _PolicyPrompt, _ServerRollouts):
         default=None, ge=1,
         description="Stop this invocation after N PPO steps (checkpointed); a rerun continues. The LR "
                     "schedule still spans the whole run.")
+    save_every: int = Field(default=10, ge=1, description="Checkpoint every N PPO steps.")
     seed: int = Field(default=42, description="Seed of sampling, principle draws and data order.")
     device: Device = Field(default="auto", description="auto picks cuda when available.")
 
@@ -663,7 +696,7 @@ class SelfAlignConfig(_Config):
     dtype: DType = Field(default="float32", description=GENERATION_DTYPE_HELP)
 
 
-class SFTConfig(_DeepSpeedSettings):
+class SFTConfig(_DeepSpeedSettings, _LoraSettings, _OptimSettings):
     """``sft``: principle engraving, LoRA (or QLoRA) SFT on instruction -> answer (method §1.4)."""
 
     @model_validator(mode="after")
@@ -686,15 +719,7 @@ class SFTConfig(_DeepSpeedSettings):
                     "(default: none, the template's own).")
     quantize: Literal["none", "4bit"] = Field(
         default="none", description="4bit: QLoRA (NF4, double quantization); needs bitsandbytes and a GPU.")
-    lora_r: int = Field(default=64, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha.")
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="LoRA dropout.")
-    lora_target: str = Field(default="all-linear", description="peft target_modules (all linear but lm_head).")
     learning_rate: float = Field(default=1e-4, gt=0, description="Peak learning rate.")
-    lr_schedule: Literal["cosine", "linear", "constant"] = Field(default="cosine", description="Decay after warm-up.")
-    warmup_ratio: float = Field(default=0.03, ge=0, lt=1, description="Share of steps used for warm-up.")
-    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(default=0.3, gt=0, description="Gradient clipping norm.")
     epochs: float = Field(default=1.0, gt=0, description="Passes over the data (fractions allowed).")
     batch_size: int = Field(default=128, ge=1, description="Examples per optimizer step.")
     micro_batch_size: int = Field(default=4, ge=1, description="Examples per forward pass.")

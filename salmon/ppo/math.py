@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -16,14 +16,28 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ShapingParams:
-    """Reward shaping knobs; defaults are the method's values."""
+    """Reward shaping knobs, built from a ``PPOConfig`` (:meth:`from_config`), whose defaults are
+    the method's values (:meth:`method_defaults`)."""
 
-    kl_coef: float = 0.01
-    no_stop_penalty: float = -6.0
-    length_bonus: float = 5.0
-    length_cap: float = 0.8
-    length_norm: int = 1024
-    reward_scale: float = 10.0
+    kl_coef: float
+    no_stop_penalty: float
+    length_bonus: float
+    length_cap: float
+    length_norm: int
+    reward_scale: float
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ShapingParams:
+        """The knobs of a ``PPOConfig``; the length term is normalised by its ``response_len``."""
+        return cls(kl_coef=cfg.kl_coef, no_stop_penalty=cfg.no_stop_penalty, length_bonus=cfg.length_bonus,
+                   length_cap=cfg.length_cap, length_norm=cfg.response_len, reward_scale=cfg.reward_scale)
+
+    @classmethod
+    def method_defaults(cls) -> ShapingParams:
+        """The method's values: ``PPOConfig``'s defaults, the one place they are written."""
+        from salmon.core.config import PPOConfig
+
+        return cls.from_config(PPOConfig.model_construct())
 
 
 def length_bonus(lengths: torch.Tensor, multipliers: torch.Tensor, params: ShapingParams) -> torch.Tensor:
@@ -51,7 +65,7 @@ def shaped_rewards(
     logp: torch.Tensor,
     logp_ref: torch.Tensor,
     mask: torch.Tensor,
-    params: ShapingParams = ShapingParams(),  # noqa: B008 - frozen dataclass
+    params: ShapingParams | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards ``(B, T)`` and the terminal reward ``(B,)``, both times ``reward_scale``.
 
@@ -68,9 +82,11 @@ def shaped_rewards(
         logp, logp_ref: ``(B, T)`` per-token log-probs of policy and reference, at the
             sampling temperature.
         mask: ``(B, T)``.
+        params: the shaping knobs (default: the method's values).
     """
     import torch
 
+    params = params or ShapingParams.method_defaults()
     kl = per_token_kl(logp, logp_ref, mask)
     terminal = scores.float() + length_bonus(lengths, multipliers, params)
     terminal = terminal + torch.where(has_stop, 0.0, params.no_stop_penalty)

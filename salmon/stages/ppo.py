@@ -512,9 +512,7 @@ def _train(cfg: PPOConfig, ctx: Any) -> StageResult:
     rng = random.Random(cfg.seed)
     if ctx.deepspeed:
         wrap_roles(roles, ctx, opt, cfg)
-    shaping = ppo_math.ShapingParams(kl_coef=cfg.kl_coef, no_stop_penalty=cfg.no_stop_penalty,
-                                     length_bonus=cfg.length_bonus, length_cap=cfg.length_cap,
-                                     length_norm=cfg.response_len, reward_scale=cfg.reward_scale)
+    shaping = ppo_math.ShapingParams.from_config(cfg)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
