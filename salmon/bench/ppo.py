@@ -1,16 +1,19 @@
 """``salmon bench ppo``: where a PPO step's time goes, and what the shared-base role layout saves.
 
-The step measured is the ``ppo`` stage itself (:func:`salmon.stages.ppo._train`), not a copy of
-it. The stage has no timing hooks, so the benchmark times it from the outside, at the seams the
-recipe already has:
+The step measured is the ``ppo`` stage itself (:func:`salmon.stages.ppo.train`), not a copy of
+it. The stage has no timing hooks: the benchmark builds the roles and hands the stage a timing
+implementation of :class:`salmon.ppo.roles.Roles` around them, and a timing context, so the
+phases are read at the seams the recipe already has:
 
-- **generation**: ``salmon.turns.PolicyTurns.generate`` (generate + reading the turns);
+- **generation**: the ``generate`` calls of ``roles.sampler`` (and, with a merged generation copy,
+  its refresh before the step);
 - **scoring**: ``roles.score`` (the RM forward over the encoded RM inputs);
 - **reference/value**: the roles' passes run without gradients (old policy log-probs,
   reference log-probs, old values);
 - **learning**: from the first pass with gradients to the step's log line (the clipped policy
   and value losses, backward passes, clipping and optimizer steps of every PPO epoch);
-- **other**: the rest of the step (tokenising, RM input encoding, reward shaping, GAE).
+- **other**: the rest of the step (reading the turns, tokenising, RM input encoding, reward
+  shaping, GAE).
 
 A step starts when the stage asks the context for its shard of prompts and ends at its
 ``step k/n`` log line, so the parts add up to the step by construction. The first step is a
@@ -169,6 +172,32 @@ class _TimedRoles:
         self._clock.add("scoring", time.perf_counter() - t0)
         return out
 
+    @property
+    def sampler(self) -> Any:
+        """The roles' generation model (its refresh, for a merged copy, counted as generation),
+        with its ``generate`` calls timed."""
+        t0 = time.perf_counter()
+        model = self._roles.sampler
+        self._clock.add("generation", time.perf_counter() - t0)
+        return _TimedGenerator(model, self._clock)
+
+
+class _TimedGenerator:
+    """A generation model whose ``generate`` calls are timed as the step's generation."""
+
+    def __init__(self, model: Any, clock: _Clock) -> None:
+        self._model = model
+        self._clock = clock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        out = self._model.generate(*args, **kwargs)
+        self._clock.add("generation", time.perf_counter() - t0)
+        return out
+
 
 class _TimedContext:
     """The stage's (single-process) context: a step starts at ``shard`` and ends at its log line."""
@@ -208,40 +237,21 @@ def timed_ppo(values: dict[str, Any]) -> dict[str, Any]:
     import salmon.stages.ppo as stage
     from salmon.core.config import PPOConfig, build_config
     from salmon.distributed import session
+    from salmon.ppo.roles import build_roles
     from salmon.reward import model as _rm  # noqa: F401
-    from salmon.turns import PolicyTurns
 
     rss_imports = _vm_kib("VmRSS")
     cfg = build_config(PPOConfig, stage="ppo", preset="nano", values=values)
     clock = _Clock()
-    sample, build = PolicyTurns.generate, stage.build_roles
-
-    def timed_sample(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        out = sample(*args, **kwargs)
-        clock.add("generation", time.perf_counter() - t0)
-        return out
-
-    PolicyTurns.generate = timed_sample  # type: ignore[method-assign]
-    rss_roles = [0]
-
-    def timed_build(c: Any, device: Any) -> _TimedRoles:
-        roles = build(c, device)
-        rss_roles[0] = _vm_kib("VmRSS")  # the runtime and the roles' weights, before any step
-        return _TimedRoles(roles, clock)
-
-    stage.build_roles = timed_build  # type: ignore[assignment]
-    try:
-        with session("off", cfg.device) as ctx:
-            stage._train(cfg, _TimedContext(ctx, clock))
-    finally:
-        PolicyTurns.generate = sample  # type: ignore[method-assign]
-        stage.build_roles = build  # type: ignore[assignment]
+    with session("off", cfg.device) as ctx:
+        roles = build_roles(cfg, ctx.device)
+        rss_roles = _vm_kib("VmRSS")  # the runtime and the roles' weights, before any step
+        stage.train(cfg, _TimedContext(ctx, clock), roles=_TimedRoles(roles, clock))
     log = [json.loads(line) for line in (Path(cfg.output_dir) / "train_log.jsonl").read_text().splitlines()]
     per_step = cfg.rollout_batch_size
     tokens = [float(h["response_tokens"]) * per_step for h in log]
     return {"steps": clock.steps, "tokens": tokens, "rollouts": per_step, "rss_imports_kib": rss_imports,
-            "rss_roles_kib": rss_roles[0], "peak_kib": _vm_kib("VmHWM")}
+            "rss_roles_kib": rss_roles, "peak_kib": _vm_kib("VmHWM")}
 
 
 def _child(spec_path: str) -> None:
@@ -354,8 +364,8 @@ def run(quick: bool, work: Path) -> BenchResult:
                 result.figures[f"smollm2.ckpt{int(checkpointing)}.{layout}.step_s"] = round(
                     phase_medians(res)["step"], 3)
     result.notes = [
-        "The step split is measured on the stage's own code (salmon.stages.ppo._train) by wrapping its "
-        "roles, PolicyTurns.generate and context; 'other' is tokenising, RM input encoding, shaping and GAE.",
+        "The step split is measured on the stage's own code (salmon.stages.ppo.train), given timing roles "
+        "(the Roles protocol) and a timing context; 'other' is reading turns, RM input encoding, shaping and GAE.",
         "Each layout runs in its own subprocess, back to back; the first step is a warm-up and left out.",
     ]
     return result

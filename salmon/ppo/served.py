@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from salmon.core.config import PPOConfig
+
 MAX_STOP_STRINGS = 4
 """The most stop strings an OpenAI-compatible /completions request may carry (vLLM enforces it)."""
 
@@ -180,3 +182,32 @@ def adapter_on_server(client: Any, adapter: str, write_dir: Path, server_dir: st
         yield name
     finally:
         client.unload_lora(name)
+
+
+def served_policy(cfg: PPOConfig, ctx: Any) -> Any:
+    """The :class:`salmon.ppo.served.ServedPolicy` of ``rollout_backend=openai``, once the server
+    lists its models."""
+    from salmon.ppo.served import ServedPolicy, served_adapter_dir
+    from salmon.sampling.openai_client import OpenAIClient
+
+    assert cfg.endpoint is not None  # the config's validator
+    client = OpenAIClient.from_config(cfg)
+    models = client.wait_ready(cfg.ready_timeout_s)
+    ctx.log("ppo", f"rollouts from {client.endpoint} (serving {', '.join(m.id for m in models)}); the policy "
+                   "adapter is loaded there before every step")
+    return ServedPolicy(client, served_adapter_dir(cfg), cfg.served_adapter_dir_on_server,
+                        run_key=str(Path(cfg.output_dir).resolve()))
+
+
+def served_rollouts(served: Any, roles: Any, ctx: Any, trainable: dict[str, Any], turns: Any, q_ids: list[list[int]],
+                    cfg: PPOConfig, step: int, offset: int) -> tuple[list[Any], list[list[float]]]:
+    """This step's rollouts from the server: rank 0 publishes the policy adapter as it is now
+    (ZeRO-3 gathers it first), every rank waits for it, then asks for its own queries, seeded by
+    (seed, step, rollout index across ranks)."""
+    from salmon.ppo.served import generate_on_server, rollout_seed
+
+    with ctx.gathered(list(trainable.values())):
+        ctx.on_main(lambda: served.publish(step, roles.save_policy))  # the other ranks wait at its barrier
+    seeds = [rollout_seed(cfg.seed, step, offset + i) for i in range(len(q_ids))]
+    return generate_on_server(served.client, served.name(step), turns, q_ids, max_new_tokens=cfg.response_len,
+                              temperature=cfg.temperature, top_p=cfg.top_p, seeds=seeds)

@@ -178,6 +178,18 @@ class SharedRoles:
         finally:
             self.use("policy")
 
+    def engine_parts(self) -> dict[str, Any]:
+        """The adapter model and the value head; every trainable adapter weight requires grad first
+        (peft freezes inactive adapters, and DeepSpeed trains only what requires grad at start-up)."""
+        for p in self.trainable().values():
+            p.requires_grad_(True)
+        return {"model": self.model, "value_head": self.value_head}
+
+    def route_through_engine(self, routed: dict[str, Any]) -> None:
+        for name, part in routed.items():
+            setattr(self, name, part)
+        self.use("policy")
+
     def save_policy(self, folder: Path) -> None:
         """The policy adapter alone, loadable with ``PeftModel.from_pretrained`` on the base."""
         self.model.save_pretrained(str(folder), selected_adapters=["policy"])
