@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from salmon.bench.common import BenchResult, Comparison
+from salmon.core.stages import STAGES as CATALOGUE
 
 TINY_PARAMS: dict[str, Any] = {
     # the quick variant: every task runs, on the smallest sizes that still produce every output
@@ -40,8 +41,8 @@ TINY_PARAMS: dict[str, Any] = {
     "eval_limit": 8,
     "stage_overrides": {"ppo": {"rollout_batch_size": 4, "step_batch_size": 4}, "eval_rm": {"passes": 1}},
 }
-STAGES = ("prompts", "selfalign", "sft", "sample", "label", "aggregate", "pmp_data", "train_rm", "eval_rm", "ppo",
-          "eval_policy")
+STAGES = tuple(CATALOGUE)
+"""The stages the pipeline runs, in order (the catalogue's)."""
 
 
 def pipeline_values(params: dict[str, Any]) -> dict[str, Any]:

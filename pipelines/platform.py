@@ -18,16 +18,14 @@ resources); the compiled YAML carries it to the cluster.
 from kfp import dsl, kubernetes
 
 from components.image import IMAGE_ENV
+from salmon.core.stages import GPU_STAGES, TRAINING_STAGES
 
-GPU_STAGES = ("sft", "train_rm", "ppo", "eval_policy")
 NVIDIA_TAINT = "nvidia.com/gpu"
 MODEL_CACHE_MOUNT = "/mnt/models"
 CPU_REQUEST = "2"
 MEMORY_REQUEST = "8Gi"
 GPU_MEMORY_LIMIT = "64Gi"
 
-
-TRAINING_STAGES = ("sft", "train_rm", "ppo")
 
 
 LAUNCHERS = (*TRAINING_STAGES, "serve_sampler", "stop_sampler", "stop_sampler_after_rollouts")

@@ -18,21 +18,6 @@ from typing import Any
 from salmon import __version__
 from salmon.core.errors import GateFailed, SalmonInputError, ServiceUnavailable, report, report_unexpected
 
-STAGES: dict[str, tuple[str, str]] = {
-    # stage: (config class name in salmon.core.config, one-line help)
-    "prompts": ("PromptsConfig", "load, clean, dedupe and tag prompt sets (local or S3); red-teaming synthesis"),
-    "selfalign": ("SelfAlignConfig", "principle-driven answers in context (17 rules, 6 exemplars), filtered"),
-    "sft": ("SFTConfig", "principle engraving: LoRA/QLoRA SFT on instruction -> answer, loss on the answer"),
-    "sample": ("SampleConfig", "two responses per prompt (hf model or nano generator)"),
-    "label": ("LabelConfig", "AI feedback: judge each pair under each principle, both orders"),
-    "aggregate": ("AggregateConfig", "principle-conditioned RM training instances"),
-    "pmp_data": ("PMPDataConfig", "preference-model pre-training pairs from HH-RLHF / SHP files (local or S3)"),
-    "train_rm": ("TrainRMConfig", "train the principle-following reward model"),
-    "eval_rm": ("EvalRMConfig", "accuracy, flip rate and principle sensitivity of an RM"),
-    "ppo": ("PPOConfig", "RL against the reward model under RL-time principles (ppo, grpo or rloo)"),
-    "eval_policy": ("EvalPolicyConfig", "a policy against its baseline: rewards, adherence, KL, length, win rate"),
-}
-
 
 def _bounded(convert: Callable[[str], Any], accept: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
     """An argparse type: ``convert`` the text, which must satisfy ``accept`` (argparse turns the
@@ -54,15 +39,14 @@ _share = _bounded(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def _add_stage_commands(sub: Any) -> None:
-    from salmon.core import config as config_mod
+    from salmon.core.stages import STAGES
     from salmon.stages.common import add_config_arguments, config_help
 
-    for stage, (cls_name, help_text) in STAGES.items():
-        cls = getattr(config_mod, cls_name)
-        p = sub.add_parser(stage, help=help_text, description=help_text, epilog=config_help(cls),
+    for stage in STAGES.values():
+        p = sub.add_parser(stage.name, help=stage.help, description=stage.help, epilog=config_help(stage.config),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         add_config_arguments(p)
-        p.set_defaults(func=_run_stage, stage=stage, config_cls=cls)
+        p.set_defaults(func=_run_stage, stage=stage.name, config_cls=stage.config)
 
 
 def _run_stage(args: argparse.Namespace) -> int:

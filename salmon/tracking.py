@@ -30,10 +30,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from salmon.core.stages import STAGES
+
 PARENT_ENV = "SALMON_MLFLOW_PARENT_RUN_ID"
 KFP_RUN_ENV = "SALMON_KFP_RUN_ID"
 DEFAULT_EXPERIMENT = "salmon"
-MODEL_NAMES = {"sft": "salmon-sft", "train_rm": "salmon-reward", "ppo": "salmon-policy"}
+MODEL_NAMES = {name: stage.registered_name for name, stage in STAGES.items() if stage.registered_name}
+"""Training stage -> its model's name in the registry (from the catalogue, :mod:`salmon.core.stages`)."""
 """Registered model name of each training stage's output."""
 
 # Pinned requirements of logged models: without an explicit list MLflow infers torchvision

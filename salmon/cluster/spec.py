@@ -19,7 +19,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from salmon.cluster.names import name_validator
 
-TRAINING_STAGES = ("sft", "train_rm", "ppo")
 RUNTIME_IMAGE = "ghcr.io/salmon-mlops/salmon-runtime:0.1.0"
 """The runtime image built from images/runtime for this version (``$SALMON_RUNTIME_IMAGE`` wins)."""
 VLLM_IMAGE = "ghcr.io/salmon-mlops/salmon-vllm:0.1.0"

@@ -10,11 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-WHAT = {
-    "sft": "SFT adapter (LoRA) of the principle-engraving step (SELF-ALIGN)",
-    "train_rm": "instructable reward model (SALMON): scores a response under the principles it is shown",
-    "ppo": "policy adapter (LoRA) trained with PPO against the instructable reward model (SALMON)",
-}
+from salmon.core.stages import STAGES
+
+WHAT = {name: stage.model for name, stage in STAGES.items() if stage.model}
 """What each training stage's registered model is, in one line."""
 
 

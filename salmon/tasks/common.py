@@ -12,23 +12,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from salmon.base_models import PACKAGED
-from salmon.core.config import (
-    AggregateConfig,
-    EvalPolicyConfig,
-    EvalRMConfig,
-    LabelConfig,
-    PMPDataConfig,
-    PPOConfig,
-    PromptsConfig,
-    SampleConfig,
-    SelfAlignConfig,
-    SFTConfig,
-    TrainRMConfig,
-    load_yaml_mapping,
-    preset_path,
-)
+from salmon.core.config import load_yaml_mapping, preset_path
 from salmon.core.digest import digest_dir, digest_file
 from salmon.core.errors import SalmonInputError
+from salmon.core.stages import STAGES
 
 BASE_NAMES = ", ".join(f"'{n}'" for n in PACKAGED)
 """The packaged base models a pipeline accepts by name, for error messages."""
@@ -39,31 +26,15 @@ class ArtifactLike(Protocol):
     metadata: dict[str, Any]
 
 
-CONFIGS: dict[str, type[Any]] = {
-    "prompts": PromptsConfig, "selfalign": SelfAlignConfig, "sft": SFTConfig, "sample": SampleConfig,
-    "label": LabelConfig, "aggregate": AggregateConfig, "pmp_data": PMPDataConfig, "train_rm": TrainRMConfig,
-    "eval_rm": EvalRMConfig, "ppo": PPOConfig, "eval_policy": EvalPolicyConfig,
-}
-TRAINING_STAGES = ("sft", "train_rm", "ppo")
+CONFIGS: dict[str, type[Any]] = {name: stage.config for name, stage in STAGES.items()}
+"""Stage name -> config class (from the catalogue, :mod:`salmon.core.stages`)."""
 EXECUTORS = ("local", "trainjob", "pytorchjob")
-MODEL_LINEAGE = {
-    # the stages whose outputs each trained model descends from
-    "sft": ("prompts", "selfalign", "sft"),
-    "train_rm": ("prompts", "selfalign", "sft", "sample", "label", "aggregate", "pmp_data", "train_rm"),
-    "ppo": ("prompts", "selfalign", "sft", "sample", "label", "aggregate", "pmp_data", "train_rm", "ppo"),
-}
-MODEL_SUBDIR = {"sft": "adapter", "train_rm": "model", "ppo": "policy"}
+MODEL_LINEAGE = {name: stage.lineage for name, stage in STAGES.items() if stage.trains_model}
+"""Training stage -> the stages whose outputs its model descends from."""
+MODEL_SUBDIR = {name: stage.model_subdir for name, stage in STAGES.items() if stage.model_subdir}
 """The folder inside a training stage's output that is the model (the rest is checkpoints)."""
-
-PRINCIPLE_FIELDS: dict[str, tuple[str, ...]] = {
-    # stage: config fields naming principle sets (or, for selfalign, the exemplar and identity files)
-    "selfalign": ("rules", "exemplars", "identity_file"),
-    "label": ("principles",),
-    "aggregate": ("principles",),
-    "eval_rm": ("principles", "intervention_set"),
-    "ppo": ("rl_principles", "interventions"),
-    "eval_policy": ("principle_sets",),
-}
+PRINCIPLE_FIELDS = {name: stage.principle_fields for name, stage in STAGES.items() if stage.principle_fields}
+"""Stage -> config fields naming principle sets (or, for selfalign, the exemplar and identity files)."""
 
 
 FILE_FIELDS = {"exemplars": "exemplar file", "identity_file": "identity file"}
@@ -81,7 +52,7 @@ def check_executor(stage: str, executor: str) -> None:
 SAMPLER_MODES = ("none", "endpoint", "deploy")
 """The pipeline's ``sampler`` parameter: no server, an external endpoint, or a vLLM server deployed for the run."""
 
-EVALUATED_INPUT = {"eval_rm": "reward_model", "eval_policy": "policy"}
+EVALUATED_INPUT = {name: stage.evaluates for name, stage in STAGES.items() if stage.evaluates}
 """The input holding the model an evaluation stage measures: its metrics go to that logged model."""
 
 

@@ -13,15 +13,9 @@ from typing import Any
 
 from salmon.core.digest import digest_file
 from salmon.core.errors import SalmonInputError
+from salmon.core.stages import TRAINING_STAGES
 from salmon.stages.common import log
-from salmon.tasks.common import (
-    CONFIGS,
-    FILE_FIELDS,
-    PRINCIPLE_FIELDS,
-    REMOTE_EXECUTORS,
-    TRAINING_STAGES,
-    stage_value,
-)
+from salmon.tasks.common import CONFIGS, FILE_FIELDS, PRINCIPLE_FIELDS, REMOTE_EXECUTORS, stage_value
 from salmon.tasks.params import validate_pipeline_params
 from salmon.tasks.tracked import require_tracking
 

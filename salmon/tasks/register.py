@@ -9,8 +9,9 @@ import time
 from typing import Any
 
 from salmon.core.errors import SalmonInputError
+from salmon.core.stages import TRAINING_STAGES
 from salmon.stages.common import log
-from salmon.tasks.common import MODEL_LINEAGE, TRAINING_STAGES, git_sha
+from salmon.tasks.common import MODEL_LINEAGE, git_sha
 from salmon.tasks.tracked import require_tracking
 
 

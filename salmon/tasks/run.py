@@ -21,13 +21,13 @@ from salmon.core.config import build_config
 from salmon.core.digest import digest_dir, digest_value
 from salmon.core.io import finite_or_none
 from salmon.core.paths import check_config_paths
+from salmon.core.stages import TRAINING_STAGES
 from salmon.stages.common import log
 from salmon.tasks.common import (
     CONFIGS,
     EVALUATED_INPUT,
     MODEL_SUBDIR,
     REMOTE_EXECUTORS,
-    TRAINING_STAGES,
     ArtifactLike,
     artifact_digest,
     check_executor,

@@ -8,18 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from salmon.core.errors import SalmonInputError
+from salmon.core.stages import STAGES, TRAINING_STAGES
 from salmon.stages.common import log
-from salmon.tasks.common import TRAINING_STAGES, ArtifactLike, count_lines
+from salmon.tasks.common import ArtifactLike, count_lines
 
-TRACKING_POLICY: dict[str, str] = {
-    # what a task does when MLflow cannot be reached as it starts (docs/reliability.md):
-    # "defer": the stage runs a model (GPU time): it runs, says so, and writes its tracking at
-    #          the end, waiting up to SALMON_TRACKING_WAIT_S for the server;
-    # "require": bookkeeping that is cheap to repeat: it fails at once, before any work.
-    "prompts": "require", "aggregate": "require", "pmp_data": "require",
-    "selfalign": "defer", "sft": "defer", "sample": "defer", "label": "defer", "train_rm": "defer",
-    "eval_rm": "defer", "ppo": "defer", "eval_policy": "defer",
-}
+TRACKING_POLICY: dict[str, str] = {name: stage.tracking for name, stage in STAGES.items()}
+"""What a task does when MLflow cannot be reached as it starts (docs/reliability.md): ``defer``
+(the stage runs a model, i.e. GPU time: it runs, says so, and writes its tracking at the end,
+waiting up to SALMON_TRACKING_WAIT_S for the server) or ``require`` (bookkeeping that is cheap to
+repeat: it fails at once, before any work)."""
 ARTIFACT_STORE_REQUIRED = TRAINING_STAGES
 """Stages whose result is a model logged to MLflow's artifact store: when the store refuses the
 run's first artifact (the resolved config), they fail before training."""
