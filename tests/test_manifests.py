@@ -430,7 +430,8 @@ def rendered() -> list[dict[str, Any]]:
     from salmon.cluster.executor import ClusterSettings, job_spec
     from salmon.cluster.render import render_job, render_vllm_server
     from salmon.cluster.sampler import RUN_LABEL, run_label
-    from salmon.cluster.spec import TRAINING_STAGES, OwnerRef, Toleration, VLLMServerSpec, job_name
+    from salmon.cluster.spec import OwnerRef, Toleration, VLLMServerSpec, job_name
+    from salmon.core.stages import TRAINING_STAGES
 
     owner = OwnerRef(api_version="argoproj.io/v1alpha1", kind="Workflow", name="salmon-run", uid="u-1")
     docs = []

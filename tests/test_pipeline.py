@@ -131,6 +131,31 @@ def test_compiled_pipeline_structure() -> None:
     assert k8s[1]["spec"]["pipelineName"] == "salmon"
 
 
+def test_the_kfp_signature_is_the_parameter_model() -> None:
+    """pipelines/salmon.py writes the parameters out for KFP; PipelineParams defines them. Names,
+    order, defaults and the docstring's Args lines must be the model's fields, defaults and
+    descriptions (so the five places that once listed them cannot drift)."""
+    import inspect
+    import re
+
+    from pipelines.cli import pipeline_parameters
+    from pipelines.salmon import salmon_pipeline
+    from salmon.tasks.params import PipelineParams
+
+    signature = pipeline_parameters()
+    fields = PipelineParams.model_fields
+    assert list(signature) == list(fields)
+    for name, param in signature.items():
+        assert param.default == fields[name].get_default(call_default_factory=True), name
+        assert param.annotation is (fields[name].annotation.__origin__ if hasattr(
+            fields[name].annotation, "__origin__") else fields[name].annotation), name
+    doc = inspect.getdoc(salmon_pipeline.pipeline_func) or ""
+    args = dict(re.findall(r"^    (\w+): (.*)$", doc.split("Args:")[1], flags=re.M))
+    assert args == {name: f.description for name, f in fields.items()}
+    # and the plan component receives every one of them but the seed (see the test above)
+    assert PipelineParams().rl_principle_ids == ["concise"] and PipelineParams().stage_overrides == {}
+
+
 def test_params_are_typed_and_checked() -> None:
     from pipelines.cli import parse_params
     from salmon.core.errors import SalmonInputError

@@ -66,7 +66,8 @@ def render_job_yaml(stage: str, executor: str, overrides: list[str], *, name: st
     settings (``ClusterSettings`` keys: nodes, gpus, image, pvc, ...)."""
     from salmon.cluster.executor import ClusterSettings, job_spec
     from salmon.cluster.render import render_job
-    from salmon.cluster.spec import TRAINING_STAGES, job_name
+    from salmon.cluster.spec import job_name
+    from salmon.core.stages import TRAINING_STAGES
 
     if stage not in TRAINING_STAGES:
         raise SalmonInputError(f"--stage {stage}", "not a training stage", f"use one of {', '.join(TRAINING_STAGES)}")
