@@ -159,10 +159,10 @@ def base_model(uri: str, nano_pretrain_steps: int, seed: int, model: Output[Mode
 def prompts(plan: str, sources: str, nano_prompts: int, seed: int, prompts: Output[Dataset]) -> str:
     """Load, clean, dedupe and tag the prompts (comma-separated URIs), plus nano-world prompts."""
     from salmon.tasks.run import run_stage_task
+    from salmon.tasks.wiring import stage_values
 
-    values = {"output": prompts.path, "seed": seed,
+    values = {**stage_values("prompts", {"prompts": prompts.path}, seed=seed), "nano_prompts": nano_prompts or None,
               "sources": [{"uri": u.strip()} for u in sources.split(",") if u.strip()]}
-    values["nano_prompts"] = nano_prompts or None
     return run_stage_task("prompts", plan=plan, values=values, outputs={"prompts": prompts})
 
 
@@ -171,10 +171,12 @@ def selfalign(plan: str, backend: str, seed: int, prompts: Input[Dataset], base_
               sft_data: Output[Dataset]) -> str:
     """Principle-driven answers in context, filtered: the SFT data."""
     from salmon.tasks.run import run_stage_task
+    from salmon.tasks.wiring import stage_values
 
-    return run_stage_task("selfalign", plan=plan, values={
-        "prompts": prompts.path, "model": base_model.path, "output": sft_data.path, "backend": backend,
-        "seed": seed + 5}, inputs={"prompts": prompts, "base_model": base_model}, outputs={"sft_data": sft_data})
+    inputs, outputs = {"prompts": prompts, "base_model": base_model}, {"sft_data": sft_data}
+    values = stage_values("selfalign", {k: a.path for k, a in {**inputs, **outputs}.items()}, seed=seed,
+                          backend=backend)
+    return run_stage_task("selfalign", plan=plan, values=values, inputs=inputs, outputs=outputs)
 
 
 @_component
@@ -182,11 +184,12 @@ def sft(plan: str, executor: str, sft_data: Input[Dataset], base_model: Input[Mo
         metrics: Output[Metrics], job_manifest: Output[Artifact]) -> str:
     """Principle engraving: the SFT LoRA adapter (in this task, or as a TrainJob / PyTorchJob)."""
     from salmon.tasks.run import run_stage_task
+    from salmon.tasks.wiring import stage_values
 
-    return run_stage_task("sft", plan=plan, executor=executor, values={
-        "data": sft_data.path, "base_model": base_model.path, "output_dir": sft.path},
-        inputs={"sft_data": sft_data, "base_model": base_model}, outputs={"sft": sft}, metrics=metrics,
-        job_manifest=job_manifest)
+    inputs, outputs = {"sft_data": sft_data, "base_model": base_model}, {"sft": sft}
+    values = stage_values("sft", {k: a.path for k, a in {**inputs, **outputs}.items()})
+    return run_stage_task("sft", plan=plan, executor=executor, values=values, inputs=inputs, outputs=outputs,
+                          metrics=metrics, job_manifest=job_manifest)
 
 
 @_component
@@ -195,10 +198,12 @@ def serve_sampler(mode: str, endpoint: str, api_key_secret: str, run_id: str, gp
     """The OpenAI-compatible server of the openai backend: none, a given endpoint, or a vLLM
     Deployment serving the base model with the SFT adapter (removed by stop_sampler)."""
     from salmon.tasks.infra import serve_sampler_task
+    from salmon.tasks.wiring import model_path
 
     cluster = {"gpus": gpus, "gpu_resource": accelerator_type, "pvc": model_cache_pvc}
-    return serve_sampler_task(mode, endpoint=endpoint, base_model=base_model.path, adapter=sft.path + "/adapter",
-                              run_id=run_id, cluster=cluster, api_key_secret=api_key_secret)
+    return serve_sampler_task(mode, endpoint=endpoint, base_model=base_model.path,
+                              adapter=model_path({"sft": sft.path}, "sft"), run_id=run_id, cluster=cluster,
+                              api_key_secret=api_key_secret)
 
 
 @_component
@@ -233,11 +238,12 @@ def sample(plan: str, backend: str, sampler: str, seed: int, prompts: Input[Data
            sft: Input[Model], pairs: Output[Dataset]) -> str:
     """Two responses per prompt from the SFT policy."""
     from salmon.tasks.run import run_stage_task
+    from salmon.tasks.wiring import stage_values
 
-    return run_stage_task("sample", plan=plan, values={
-        "prompts": prompts.path, "model": base_model.path, "adapter": sft.path + "/adapter", "output": pairs.path,
-        "backend": backend, "seeds": [seed + 1, seed + 2], **_server_values(backend, sampler)},
-        inputs={"prompts": prompts, "base_model": base_model, "sft": sft}, outputs={"pairs": pairs})
+    inputs, outputs = {"prompts": prompts, "base_model": base_model, "sft": sft}, {"pairs": pairs}
+    values = stage_values("sample", {k: a.path for k, a in {**inputs, **outputs}.items()}, seed=seed, backend=backend)
+    return run_stage_task("sample", plan=plan, values={**values, **_server_values(backend, sampler)}, inputs=inputs,
+                          outputs=outputs)
 
 
 @_component(additional_funcs=[_server_values])
@@ -245,11 +251,12 @@ def label(plan: str, backend: str, sampler: str, pairs: Input[Dataset], base_mod
           judgements: Output[Dataset]) -> str:
     """AI feedback: the SFT policy judges each pair under each principle, both orders."""
     from salmon.tasks.run import run_stage_task
+    from salmon.tasks.wiring import stage_values
 
-    return run_stage_task("label", plan=plan, values={
-        "pairs": pairs.path, "model": base_model.path, "adapter": sft.path + "/adapter", "output": judgements.path,
-        "backend": backend, **_server_values(backend, sampler)},
-        inputs={"pairs": pairs, "base_model": base_model, "sft": sft}, outputs={"judgements": judgements})
+    inputs, outputs = {"pairs": pairs, "base_model": base_model, "sft": sft}, {"judgements": judgements}
+    values = stage_values("label", {k: a.path for k, a in {**inputs, **outputs}.items()}, backend=backend)
+    return run_stage_task("label", plan=plan, values={**values, **_server_values(backend, sampler)}, inputs=inputs,
+                          outputs=outputs)
 
 
 @_component
@@ -257,10 +264,11 @@ def aggregate(plan: str, seed: int, pairs: Input[Dataset], judgements: Input[Dat
               instances: Output[Dataset]) -> str:
     """Principle-conditioned reward-model training instances."""
     from salmon.tasks.run import run_stage_task
+    from salmon.tasks.wiring import stage_values
 
-    return run_stage_task("aggregate", plan=plan, values={
-        "pairs": pairs.path, "judgements": judgements.path, "output": instances.path, "seed": seed + 42},
-        inputs={"pairs": pairs, "judgements": judgements}, outputs={"instances": instances})
+    inputs, outputs = {"pairs": pairs, "judgements": judgements}, {"instances": instances}
+    values = stage_values("aggregate", {k: a.path for k, a in {**inputs, **outputs}.items()}, seed=seed)
+    return run_stage_task("aggregate", plan=plan, values=values, inputs=inputs, outputs=outputs)
 
 
 @_component
@@ -268,25 +276,24 @@ def pmp_data(plan: str, sources: str, seed: int, pairs: Output[Dataset]) -> str:
     """Preference-model pre-training pairs from the pmp_sources files; with none, an empty file."""
     from salmon.tasks.run import pmp_data_task
 
-    return pmp_data_task(plan, sources, seed + 7, pairs)
+    return pmp_data_task(plan, sources, seed, pairs)
 
 
 @_component
-def train_rm(plan: str, executor: str, epochs: float, instances: Input[Dataset], base_model: Input[Model],
+def train_rm(plan: str, executor: str, instances: Input[Dataset], base_model: Input[Model],
              pmp_data: Input[Dataset], reward_model: Output[Model], metrics: Output[Metrics],
              job_manifest: Output[Artifact]) -> str:
     """The principle-following reward model (in this task, or as a TrainJob / PyTorchJob), after a
     PMP phase on the pmp_data pairs when there are any."""
     from salmon.tasks.run import has_pmp_pairs, run_stage_task
+    from salmon.tasks.wiring import stage_values
 
-    values = {"instances": instances.path, "base_model": base_model.path, "output_dir": reward_model.path,
-              "epochs": epochs}
-    inputs = {"instances": instances, "base_model": base_model}
+    inputs, outputs = {"instances": instances, "base_model": base_model}, {"reward_model": reward_model}
     if has_pmp_pairs(pmp_data):
-        values["pmp_data"] = pmp_data.path
         inputs["pmp_data"] = pmp_data
-    return run_stage_task("train_rm", plan=plan, executor=executor, values=values, inputs=inputs,
-                          outputs={"reward_model": reward_model}, metrics=metrics, job_manifest=job_manifest)
+    values = stage_values("train_rm", {k: a.path for k, a in {**inputs, **outputs}.items()})
+    return run_stage_task("train_rm", plan=plan, executor=executor, values=values, inputs=inputs, outputs=outputs,
+                          metrics=metrics, job_manifest=job_manifest)
 
 
 @_component
@@ -295,54 +302,48 @@ def eval_rm(plan: str, reward_model: Input[Model], pairs: Input[Dataset], judgem
     """Held-out accuracy, principle-flip rate, sensitivity and the self-praise check of the RM."""
     from salmon.tasks.common import publish_report
     from salmon.tasks.run import run_stage_task
+    from salmon.tasks.wiring import stage_values
 
-    result = run_stage_task("eval_rm", plan=plan, values={
-        "model": reward_model.path + "/model", "pairs": pairs.path, "judgements": judgements.path,
-        "output_dir": evaluation.path}, inputs={"reward_model": reward_model, "pairs": pairs,
-                                                 "judgements": judgements},
-        outputs={"evaluation": evaluation}, metrics=metrics)
+    inputs = {"reward_model": reward_model, "pairs": pairs, "judgements": judgements}
+    outputs = {"evaluation": evaluation}
+    values = stage_values("eval_rm", {k: a.path for k, a in {**inputs, **outputs}.items()})
+    result = run_stage_task("eval_rm", plan=plan, values=values, inputs=inputs, outputs=outputs, metrics=metrics)
     publish_report(evaluation.path, report.path)
     return result
 
 
 @_component
-def ppo(plan: str, executor: str, rl_principle_ids: list, total_steps: int, rollout_backend: str, sampler: str,
-        prompts: Input[Dataset], base_model: Input[Model], sft: Input[Model], reward_model: Input[Model],
-        policy: Output[Model], metrics: Output[Metrics], job_manifest: Output[Artifact]) -> str:
+def ppo(plan: str, executor: str, rollout_backend: str, sampler: str, prompts: Input[Dataset],
+        base_model: Input[Model], sft: Input[Model], reward_model: Input[Model], policy: Output[Model],
+        metrics: Output[Metrics], job_manifest: Output[Artifact]) -> str:
     """RL against the reward model, steered by the RL-time principles (in this task, or as a job)."""
     from salmon.tasks.infra import rollout_values
     from salmon.tasks.run import run_stage_task
+    from salmon.tasks.wiring import stage_values
 
-    values = {"prompts": prompts.path, "policy_model": base_model.path, "policy_adapter": sft.path + "/adapter",
-              "reward_model": reward_model.path + "/model", "output_dir": policy.path,
-              **rollout_values(rollout_backend, sampler)}
-    if rl_principle_ids:
-        values["rl_principle_ids"] = list(rl_principle_ids)
-    if total_steps > 0:
-        values["total_steps"] = total_steps
-    return run_stage_task("ppo", plan=plan, executor=executor, values=values,
-                          inputs={"prompts": prompts, "base_model": base_model, "sft": sft,
-                                  "reward_model": reward_model},
-                          outputs={"policy": policy}, metrics=metrics, job_manifest=job_manifest)
+    inputs = {"prompts": prompts, "base_model": base_model, "sft": sft, "reward_model": reward_model}
+    outputs = {"policy": policy}
+    values = stage_values("ppo", {k: a.path for k, a in {**inputs, **outputs}.items()})
+    return run_stage_task("ppo", plan=plan, executor=executor, values={**values, **rollout_values(
+        rollout_backend, sampler)}, inputs=inputs, outputs=outputs, metrics=metrics, job_manifest=job_manifest)
 
 
 @_component
-def eval_policy(plan: str, limit: int, rollout_backend: str, sampler: str, prompts: Input[Dataset],
+def eval_policy(plan: str, rollout_backend: str, sampler: str, prompts: Input[Dataset],
                 base_model: Input[Model], sft: Input[Model], policy: Input[Model], reward_model: Input[Model],
                 evaluation: Output[Artifact], report: Output[Markdown], metrics: Output[Metrics]) -> str:
     """The policy against the SFT policy: rewards, adherence, KL, length, win rate, plots."""
     from salmon.tasks.common import publish_report
     from salmon.tasks.infra import rollout_values
     from salmon.tasks.run import run_stage_task
+    from salmon.tasks.wiring import stage_values
 
-    values = {"prompts": prompts.path, "base_model": base_model.path, "baseline_adapter": sft.path + "/adapter",
-              "policy_adapter": policy.path + "/policy", "reward_model": reward_model.path + "/model",
-              "output_dir": evaluation.path, "policy_label": "ppo", **rollout_values(rollout_backend, sampler)}
-    if limit > 0:
-        values["limit"] = limit
-    result = run_stage_task("eval_policy", plan=plan, values=values,
-                            inputs={"prompts": prompts, "sft": sft, "policy": policy, "reward_model": reward_model},
-                            outputs={"evaluation": evaluation}, metrics=metrics)
+    inputs = {"prompts": prompts, "sft": sft, "policy": policy, "reward_model": reward_model}
+    outputs = {"evaluation": evaluation}
+    values = stage_values("eval_policy", {"base_model": base_model.path,
+                                          **{k: a.path for k, a in {**inputs, **outputs}.items()}})
+    result = run_stage_task("eval_policy", plan=plan, values={**values, **rollout_values(rollout_backend, sampler)},
+                            inputs=inputs, outputs=outputs, metrics=metrics)
     publish_report(evaluation.path, report.path)
     return result
 

@@ -75,57 +75,31 @@ def run_direct(out: Path, params: dict[str, Any]) -> dict[str, float]:
         label_principles=p["label_principles"], rl_principles=p["rl_principles"],
         params={"selfalign_backend": p["selfalign_backend"], "sample_backend": p["sample_backend"],
                 "label_backend": p["label_backend"], "sft_executor": "local", "train_rm_executor": "local",
-                "ppo_executor": "local", "sampler": p["sampler"], "sampler_endpoint": p["sampler_endpoint"]},
+                "ppo_executor": "local", "sampler": p["sampler"], "sampler_endpoint": p["sampler_endpoint"],
+                **{k: p[k] for k in ("rl_principle_ids", "ppo_steps", "rm_epochs", "eval_limit")}},
         register=False)
     seconds["plan"] = time.perf_counter() - t_all
     seed = int(p["seed"])
-    base = str(out / "base_model")
     t0 = time.perf_counter()
-    base_model_task(p["base_model_uri"], base, nano_pretrain_steps=p["nano_pretrain_steps"], seed=seed)
+    base_model_task(p["base_model_uri"], str(out / "base_model"), nano_pretrain_steps=p["nano_pretrain_steps"],
+                    seed=seed)
     seconds["base_model"] = time.perf_counter() - t0
-    d = {name: str(out / name) for name in ("prompts.jsonl", "sft_data.jsonl", "sft", "pairs.jsonl",
-                                            "judgements.jsonl", "instances.jsonl", "pmp.jsonl", "reward_model",
-                                            "eval_rm", "policy", "eval_policy")}
-    ppo_values: dict[str, Any] = {"prompts": d["prompts.jsonl"], "policy_model": base,
-                                  "policy_adapter": d["sft"] + "/adapter",
-                                  "reward_model": d["reward_model"] + "/model", "output_dir": d["policy"]}
-    if p["rl_principle_ids"]:
-        ppo_values["rl_principle_ids"] = list(p["rl_principle_ids"])
-    if p["ppo_steps"] > 0:
-        ppo_values["total_steps"] = p["ppo_steps"]
-    eval_values: dict[str, Any] = {
-        "prompts": d["prompts.jsonl"], "base_model": base, "baseline_adapter": d["sft"] + "/adapter",
-        "policy_adapter": d["policy"] + "/policy", "reward_model": d["reward_model"] + "/model",
-        "output_dir": d["eval_policy"], "policy_label": "ppo"}
-    if p["eval_limit"] > 0:
-        eval_values["limit"] = p["eval_limit"]
     from salmon.core.pmp import parse_source_spec
+    from salmon.tasks.wiring import stage_values
 
     pmp_sources = parse_source_spec(p["pmp_sources"])
-    train_rm_values: dict[str, Any] = {"instances": d["instances.jsonl"], "base_model": base,
-                                       "output_dir": d["reward_model"], "epochs": p["rm_epochs"]}
+    artifacts = {name: str(out / name) for name in (
+        "base_model", "prompts", "sft_data", "sft", "pairs", "judgements", "instances", "reward_model", "policy")}
     if pmp_sources:
-        train_rm_values["pmp_data"] = d["pmp.jsonl"]
+        artifacts["pmp_data"] = str(out / "pmp.jsonl")
+    backends = {"selfalign": p["selfalign_backend"], "sample": p["sample_backend"], "label": p["label_backend"]}
     values: dict[str, dict[str, Any] | None] = {  # what each component passes (components/stages.py)
-        "prompts": {"output": d["prompts.jsonl"], "seed": seed, "sources": [],
-                    "nano_prompts": p["nano_prompts"] or None},
-        "selfalign": {"prompts": d["prompts.jsonl"], "model": base, "output": d["sft_data.jsonl"],
-                      "backend": p["selfalign_backend"], "seed": seed + 5},
-        "sft": {"data": d["sft_data.jsonl"], "base_model": base, "output_dir": d["sft"]},
-        "sample": {"prompts": d["prompts.jsonl"], "model": base, "adapter": d["sft"] + "/adapter",
-                   "output": d["pairs.jsonl"], "backend": p["sample_backend"], "seeds": [seed + 1, seed + 2]},
-        "label": {"pairs": d["pairs.jsonl"], "model": base, "adapter": d["sft"] + "/adapter",
-                  "output": d["judgements.jsonl"], "backend": p["label_backend"]},
-        "aggregate": {"pairs": d["pairs.jsonl"], "judgements": d["judgements.jsonl"], "output": d["instances.jsonl"],
-                      "seed": seed + 42},
-        # without pmp_sources the pmp_data task only writes an empty file: nothing to run here
-        "pmp_data": {"sources": pmp_sources, "output": d["pmp.jsonl"], "seed": seed + 7} if pmp_sources else None,
-        "train_rm": train_rm_values,
-        "eval_rm": {"model": d["reward_model"] + "/model", "pairs": d["pairs.jsonl"],
-                    "judgements": d["judgements.jsonl"], "output_dir": d["eval_rm"]},
-        "ppo": ppo_values,
-        "eval_policy": eval_values,
-    }
+        stage: stage_values(stage, {**artifacts, "evaluation": str(out / stage)}, seed=seed,
+                            backend=backends.get(stage, "")) for stage in STAGES}
+    values["prompts"] = {**(values["prompts"] or {}), "sources": [], "nano_prompts": p["nano_prompts"] or None}
+    # without pmp_sources the pmp_data task only writes an empty file: nothing to run here
+    values["pmp_data"] = ({**stage_values("pmp_data", {"pairs": artifacts["pmp_data"]}, seed=seed),
+                           "sources": pmp_sources} if pmp_sources else None)
     for stage in STAGES:
         stage_values = values[stage]
         if stage_values is None:

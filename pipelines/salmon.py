@@ -149,16 +149,15 @@ def salmon_pipeline(
     aggregate = c.aggregate(plan=plans["aggregate"], seed=seed, pairs=sample.outputs["pairs"],
                             judgements=label.outputs["judgements"])
     pmp = c.pmp_data(plan=plans["pmp_data"], sources=pmp_sources, seed=seed)
-    train_rm = c.train_rm(plan=plans["train_rm"], executor=train_rm_executor, epochs=rm_epochs,
+    train_rm = c.train_rm(plan=plans["train_rm"], executor=train_rm_executor,
                           instances=aggregate.outputs["instances"], base_model=model,
                           pmp_data=pmp.outputs["pairs"])
     eval_rm = c.eval_rm(plan=plans["eval_rm"], reward_model=train_rm.outputs["reward_model"],
                         pairs=sample.outputs["pairs"], judgements=label.outputs["judgements"])
-    ppo = c.ppo(plan=plans["ppo"], executor=ppo_executor, rl_principle_ids=rl_principle_ids,
-                total_steps=ppo_steps, rollout_backend=rollout_backend, sampler=sampler_info,
+    ppo = c.ppo(plan=plans["ppo"], executor=ppo_executor, rollout_backend=rollout_backend, sampler=sampler_info,
                 prompts=prompts.outputs["prompts"], base_model=model, sft=sft.outputs["sft"],
                 reward_model=train_rm.outputs["reward_model"])
-    eval_policy = c.eval_policy(plan=plans["eval_policy"], limit=eval_limit, rollout_backend=rollout_backend,
+    eval_policy = c.eval_policy(plan=plans["eval_policy"], rollout_backend=rollout_backend,
                                 sampler=sampler_info, prompts=prompts.outputs["prompts"],
                                 base_model=model, sft=sft.outputs["sft"], policy=ppo.outputs["policy"],
                                 reward_model=train_rm.outputs["reward_model"])

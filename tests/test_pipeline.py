@@ -715,3 +715,42 @@ def test_a_principle_set_is_registered_once_per_digest(tmp_path: Path, monkeypat
     second = tracking.register_principle_set("nano", "sha256:bbb", "Be briefer.", "2")
     assert first == "prompts:/salmon-principles-nano/1" and second == "prompts:/salmon-principles-nano/2"
     assert mlflow.genai.load_prompt(second).tags["salmon.digest"] == "sha256:bbb"
+
+
+def test_stage_knobs_reach_their_stage_through_the_plan() -> None:
+    """rl_principle_ids, ppo_steps, rm_epochs and eval_limit arrive in the stages' plans (winning over
+    stage_overrides), so a change to one of them changes only that stage's plan."""
+    from salmon.tasks.common import StagePlan
+    from salmon.tasks.plan import plan_task
+
+    def plans(**params: object) -> dict[str, StagePlan]:
+        out = plan_task(preset="nano", stage_overrides={"ppo": {"total_steps": 2}, "train_rm": {"epochs": 9.0}},
+                        selfalign_rules="", label_principles="", rl_principles="", params=dict(params),
+                        register=False)
+        return {stage: StagePlan.from_json(text) for stage, text in out.items()}
+
+    given = plans(rl_principle_ids=["detailed"], ppo_steps=5, rm_epochs=0.5, eval_limit=7)
+    assert given["ppo"].overrides["rl_principle_ids"] == ["detailed"] and given["ppo"].overrides["total_steps"] == 5
+    assert given["train_rm"].overrides["epochs"] == 0.5 and given["eval_policy"].overrides["limit"] == 7
+    zero = plans(ppo_steps=0, eval_limit=0, rl_principle_ids=[])  # 0 and [] keep the stage's own values
+    assert zero["ppo"].overrides == {"total_steps": 2} and "limit" not in zero["eval_policy"].overrides
+    other = plans(rl_principle_ids=["detailed"], ppo_steps=5, rm_epochs=0.5, eval_limit=8)
+    changed = {s for s in given if given[s].to_json() != other[s].to_json()}
+    assert changed == {"eval_policy"}
+
+
+def test_stage_values_wire_artifacts_to_config_fields() -> None:
+    """One table maps artifacts to config values: the model subfolders and the seed offsets."""
+    from salmon.tasks.wiring import stage_values
+
+    art = {name: f"/a/{name}" for name in ("prompts", "base_model", "sft", "reward_model", "policy", "evaluation",
+                                           "pairs", "judgements", "instances", "sft_data")}
+    assert stage_values("ppo", art) == {"prompts": "/a/prompts", "policy_model": "/a/base_model",
+                                        "policy_adapter": "/a/sft/adapter", "reward_model": "/a/reward_model/model",
+                                        "output_dir": "/a/policy"}
+    assert stage_values("eval_policy", art)["policy_adapter"] == "/a/policy/policy"
+    assert stage_values("sample", art, seed=10, backend="hf")["seeds"] == [11, 12]
+    assert stage_values("selfalign", art, seed=10)["seed"] == 15
+    assert stage_values("aggregate", art, seed=10)["seed"] == 52
+    assert "pmp_data" not in stage_values("train_rm", art)
+    assert stage_values("train_rm", {**art, "pmp_data": "/a/pmp"})["pmp_data"] == "/a/pmp"

@@ -302,7 +302,7 @@ def test_without_sources_the_task_writes_an_empty_file_and_train_rm_skips_pmp(
     assert Path(pairs.path).read_text() == "" and pairs.metadata["rows"] == 0
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(salmon.tasks.run, "run_stage_task", lambda stage, **kw: calls.append(kw) or "{}")
-    common = dict(plan="", executor="local", epochs=1.0, instances=Art("i.jsonl"), base_model=Art("m"),
+    common = dict(plan="", executor="local", instances=Art("i.jsonl"), base_model=Art("m"),
                   reward_model=Art("rm"), metrics=Art("metrics"), job_manifest=Art("job"))
     c.train_rm.python_func(pmp_data=pairs, **common)
     assert "pmp_data" not in calls[0]["values"] and "pmp_data" not in calls[0]["inputs"]

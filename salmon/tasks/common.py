@@ -6,10 +6,13 @@ imports kfp.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
 from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from salmon.base_models import PACKAGED
 from salmon.core.config import load_yaml_mapping, preset_path
@@ -24,6 +27,29 @@ BASE_NAMES = ", ".join(f"'{n}'" for n in PACKAGED)
 class ArtifactLike(Protocol):
     path: str
     metadata: dict[str, Any]
+
+
+class StagePlan(BaseModel):
+    """What the ``plan`` task gives one stage (a JSON text between the tasks). It changes only when
+    something the stage reads changes, which keeps the pipeline's caching exact."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field(default="", description="Config preset applied first ('' for the method's defaults).")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Config values: stage_overrides, then the pipeline parameters that set "
+                                          "this stage's keys (rl_principle_ids, ppo_steps, rm_epochs, eval_limit).")
+    principles: dict[str, Any] = Field(
+        default_factory=dict, description="Principle field -> {value, sets: {name: {digest, version, uri}}}.")
+    cluster: dict[str, Any] | None = Field(
+        default=None, description="The training jobs' cluster settings (remote training stages only).")
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(exclude_none=True), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> StagePlan:
+        return cls.model_validate_json(text) if text else cls()
 
 
 CONFIGS: dict[str, type[Any]] = {name: stage.config for name, stage in STAGES.items()}

@@ -7,7 +7,6 @@ something that stage reads changes, which is what keeps the pipeline's caching e
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,8 @@ from salmon.core.digest import digest_file
 from salmon.core.errors import SalmonInputError
 from salmon.core.stages import TRAINING_STAGES
 from salmon.stages.common import log
-from salmon.tasks.common import CONFIGS, FILE_FIELDS, PRINCIPLE_FIELDS, REMOTE_EXECUTORS, stage_value
-from salmon.tasks.params import validate_pipeline_params
+from salmon.tasks.common import CONFIGS, FILE_FIELDS, PRINCIPLE_FIELDS, REMOTE_EXECUTORS, StagePlan, stage_value
+from salmon.tasks.params import PipelineParams, validate_pipeline_params
 from salmon.tasks.tracked import require_tracking
 
 
@@ -81,7 +80,7 @@ def plan_task(*, preset: str, stage_overrides: dict[str, dict[str, Any]], selfal
     reads (digests, prompt-registry URIs) and give every stage its plan, a JSON text with the
     preset, its own config overrides and its principle refs. A stage's plan changes only when
     something it reads changes, which is what keeps caching exact."""
-    validate_pipeline_params({**params, "stage_overrides": stage_overrides})
+    checked = validate_pipeline_params({**params, "stage_overrides": stage_overrides})
     if register:  # the principle sets go to MLflow's prompt registry
         require_tracking("plan")
     if cluster is not None and any(params.get(f"{s}_executor") in REMOTE_EXECUTORS for s in TRAINING_STAGES):
@@ -103,20 +102,39 @@ def plan_task(*, preset: str, stage_overrides: dict[str, dict[str, Any]], selfal
             overrides[stage].setdefault("principles", label_principles)
     if rl_principles:
         overrides["ppo"].setdefault("rl_principles", rl_principles)
+    for stage, values in stage_knobs(checked).items():  # they win over stage_overrides
+        overrides[stage].update(values)
     refs = principle_refs(preset or None, overrides, register=register)
     plans = {}
     for stage in CONFIGS:
-        ov = {k: v for k, v in overrides[stage].items() if k not in PRINCIPLE_FIELDS.get(stage, ())}
-        plan: dict[str, Any] = {"preset": preset, "overrides": ov, "principles": refs.get(stage, {})}
+        plan = StagePlan(preset=preset, principles=refs.get(stage, {}), overrides={
+            k: v for k, v in overrides[stage].items() if k not in PRINCIPLE_FIELDS.get(stage, ())})
         if params.get(f"{stage}_executor") in REMOTE_EXECUTORS:
             # only remote training stages carry the cluster settings: a local stage's cache key
             # does not change with them
-            plan["cluster"] = dict(cluster or {})
-        plans[stage] = json.dumps(plan, sort_keys=True)
+            plan.cluster = dict(cluster or {})
+        plans[stage] = plan.to_json()
     for stage, r in refs.items():
         names = ", ".join(f"{n} {e['digest'][7:19]}" for f in r.values() for n, e in f["sets"].items())
         log("plan", f"{stage}: {names}")
     return plans
+
+
+def stage_knobs(params: PipelineParams) -> dict[str, dict[str, Any]]:
+    """The stage config values that pipeline parameters set, among those given: ``rl_principle_ids``
+    and ``ppo_steps`` (``total_steps``) for ppo, ``rm_epochs`` (``epochs``) for train_rm,
+    ``eval_limit`` (``limit``) for eval_policy; 0 and [] keep the stage's own value."""
+    given = params.model_fields_set
+    knobs: dict[str, dict[str, Any]] = {"ppo": {}, "train_rm": {}, "eval_policy": {}}
+    if "rl_principle_ids" in given and params.rl_principle_ids:
+        knobs["ppo"]["rl_principle_ids"] = list(params.rl_principle_ids)
+    if "ppo_steps" in given and params.ppo_steps > 0:
+        knobs["ppo"]["total_steps"] = params.ppo_steps
+    if "rm_epochs" in given:
+        knobs["train_rm"]["epochs"] = params.rm_epochs
+    if "eval_limit" in given and params.eval_limit > 0:
+        knobs["eval_policy"]["limit"] = params.eval_limit
+    return knobs
 
 
 def check_refs(stage: str, refs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -29,6 +29,7 @@ from salmon.tasks.common import (
     MODEL_SUBDIR,
     REMOTE_EXECUTORS,
     ArtifactLike,
+    StagePlan,
     artifact_digest,
     check_executor,
     checked_input_digest,
@@ -39,14 +40,14 @@ from salmon.tasks.plan import check_refs
 from salmon.tasks.tracked import TrackedRun
 
 
-def resolve_stage_config(stage: str, plan: str, values: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, str]]:
+def resolve_stage_config(stage: str, plan: str, values: dict[str, Any]) -> tuple[Any, StagePlan, dict[str, str]]:
     """The config ``stage`` runs with: its preset, then its plan's overrides, then the principle
     values the plan recorded (checked against the sets' digests now), then ``values`` (what the
     component passes: paths and pipeline values). Returns ``(config, plan, principle tags)``."""
-    stage_plan = json.loads(plan) if plan else {}
-    principle_values, principle_tags = check_refs(stage, stage_plan.get("principles", {}))
-    merged = {**stage_plan.get("overrides", {}), **principle_values, **values}
-    cfg = build_config(CONFIGS[stage], stage=stage, preset=stage_plan.get("preset") or None, values=merged)
+    stage_plan = StagePlan.from_json(plan)
+    principle_values, principle_tags = check_refs(stage, stage_plan.principles)
+    merged = {**stage_plan.overrides, **principle_values, **values}
+    cfg = build_config(CONFIGS[stage], stage=stage, preset=stage_plan.preset or None, values=merged)
     return cfg, stage_plan, principle_tags
 
 
@@ -82,7 +83,7 @@ def run_stage_task(
     started = time.monotonic()
     try:
         if executor in REMOTE_EXECUTORS:
-            result = _run_remote(stage, cfg, executor, stage_plan.get("cluster", {}), task_key, inputs, outputs,
+            result = _run_remote(stage, cfg, executor, stage_plan.cluster or {}, task_key, inputs, outputs,
                                  job_manifest)
         else:
             module = importlib.import_module(f"salmon.stages.{stage}")
@@ -165,11 +166,12 @@ def pmp_data_task(plan: str, sources: str, seed: int, pairs: ArtifactLike) -> st
     task's JSON; without, it writes an empty ``pairs`` file, returns ``""`` (which ``register``
     skips) and ``train_rm`` trains without its PMP phase, as before there was PMP data."""
     from salmon.core.pmp import parse_source_spec
+    from salmon.tasks.wiring import stage_values
 
     entries = parse_source_spec(sources)
     if entries:
-        return run_stage_task("pmp_data", plan=plan, values={"sources": entries, "output": pairs.path, "seed": seed},
-                              outputs={"pairs": pairs})
+        values = {**stage_values("pmp_data", {"pairs": pairs.path}, seed=seed), "sources": entries}
+        return run_stage_task("pmp_data", plan=plan, values=values, outputs={"pairs": pairs})
     from salmon.core.io import write_text
 
     write_text(pairs.path, "")
