@@ -603,7 +603,7 @@ def test_submit_uploads_a_version_and_starts_a_run(monkeypatch: pytest.MonkeyPat
 
     import kfp
 
-    from pipelines import cli
+    from pipelines import kfp_server as cli
     from salmon.core.errors import SalmonInputError
 
     calls: list[tuple[str, Any]] = []
@@ -684,7 +684,7 @@ def test_submit_to_an_unreachable_server_exits_3_with_one_line(capsys: pytest.Ca
 def test_wait_follows_the_run_to_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
     import kfp
 
-    from pipelines import cli
+    from pipelines import kfp_server as cli
 
     states = iter(["SUCCEEDED", "FAILED"])
 
