@@ -112,10 +112,61 @@ def run(cfg: SFTConfig) -> StageResult:
         return _train(cfg, ctx)
 
 
+def resume(ctx: Any, out_dir: Path, trainable: dict[str, Any], opt: Any, sched: Any
+           ) -> tuple[int, list[dict[str, Any]]]:
+    """(steps already done, their train-log lines) from the newest checkpoint in ``out_dir``
+    (DeepSpeed's own under ``checkpoints/deepspeed`` in a DeepSpeed session); (0, []) for a new run."""
+    from salmon.checkpoints import load_checkpoint
+
+    ckpt_dir = out_dir / "checkpoints"
+    first = 0
+    found = ckpt_dir / "deepspeed" if ctx.deepspeed else latest_checkpoint(ckpt_dir)
+    if ctx.deepspeed:
+        state = ctx.load_engine_checkpoint(ckpt_dir / "deepspeed")
+        if state is not None:
+            first = int(state["step"])
+            sched.load_state_dict(state["scheduler"])
+    elif found is not None:
+        first = int(load_checkpoint(found, trainable, opt, sched)["step"])
+    if not first:
+        return 0, []
+    log_path = out_dir / "train_log.jsonl"
+    history = [h for h in map(json.loads, log_path.read_text().splitlines()) if h["step"] <= first] if (
+        log_path.is_file()) else []
+    ctx.log(STAGE, f"resuming from {found} (step {first})")
+    return first, history
+
+
+def backpropagate_batch(ctx: Any, forward: Any, rows: list[tuple[list[int], list[int]]], micro_size: int,
+                        n_tokens: int, pad: int) -> float:
+    """Backpropagate this rank's share of a batch, ``micro_size`` examples per forward: the summed
+    cross-entropy of the target tokens over ``n_tokens`` (the WHOLE batch's target tokens, on every
+    rank). Returns this rank's part of the batch loss."""
+    import torch
+
+    device = ctx.device
+    total = 0.0
+    for start in range(0, len(rows), micro_size):
+        micro = rows[start:start + micro_size]
+        ids = torch.tensor(pad_right([r[0] for r in micro], pad), device=device)
+        labels = torch.tensor(pad_right([r[1] for r in micro], IGNORE), device=device)
+        mask = torch.tensor(pad_right([[1] * len(r[0]) for r in micro], 0), device=device)
+        logits = forward(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                 ignore_index=IGNORE, reduction="sum") / max(1, n_tokens)
+        if ctx.deepspeed:
+            ctx.backward(loss)
+        else:
+            loss.backward()
+        total += float(loss.detach())
+    return total
+
+
 def _train(cfg: SFTConfig, ctx: Any) -> StageResult:
     import torch
 
-    from salmon.checkpoints import load_checkpoint, publish_adapter, save_checkpoint
+    from salmon.checkpoints import publish_adapter, save_checkpoint
     from salmon.core.deepspeed_config import stage_deepspeed_config
 
     examples = read_jsonl(cfg.data, SFTExample)
@@ -142,21 +193,7 @@ def _train(cfg: SFTConfig, ctx: Any) -> StageResult:
     ckpt_dir = out_dir / "checkpoints"
     ds_ckpt_dir = ckpt_dir / "deepspeed"
     log_path = out_dir / "train_log.jsonl"
-    first = 0
-    history: list[dict[str, Any]] = []
-    resume = ds_ckpt_dir if ctx.deepspeed else latest_checkpoint(ckpt_dir)
-    state = None
-    if ctx.deepspeed:
-        state = ctx.load_engine_checkpoint(ds_ckpt_dir)
-        if state is not None:
-            first = int(state["step"])
-            sched.load_state_dict(state["scheduler"])
-    elif resume is not None:
-        first = int(load_checkpoint(resume, trainable, opt, sched)["step"])
-    if first:
-        if log_path.is_file():
-            history = [h for h in map(json.loads, log_path.read_text().splitlines()) if h["step"] <= first]
-        ctx.log(STAGE, f"resuming from {resume} (step {first})")
+    first, history = resume(ctx, out_dir, trainable, opt, sched)
     last = total if cfg.max_steps is None else min(total, first + cfg.max_steps)
     ctx.log(STAGE, f"{len(rows)} examples, {total} steps of {cfg.batch_size}; {n_params:,} trainable parameters")
     if ctx.deepspeed:
@@ -170,22 +207,7 @@ def _train(cfg: SFTConfig, ctx: Any) -> StageResult:
         batch = batches[step]
         # the loss is normalised by the target tokens of the WHOLE batch, on every rank
         n_tokens = sum(sum(1 for x in rows[i][1] if x != IGNORE) for i in batch)
-        mine = ctx.shard(batch)
-        step_loss = 0.0
-        for start in range(0, len(mine), micro_size):
-            micro = mine[start:start + micro_size]
-            ids = torch.tensor(pad_right([rows[i][0] for i in micro], pad), device=device)
-            labels = torch.tensor(pad_right([rows[i][1] for i in micro], IGNORE), device=device)
-            mask = torch.tensor(pad_right([[1] * len(rows[i][0]) for i in micro], 0), device=device)
-            logits = forward(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            target = labels[:, 1:]
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                     ignore_index=IGNORE, reduction="sum") / max(1, n_tokens)
-            if ctx.deepspeed:
-                ctx.backward(loss)
-            else:
-                loss.backward()
-            step_loss += float(loss.detach())
+        step_loss = backpropagate_batch(ctx, forward, [rows[i] for i in ctx.shard(batch)], micro_size, n_tokens, pad)
         if ctx.deepspeed:  # the engine clipped and stepped at its last micro-batch
             ctx.finish_step(step + 1)
             step_loss = ctx.all_sum([step_loss])[0]

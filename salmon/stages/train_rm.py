@@ -157,15 +157,6 @@ def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
 
     from salmon.checkpoints import load_checkpoint, save_checkpoint
     from salmon.core.deepspeed_config import stage_deepspeed_config
-    from salmon.reward.loss import bradley_terry_loss
-    from salmon.reward.model import (
-        RM_FORMAT,
-        EncodeLimits,
-        RMEncoder,
-        RMMeta,
-        left_pad,
-        save_reward_model,
-    )
 
     out_dir = Path(cfg.output_dir)
     ckpt_dir = out_dir / "checkpoints"
@@ -182,15 +173,7 @@ def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
 
     ds_ckpt_dir = ckpt_dir / "deepspeed"
     resume = None if ctx.deepspeed else latest_checkpoint(ckpt_dir)
-    start_phase, start_step = 0, 0
-    history: list[dict[str, float | int | str]] = []
-    window_loss, window_acc, window_n = 0.0, 0.0, 0
-    if resume is not None:
-        state = json.loads((resume / "state.json").read_text())
-        start_phase, start_step = state["phase_index"], state["step"]
-        history = state.get("history", [])
-        window_loss, window_acc, window_n = state.get("window", [0.0, 0.0, 0])
-        ctx.log(STAGE, f"resuming from {resume} (phase {plan[start_phase].name}, step {start_step})")
+    start_phase, start_step, history, (window_loss, window_acc, window_n) = resumed_state(ctx, resume, plan)
 
     t0 = time.monotonic()
     budget = cfg.max_steps  # optimizer steps this invocation may still take (None: all)
@@ -201,14 +184,7 @@ def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
         if budget == 0:
             finished = False
             break
-        encoder = RMEncoder(tokenizer, EncodeLimits(ph.model_max_length, ph.query_len, ph.response_len))
-        examples = []
-        for inst in data:
-            try:
-                examples.append(encode_instance(encoder, inst, pmp=ph.name == "pmp"))
-            except SalmonInputError as e:  # principle lines longer than model_max_length
-                raise SalmonInputError(f"{ph.data}: instance {inst.instance_id}", e.message, e.fix) from None
-        labels = [inst.preference for inst in data]
+        examples, labels = phase_examples(ph, data, tokenizer)
         batches = data_order(len(examples), ph.epochs, cfg.batch_size, cfg.seed)
         total = len(batches)
         warmup = int(round(ph.warmup_ratio * total))
@@ -243,22 +219,9 @@ def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
         for step in range(first, last):
             batch = batches[step]
             mine = ctx.shard(batch)  # this rank's pairs (all of them on one process)
-            for start in range(0, len(mine), micro_size):
-                micro = mine[start:start + micro_size]
-                rows = [ids for i in micro for ids in examples[i]]
-                ids, mask = left_pad(rows, pad)
-                rewards = forward(ids.to(device), mask.to(device)).view(len(micro), 2)
-                pref = torch.tensor([labels[i] for i in micro], device=device) - 1
-                chosen = rewards.gather(1, pref[:, None]).squeeze(1)
-                rejected = rewards.gather(1, (1 - pref)[:, None]).squeeze(1)
-                loss = bradley_terry_loss(chosen, rejected)
-                if ctx.deepspeed:  # this rank's share of the mean over the whole batch
-                    ctx.backward(loss * len(micro) / len(batch))
-                else:
-                    (loss * len(micro) / len(batch)).backward()
-                window_loss += float(loss.detach()) * len(micro)
-                window_acc += float((chosen > rejected).float().sum())
-                window_n += len(micro)
+            loss_sum, correct = backpropagate_pairs(ctx, forward, [examples[i] for i in mine],
+                                                    [labels[i] for i in mine], len(batch), micro_size, pad, device)
+            window_loss, window_acc, window_n = window_loss + loss_sum, window_acc + correct, window_n + len(mine)
             if ctx.deepspeed:  # the engine clipped and stepped at its last micro-batch
                 ctx.finish_step(step + 1)
                 sched.step()
@@ -269,15 +232,8 @@ def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
                 opt.zero_grad(set_to_none=True)
             done = step + 1
             if done % cfg.log_every == 0 or done == total:
-                if ctx.deepspeed:
-                    window_loss, window_acc, n = ctx.all_sum([window_loss, window_acc, window_n])
-                    window_n = int(n)
-                entry = {"phase": ph.name, "step": done, "loss": round(window_loss / window_n, 4),
-                         "accuracy": round(window_acc / window_n, 4),
-                         "lr": sched.get_last_lr()[0], "seconds": round(time.monotonic() - t0, 1)}
-                history.append(entry)
-                ctx.log(STAGE, f"{ph.name} step {done}/{total} loss {entry['loss']:.4f} "
-                           f"acc {entry['accuracy']:.3f} lr {entry['lr']:.2e}")
+                history.append(log_window(ctx, ph.name, done, total, (window_loss, window_acc, window_n),
+                                          sched.get_last_lr()[0], t0))
                 window_loss, window_acc, window_n = 0.0, 0.0, 0
             if done % cfg.save_every == 0 or done == last:
                 if ctx.deepspeed:
@@ -294,6 +250,83 @@ def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
     if not finished:
         return StageResult(STAGE, outputs={}, metrics={"finished": False, "seconds": round(time.monotonic() - t0, 1),
                                                        "trainable_parameters": n_trainable})
+    return publish(cfg, ctx, model, tokenizer, datasets, history, n_trainable, t0)
+
+
+def resumed_state(ctx: Any, resume: Path | None, plan: list[Phase]
+                  ) -> tuple[int, int, list[dict[str, Any]], tuple[float, float, int]]:
+    """(phase index, step, train log so far, open logging window) of the checkpoint ``resume``
+    (a local run's; DeepSpeed keeps its own); zeros for a new run."""
+    if resume is None:
+        return 0, 0, [], (0.0, 0.0, 0)
+    state = json.loads((resume / "state.json").read_text())
+    ctx.log(STAGE, f"resuming from {resume} (phase {plan[state['phase_index']].name}, step {state['step']})")
+    loss, acc, n = state.get("window", [0.0, 0.0, 0])
+    return state["phase_index"], state["step"], state.get("history", []), (loss, acc, n)
+
+
+def log_window(ctx: Any, phase: str, done: int, total: int, window: tuple[float, float, int], lr: float,
+               t0: float) -> dict[str, Any]:
+    """The train-log line of the steps since the last one (summed over the ranks), also printed."""
+    loss, acc, n = window
+    if ctx.deepspeed:
+        loss, acc, n_all = ctx.all_sum([loss, acc, n])
+        n = int(n_all)
+    entry = {"phase": phase, "step": done, "loss": round(loss / n, 4), "accuracy": round(acc / n, 4), "lr": lr,
+             "seconds": round(time.monotonic() - t0, 1)}
+    ctx.log(STAGE, f"{phase} step {done}/{total} loss {entry['loss']:.4f} acc {entry['accuracy']:.3f} lr {lr:.2e}")
+    return entry
+
+
+def phase_examples(ph: Phase, data: list[RMInstance], tokenizer: Any) -> tuple[list[tuple[list[int], list[int]]],
+                                                                               list[int]]:
+    """The encoded (response A, response B) RM inputs of a phase's instances, and each preference (1 or 2)."""
+    from salmon.reward.model import EncodeLimits, RMEncoder
+
+    encoder = RMEncoder(tokenizer, EncodeLimits(ph.model_max_length, ph.query_len, ph.response_len))
+    examples = []
+    for inst in data:
+        try:
+            examples.append(encode_instance(encoder, inst, pmp=ph.name == "pmp"))
+        except SalmonInputError as e:  # principle lines longer than model_max_length
+            raise SalmonInputError(f"{ph.data}: instance {inst.instance_id}", e.message, e.fix) from None
+    return examples, [inst.preference for inst in data]
+
+
+def backpropagate_pairs(ctx: Any, forward: Any, examples: list[tuple[list[int], list[int]]], labels: list[int],
+                        batch_size: int, micro_size: int, pad: int, device: Any) -> tuple[float, float]:
+    """Backpropagate the Bradley-Terry loss of this rank's pairs of a batch, ``micro_size`` pairs per
+    forward (both responses of a pair in one forward), each micro-batch weighted by its share of the
+    ``batch_size`` pairs. Returns (summed loss, pairs ranked right)."""
+    import torch
+
+    from salmon.reward.loss import bradley_terry_loss
+    from salmon.reward.model import left_pad
+
+    loss_sum = correct = 0.0
+    for start in range(0, len(examples), micro_size):
+        micro = examples[start:start + micro_size]
+        ids, mask = left_pad([ids for pair in micro for ids in pair], pad)
+        rewards = forward(ids.to(device), mask.to(device)).view(len(micro), 2)
+        pref = torch.tensor(labels[start:start + micro_size], device=device) - 1
+        chosen = rewards.gather(1, pref[:, None]).squeeze(1)
+        rejected = rewards.gather(1, (1 - pref)[:, None]).squeeze(1)
+        loss = bradley_terry_loss(chosen, rejected)
+        if ctx.deepspeed:  # this rank's share of the mean over the whole batch
+            ctx.backward(loss * len(micro) / batch_size)
+        else:
+            (loss * len(micro) / batch_size).backward()
+        loss_sum += float(loss.detach()) * len(micro)
+        correct += float((chosen > rejected).float().sum())
+    return loss_sum, correct
+
+
+def publish(cfg: TrainRMConfig, ctx: Any, model: Any, tokenizer: Any, datasets: list[list[RMInstance]],
+            history: list[dict[str, Any]], n_trainable: int, t0: float) -> StageResult:
+    """Write the trained RM (``model/``) and the train log; the stage's metrics."""
+    from salmon.reward.model import RM_FORMAT, RMMeta, save_reward_model
+
+    out_dir = Path(cfg.output_dir)
     model.eval()
     meta = RMMeta(format=RM_FORMAT, base_model=str(Path(cfg.base_model).resolve()),
                   finetune=cfg.finetune, model_max_length=cfg.model_max_length,
