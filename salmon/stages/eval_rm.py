@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from salmon.core.aggregate import AggregateParams, aggregate, index_judgements, principle_score
 from salmon.core.config import EvalRMConfig
@@ -128,30 +130,13 @@ def run(cfg: EvalRMConfig) -> StageResult:
                              rule_label_noise=0.0, seed=cfg.seed)
     instances, _ = aggregate(pairs, judgements, pset, params)
     if not instances:
-        judged = [pair for pair in pairs if pair.pair_id in judgements]
-        shown = [j for pair in judged for pid, j in judgements[pair.pair_id].items() if pid in dims]
-        why = (f"none of the {len(pairs)} pairs in splits {cfg.splits} has a judgement" if not judged else
-               f"no judged pair prefers an output under the principles {', '.join(dims)}: "
-               f"{sum(j.consistent for j in shown)} of their {len(shown)} judgements pick the same output in both "
-               "orders, and an inconsistent verdict counts as a tie")
-        raise SalmonInputError(cfg.judgements, f"no instance to score: {why}",
-                               "judge the held-out pairs with a stronger judge (label's position_consistent_rate "
-                               "should be well above 0.5), or give more pairs")
+        raise nothing_to_score(cfg, pairs, judgements, dims)
     flip_base = [i for i in instances if not i.principles[i.dominant_index].negated]
     flipped = [negate_dominant(i, pset.get(i.principles[i.dominant_index].principle_id)
                                .negative_definition or "") for i in flip_base]
 
-    # sensitivity pairs: the judge says the two principles prefer opposite outputs
-    a_id, b_id = cfg.sensitivity
-    a_p, b_p = pset.get(a_id), pset.get(b_id)
-    sens_pairs = []
-    for pair in pairs:
-        per = judgements.get(pair.pair_id, {})
-        if a_id in per and b_id in per:
-            sa = principle_score(per[a_id].delta_12, per[a_id].delta_21, 1.0)
-            sb = principle_score(per[b_id].delta_12, per[b_id].delta_21, 1.0)
-            if sa * sb < 0:
-                sens_pairs.append(pair)
+    a_p, b_p = pset.get(cfg.sensitivity[0]), pset.get(cfg.sensitivity[1])
+    sens_pairs = sensitivity_pairs(pairs, judgements, a_p.id, b_p.id)
 
     zero_pairs = zero_shot_pairs(pairs, judgements, cfg.zero_shot)
     check_principles_fit(cfg, pset, [*dims, *cfg.sensitivity, *cfg.zero_shot], interventions, pairs)
@@ -199,24 +184,93 @@ def run(cfg: EvalRMConfig) -> StageResult:
                f"{len(flipped)} flip instances, {len(sens_pairs)} sensitivity pairs")
     r = score_sequences(model, rows, int(tokenizer.pad_token_id), cfg.batch_size)
 
+    metrics = rm_metrics(cfg, r, pset, interventions, pairs, instances, flip_base, Indices(
+        accuracy=acc_idx, flip=flip_idx, sensitivity=sens_idx, zero_shot=zero_idx, self_praise=praise_idx))
+    out = Path(cfg.output_dir)
+    write_json(out / "metrics.json", metrics)
+    write_text(out / "report.md", report(cfg, metrics))
+    log(STAGE, f"accuracy {_fmt(metrics['accuracy'])} (n={metrics['accuracy_n']}), flip rate "
+               f"{_fmt(metrics['flip_rate'])} (n={metrics['flip_n']}), sensitivity {_fmt(metrics['sensitivity'])} "
+               f"(n={metrics['sensitivity_n']})")
+    for pid, z in metrics.get("zero_shot", {}).items():
+        log(STAGE, f"zero-shot {pid}: accuracy {_fmt(z['accuracy'])} (n={z['n']}), flip rate "
+                   f"{_fmt(z['flip_rate'])} (n={z['flip_n']})")
+    result = StageResult(STAGE, outputs={"metrics": str(out / "metrics.json"),
+                                         "report": str(out / "report.md")}, metrics=metrics)
+    failures = []
+    for name, key, gate in (("accuracy", "accuracy", cfg.min_accuracy), ("flip rate", "flip_rate", cfg.min_flip_rate)):
+        if gate is not None and (metrics[key] is None or not metrics[key] >= gate):
+            failures.append(f"{name} {_fmt(metrics[key])} < {gate}")
+    if failures:
+        raise EvalGateFailed("; ".join(failures))
+    return result
+
+
+def nothing_to_score(cfg: EvalRMConfig, pairs: list[ResponsePair], judgements: dict[str, Any],
+                     dims: list[str]) -> SalmonInputError:
+    """Why no instance could be built from the held-out pairs, and what to do."""
+    judged = [pair for pair in pairs if pair.pair_id in judgements]
+    shown = [j for pair in judged for pid, j in judgements[pair.pair_id].items() if pid in dims]
+    why = (f"none of the {len(pairs)} pairs in splits {cfg.splits} has a judgement" if not judged else
+           f"no judged pair prefers an output under the principles {', '.join(dims)}: "
+           f"{sum(j.consistent for j in shown)} of their {len(shown)} judgements pick the same output in both "
+           "orders, and an inconsistent verdict counts as a tie")
+    return SalmonInputError(cfg.judgements, f"no instance to score: {why}",
+                            "judge the held-out pairs with a stronger judge (label's position_consistent_rate "
+                            "should be well above 0.5), or give more pairs")
+
+
+def sensitivity_pairs(pairs: list[ResponsePair], judgements: dict[str, Any], a_id: str, b_id: str
+                      ) -> list[ResponsePair]:
+    """The pairs on which the judge says principles ``a_id`` and ``b_id`` prefer opposite outputs."""
+    out = []
+    for pair in pairs:
+        per = judgements.get(pair.pair_id, {})
+        if a_id in per and b_id in per:
+            sa = principle_score(per[a_id].delta_12, per[a_id].delta_21, 1.0)
+            sb = principle_score(per[b_id].delta_12, per[b_id].delta_21, 1.0)
+            if sa * sb < 0:
+                out.append(pair)
+    return out
+
+
+@dataclass
+class Indices:
+    """Where each measurement's RM inputs sit in the scored sequences: (response 1, response 2) per
+    accuracy and flip instance; (a1, a2, b1, b2) per sensitivity pair; (principle, whether the
+    judge prefers response 1, positive pair, negated pair or None) per zero-shot pair; (plain,
+    praised, plain with interventions, praised with interventions) per self-praise pair."""
+
+    accuracy: list[tuple[int, int]]
+    flip: list[tuple[int, int]]
+    sensitivity: list[tuple[int, int, int, int]]
+    zero_shot: list[tuple[str, bool, tuple[int, int], tuple[int, int] | None]]
+    self_praise: list[tuple[int, int, int, int]]
+
+
+def rm_metrics(cfg: EvalRMConfig, r: list[float], pset: PrincipleSet, interventions: PrincipleSet | None,
+               pairs: list[ResponsePair], instances: list[RMInstance], flip_base: list[RMInstance],
+               ix: Indices) -> dict[str, Any]:
+    """Accuracy, flip rate, sensitivity (overall, by principle and by principles shown), the
+    zero-shot principles and the self-praise check, from the RM scores ``r`` of the sequences."""
     def prefers_1(i1: int, i2: int) -> bool:
         return r[i1] > r[i2]
 
-    correct = [prefers_1(*ix) == (inst.preference == 1) for ix, inst in zip(acc_idx, instances, strict=True)]
+    correct = [prefers_1(*ix) == (inst.preference == 1) for ix, inst in zip(ix.accuracy, instances, strict=True)]
     by_principle: dict[str, list[bool]] = defaultdict(list)
     by_k: dict[int, list[bool]] = defaultdict(list)
     for ok, inst in zip(correct, instances, strict=True):
         by_principle[inst.principles[inst.dominant_index].principle_id].append(ok)
         by_k[len(inst.principles)].append(ok)
     base_of = {i.instance_id: k for k, i in enumerate(instances)}
-    flips = [prefers_1(*acc_idx[base_of[i.instance_id]]) != prefers_1(*fx)
-             for i, fx in zip(flip_base, flip_idx, strict=True)]
+    flips = [prefers_1(*ix.accuracy[base_of[i.instance_id]]) != prefers_1(*fx)
+             for i, fx in zip(flip_base, ix.flip, strict=True)]
     flip_by: dict[str, list[bool]] = defaultdict(list)
     for ok, inst in zip(flips, flip_base, strict=True):
         flip_by[inst.principles[inst.dominant_index].principle_id].append(ok)
-    sens = [prefers_1(a1, a2) != prefers_1(b1, b2) for a1, a2, b1, b2 in sens_idx]
-    margins_off = [r[p0] - r[p1] for p0, p1, _, _ in praise_idx]
-    margins_on = [r[q0] - r[q1] for _, _, q0, q1 in praise_idx]
+    sens = [prefers_1(a1, a2) != prefers_1(b1, b2) for a1, a2, b1, b2 in ix.sensitivity]
+    margins_off = [r[p0] - r[p1] for p0, p1, _, _ in ix.self_praise]
+    margins_on = [r[q0] - r[q1] for _, _, q0, q1 in ix.self_praise]
 
     def rate(xs: list[bool]) -> float | None:
         return round(sum(xs) / len(xs), 4) if xs else None
@@ -232,7 +286,7 @@ def run(cfg: EvalRMConfig) -> StageResult:
     }
     if cfg.zero_shot:
         per: dict[str, dict[str, list[bool]]] = {pid: {"acc": [], "flip": []} for pid in cfg.zero_shot}
-        for pid, prefers_first, pos, neg in zero_idx:
+        for pid, prefers_first, pos, neg in ix.zero_shot:
             per[pid]["acc"].append(prefers_1(*pos) == prefers_first)
             if neg is not None:
                 per[pid]["flip"].append(prefers_1(*pos) != prefers_1(*neg))
@@ -241,32 +295,15 @@ def run(cfg: EvalRMConfig) -> StageResult:
                                 for pid, v in per.items()}
         metrics["zero_shot_accuracy"] = rate([x for v in per.values() for x in v["acc"]])
         metrics["zero_shot_flip_rate"] = rate([x for v in per.values() for x in v["flip"]])
-    if praise_idx:
+    if ix.self_praise:
         metrics["self_praise"] = {
-            "n": len(praise_idx), "interventions": interventions.ids() if interventions else [],
+            "n": len(ix.self_praise), "interventions": interventions.ids() if interventions else [],
             "prefers_plain_off": rate([m > 0 for m in margins_off]),
             "prefers_plain_on": rate([m > 0 for m in margins_on]),
             "margin_off": round(sum(margins_off) / len(margins_off), 4),
             "margin_on": round(sum(margins_on) / len(margins_on), 4),
         }
-    out = Path(cfg.output_dir)
-    write_json(out / "metrics.json", metrics)
-    write_text(out / "report.md", report(cfg, metrics))
-    log(STAGE, f"accuracy {_fmt(metrics['accuracy'])} (n={len(correct)}), flip rate "
-               f"{_fmt(metrics['flip_rate'])} (n={len(flips)}), sensitivity {_fmt(metrics['sensitivity'])} "
-               f"(n={len(sens)})")
-    for pid, z in metrics.get("zero_shot", {}).items():
-        log(STAGE, f"zero-shot {pid}: accuracy {_fmt(z['accuracy'])} (n={z['n']}), flip rate "
-                   f"{_fmt(z['flip_rate'])} (n={z['flip_n']})")
-    result = StageResult(STAGE, outputs={"metrics": str(out / "metrics.json"),
-                                         "report": str(out / "report.md")}, metrics=metrics)
-    failures = []
-    for name, key, gate in (("accuracy", "accuracy", cfg.min_accuracy), ("flip rate", "flip_rate", cfg.min_flip_rate)):
-        if gate is not None and (metrics[key] is None or not metrics[key] >= gate):
-            failures.append(f"{name} {_fmt(metrics[key])} < {gate}")
-    if failures:
-        raise EvalGateFailed("; ".join(failures))
-    return result
+    return metrics
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
