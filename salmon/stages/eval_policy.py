@@ -110,7 +110,6 @@ def run(cfg: EvalPolicyConfig) -> StageResult:
 
     from salmon.modeling import resolve_device
     from salmon.nano import checkers
-    from salmon.ppo.rollout import make_batch, response_logprobs
     from salmon.turns import policy_turns
 
     prompts = [p for p in read_jsonl(cfg.prompts, PromptRecord) if p.split in cfg.splits][: cfg.limit]
@@ -158,32 +157,12 @@ def run(cfg: EvalPolicyConfig) -> StageResult:
     # KL from the policy to the baseline on the policy's samples
     temp = cfg.temperature if cfg.temperature > 0 else 1.0
     r_ids = {side: [t.ids[: cfg.max_new_tokens] for t in answers[side]] for side in sides}
-    kl_terms: list[float] = []
-    with torch.no_grad():
-        for start in range(0, len(queries), cfg.batch_size):
-            idx = range(start, min(start + cfg.batch_size, len(queries)))
-            batch = make_batch([queries[i] for i in idx], [r_ids["policy"][i] for i in idx],
-                               int(tok.pad_token_id)).to(device)
-            lp = response_logprobs(models["policy"], batch, temp)
-            lb = response_logprobs(models["baseline"], batch, temp)
-            kl_terms += (lp - lb).sum(-1).tolist()
+    kl_terms = sequence_kl(models["policy"], models["baseline"], queries, r_ids["policy"], int(tok.pad_token_id),
+                           cfg.batch_size, temp, device)
     del models
 
     clean = {side: [turns.answer_text(t.text) for t in answers[side]] for side in sides}
-    rewards: dict[str, dict[str, list[float]]] = {side: {} for side in sides}
-    if cfg.reward_model:
-        from salmon.reward.model import EncodeLimits, RMEncoder, load_reward_model, score_sequences
-
-        rm, rm_tok, _ = load_reward_model(cfg.reward_model, device=device)
-        encoder = RMEncoder(rm_tok, EncodeLimits(cfg.rm_max_length, cfg.rm_query_len, cfg.max_new_tokens),
-                            "rm_max_length")
-        for label, pset in sets:
-            lines = [p.definition for p in pset.principles]
-            for side in sides:
-                encoded = [encoder.encode_rm(r, p.full_instruction(), lines, [])
-                           for r, p in zip(clean[side], prompts, strict=True)]
-                rewards[side][label] = score_sequences(rm, encoded, int(rm_tok.pad_token_id), cfg.batch_size)
-            log(STAGE, f"scored both under {label}")
+    rewards = rm_rewards(cfg, sets, clean, prompts, device) if cfg.reward_model else {side: {} for side in sides}
 
     per_side: dict[str, dict[str, float | None]] = {}
     for side in sides:
@@ -208,25 +187,11 @@ def run(cfg: EvalPolicyConfig) -> StageResult:
     }
 
     out = Path(cfg.output_dir)
-    labels = [cfg.baseline_label, cfg.policy_label]
-    plots = []
-    for key in per_side["policy"]:
-        before, after = per_side["baseline"][key], per_side["policy"][key]
-        if before is None or after is None:
-            continue
-        name = key.replace("/", "_").replace(":", "_").replace(",", "_") + ".png"
-        _plot(out / "plots" / name, key, labels, [before, after])
-        plots.append((key, f"plots/{name}"))
-    rows = []
-    for i, p in enumerate(prompts):
-        rows.append({"prompt_id": p.prompt_id, "prompt_type": p.prompt_type, "instruction": p.instruction,
-                     cfg.policy_label: clean["policy"][i], cfg.baseline_label: clean["baseline"][i],
-                     "rewards": {label: [rewards["policy"][label][i], rewards["baseline"][label][i]]
-                                 for label, _ in sets},
-                     "kl": kl_terms[i]})
-    write_text(out / "responses.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    write_json(out / "metrics.json", metrics)
-    write_text(out / "report.md", _report(cfg, metrics, per_side, plots))
+    write_outputs(cfg, out, metrics, per_side, [{
+        "prompt_id": p.prompt_id, "prompt_type": p.prompt_type, "instruction": p.instruction,
+        cfg.policy_label: clean["policy"][i], cfg.baseline_label: clean["baseline"][i],
+        "rewards": {label: [rewards["policy"][label][i], rewards["baseline"][label][i]] for label, _ in sets},
+        "kl": kl_terms[i]} for i, p in enumerate(prompts)])
     log(STAGE, f"kl {metrics['kl_to_baseline']:.3f}; length {per_side['baseline']['response_words']:.1f} -> "
                f"{per_side['policy']['response_words']:.1f} words; report in {out / 'report.md'}")
     flat = {f"{cfg.policy_label}/{k}": v for k, v in per_side["policy"].items()}
@@ -237,6 +202,61 @@ def run(cfg: EvalPolicyConfig) -> StageResult:
     return StageResult(STAGE, outputs={"metrics": str(out / "metrics.json"), "report": str(out / "report.md"),
                                        "responses": str(out / "responses.jsonl"), "plots": str(out / "plots")},
                        metrics=flat)
+
+
+def sequence_kl(policy: Any, baseline: Any, queries: list[list[int]], responses: list[list[int]], pad_id: int,
+                batch_size: int, temperature: float, device: Any) -> list[float]:
+    """Per response, the summed log-ratio of the policy to the baseline over its tokens (the KL
+    estimate on the policy's own samples), ``batch_size`` responses per forward."""
+    import torch
+
+    from salmon.ppo.rollout import make_batch, response_logprobs
+
+    terms: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(queries), batch_size):
+            idx = range(start, min(start + batch_size, len(queries)))
+            batch = make_batch([queries[i] for i in idx], [responses[i] for i in idx], pad_id).to(device)
+            terms += (response_logprobs(policy, batch, temperature)
+                      - response_logprobs(baseline, batch, temperature)).sum(-1).tolist()
+    return terms
+
+
+def rm_rewards(cfg: EvalPolicyConfig, sets: list[tuple[str, Any]], clean: dict[str, list[str]],
+               prompts: list[PromptRecord], device: Any) -> dict[str, dict[str, list[float]]]:
+    """Side -> principle-set label -> the RM's reward of each response under that set."""
+    from salmon.reward.model import EncodeLimits, RMEncoder, load_reward_model, score_sequences
+
+    rm, rm_tok, _ = load_reward_model(str(cfg.reward_model), device=device)
+    encoder = RMEncoder(rm_tok, EncodeLimits(cfg.rm_max_length, cfg.rm_query_len, cfg.max_new_tokens),
+                        "rm_max_length")
+    rewards: dict[str, dict[str, list[float]]] = {side: {} for side in clean}
+    for label, pset in sets:
+        lines = [p.definition for p in pset.principles]
+        for side, texts in clean.items():
+            encoded = [encoder.encode_rm(r, p.full_instruction(), lines, [])
+                       for r, p in zip(texts, prompts, strict=True)]
+            rewards[side][label] = score_sequences(rm, encoded, int(rm_tok.pad_token_id), cfg.batch_size)
+        log(STAGE, f"scored both under {label}")
+    return rewards
+
+
+def write_outputs(cfg: EvalPolicyConfig, out: Path, metrics: dict[str, Any],
+                  per_side: dict[str, dict[str, float | None]], rows: list[dict[str, Any]]) -> None:
+    """The plots (one per figure measured on both sides), ``responses.jsonl``, ``metrics.json`` and
+    ``report.md`` in ``out``."""
+    labels = [cfg.baseline_label, cfg.policy_label]
+    plots = []
+    for key in per_side["policy"]:
+        before, after = per_side["baseline"][key], per_side["policy"][key]
+        if before is None or after is None:
+            continue
+        name = key.replace("/", "_").replace(":", "_").replace(",", "_") + ".png"
+        _plot(out / "plots" / name, key, labels, [before, after])
+        plots.append((key, f"plots/{name}"))
+    write_text(out / "responses.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_json(out / "metrics.json", metrics)
+    write_text(out / "report.md", _report(cfg, metrics, per_side, plots))
 
 
 def _fmt(v: float | None) -> str:
