@@ -66,7 +66,7 @@ def materialize_base(uri: str, digest: str, dest: str | Path) -> str:
 
     dest = Path(dest)
     if uri.startswith("models:/"):
-        from salmon.tracking import download_model_folder
+        from salmon.tracking.models import download_model_folder
 
         download_model_folder(uri, dest)
     elif uri.startswith("s3://"):
@@ -89,7 +89,7 @@ def _settings(context: Any) -> dict[str, Any]:
 
 
 def _signature_only() -> bool:
-    from salmon.tracking import SIGNATURE_ONLY_ENV
+    from salmon.tracking.models import SIGNATURE_ONLY_ENV
 
     return os.environ.get(SIGNATURE_ONLY_ENV) == "1"
 

@@ -26,21 +26,22 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_the_base_is_logged_once_per_digest_and_an_s3_base_stays_on_s3(store: Path, tiny_model: str) -> None:
     import mlflow
 
-    from salmon import tracking
     from salmon.core.digest import digest_dir
+    from salmon.tracking import models as tracking_models
 
     digest = digest_dir(tiny_model)
     with mlflow.start_run():
-        ref, model_id = tracking.base_model_reference("nano", tiny_model, digest, "dromedary")
-        again = tracking.base_model_reference("/elsewhere/same-bytes", tiny_model, digest, "dromedary")
-        s3_ref, s3_id = tracking.base_model_reference("s3://models/llama", tiny_model, "sha256:" + "0" * 64, "")
+        ref, model_id = tracking_models.base_model_reference("nano", tiny_model, digest, "dromedary")
+        again = tracking_models.base_model_reference("/elsewhere/same-bytes", tiny_model, digest, "dromedary")
+        s3_ref, s3_id = tracking_models.base_model_reference("s3://models/llama", tiny_model, "sha256:" + "0" * 64, "")
     assert ref == f"models:/{model_id}" and again == (ref, model_id), "found again by its digest"
     assert s3_ref == "s3://models/llama" and s3_id and s3_id != model_id
     external = mlflow.MlflowClient().get_logged_model(s3_id)
     assert external.name == "salmon-base" and external.tags["salmon.source"] == "s3://models/llama"
     base = mlflow.MlflowClient().get_logged_model(model_id)
     assert base.tags["salmon.digest"] == digest
-    assert tracking.logged_model_id(ref) == model_id and tracking.logged_model_id("models:/m-0123") is None
+    assert tracking_models.logged_model_id(ref) == model_id
+    assert tracking_models.logged_model_id("models:/m-0123") is None
 
 
 def test_dataset_sources_are_mlflows_local_and_s3() -> None:
@@ -54,11 +55,11 @@ def test_dataset_sources_are_mlflows_local_and_s3() -> None:
 def _log_lora_rm(tiny_rm_lora: str, base: str, digest: str) -> str:
     import mlflow
 
-    from salmon import tracking
+    from salmon.tracking import models as tracking_models
 
     with mlflow.start_run():
-        ref, _ = tracking.base_model_reference("nano", base, digest, "dromedary")
-        return tracking.log_model("train_rm", tiny_rm_lora, {}, base_model=ref, base_model_digest=digest)
+        ref, _ = tracking_models.base_model_reference("nano", base, digest, "dromedary")
+        return tracking_models.log_model("train_rm", tiny_rm_lora, {}, base_model=ref, base_model_digest=digest)
 
 
 def test_a_lora_reward_model_loads_from_mlflow_without_its_training_base_folder(

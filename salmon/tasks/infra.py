@@ -107,7 +107,7 @@ def base_model_task(uri: str, out_dir: str, *, nano_pretrain_steps: int = 300, s
             n = download_prefix(uri, tmp)
         return {"source": uri, "files": n}
     if uri.startswith("models:/"):
-        from salmon.tracking import download_model_folder
+        from salmon.tracking.models import download_model_folder
 
         with atomic_dir(out_dir) as tmp:
             n = download_model_folder(uri, tmp)

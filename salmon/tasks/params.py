@@ -203,7 +203,7 @@ class PipelineParams(BaseModel):
     @field_validator("base_model_uri")
     @classmethod
     def _base_model_uri(cls, uri: str) -> str:
-        from salmon.tracking import REGISTRY_URI
+        from salmon.tracking.models import REGISTRY_URI
 
         registered = uri.startswith("models:/") and REGISTRY_URI.match(uri)
         if not uri or ("://" in uri and not uri.startswith("s3://")) or (

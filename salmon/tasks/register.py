@@ -49,6 +49,7 @@ def register_task(
     move ``champion`` only where the evaluation gates pass. ``results`` maps stage names to the
     JSON returned by :func:`run_stage_task`."""
     from salmon import tracking
+    from salmon.tracking import models as tracking_models
 
     require_tracking("register")
     # one run id across the lineage: the local runner's id where it set one (the stage runs carry it)
@@ -71,7 +72,7 @@ def register_task(
         "stages": {k: {"mlflow_run_id": v["mlflow_run_id"], "metrics": v["metrics"]} for k, v in parsed.items()}}
     for stage in TRAINING_STAGES:
         res = parsed[stage]
-        name = tracking.MODEL_NAMES[stage]
+        name = tracking_models.MODEL_NAMES[stage]
         tags = {"kfp.run_id": kfp_run_id, "salmon.git_sha": sha, "salmon.stage": stage,
                 "salmon.source_run": res["mlflow_run_id"], "salmon.base_model": res.get("base_model", ""),
                 "salmon.base_model_digest": res.get("base_model_digest", "")}
@@ -81,16 +82,16 @@ def register_task(
                 tags[f"salmon.run.{upstream}"] = parsed[upstream]["mlflow_run_id"]
         for upstream in ("eval_rm", "eval_policy"):
             tags[f"salmon.{upstream}_run"] = parsed[upstream]["mlflow_run_id"]
-        version = tracking.register_model(res["model_uri"], name, tags)
+        version = tracking_models.register_model(res["model_uri"], name, tags)
         audit = {"by": "register", "kfp_run_id": kfp_run_id, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        tracking.set_alias(name, "candidate", version, audit)
+        tracking_models.set_alias(name, "candidate", version, audit)
         passed, reasons = gates[stage]
         if passed:
-            tracking.set_alias(name, "champion", version, audit)
+            tracking_models.set_alias(name, "champion", version, audit)
             log("register", f"{name} v{version}: candidate and champion")
         else:
             log("register", f"{name} v{version}: candidate; champion NOT moved ({'; '.join(reasons)})")
-        tracking.tag_version(name, version, {"salmon.gate.passed": str(passed).lower(),
+        tracking_models.tag_version(name, version, {"salmon.gate.passed": str(passed).lower(),
                                              "salmon.gate.reasons": "; ".join(reasons) or "all gates passed"})
         checks = rm_checks if stage == "train_rm" else rm_checks + pol_checks
         _describe(name, version, stage, res, parsed, tags, checks, passed, reasons, kfp_run_id, sha)
@@ -106,6 +107,7 @@ def _describe(name: str, version: str, stage: str, res: dict[str, Any], parsed: 
     registered model's."""
     from salmon import tracking
     from salmon.core.model_card import WHAT, DatasetLine, GateFigure, model_card
+    from salmon.tracking import models as tracking_models
 
     datasets = [DatasetLine(up, n, d, r) for up in MODEL_LINEAGE[stage] if up != stage and up in parsed
                 for n, d, r in tracking.run_datasets(parsed[up]["mlflow_run_id"])]
@@ -113,18 +115,18 @@ def _describe(name: str, version: str, stage: str, res: dict[str, Any], parsed: 
                       base_source=res.get("base_model", ""), base_reference=res.get("base_model_reference", ""),
                       base_digest=res.get("base_model_digest", ""), tags=tags, datasets=datasets,
                       gates=[GateFigure(*c) for c in checks], champion=passed, reasons=reasons)
-    tracking.describe(name, version, card)
-    tracking.describe(name, None, f"salmon: the {WHAT[stage]}. Each version's description is its model card; "
+    tracking_models.describe(name, version, card)
+    tracking_models.describe(name, None, f"salmon: the {WHAT[stage]}. Each version's description is its model card; "
                                   "`champion` is the version that passed the evaluation gates.")
 
 
 def promote(name: str, version: str, alias: str = "champion", *, reason: str, user: str | None = None) -> None:
     """Move ``name@alias`` to ``version`` by hand, with an audit tag (who, when, why)."""
-    from salmon import tracking
+    from salmon.tracking import models as tracking_models
 
     if not reason.strip():
         raise SalmonInputError("--reason", "empty", "say why the version is promoted by hand")
     who = user or os.environ.get("USER") or "unknown"
-    tracking.set_alias(name, alias, version, {
+    tracking_models.set_alias(name, alias, version, {
         "by": f"manual:{who}", "reason": reason,
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

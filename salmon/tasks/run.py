@@ -65,6 +65,7 @@ def run_stage_task(
 ) -> str:
     """Run ``stage`` as a pipeline task (see the module docstring); returns the task's JSON."""
     from salmon import tracking
+    from salmon.tracking import models as tracking_models
 
     if stage in TRAINING_STAGES:
         check_executor(stage, executor)
@@ -116,9 +117,10 @@ def run_stage_task(
                           "salmon.base_model": base_source or str(values.get("base_model")
                                                                   or values.get("policy_model")),
                           "salmon.digest": digest_dir(p / MODEL_SUBDIR[stage])}
-            model_uri = tracking.log_model(stage, p / MODEL_SUBDIR[stage], model_tags, base_model=run.base_reference,
-                                           base_model_digest=input_digests.get("base_model", ""),
-                                           prompt_format=run.prompt_format)
+            model_uri = tracking_models.log_model(stage, p / MODEL_SUBDIR[stage], model_tags,
+                                                  base_model=run.base_reference,
+                                                  base_model_digest=input_digests.get("base_model", ""),
+                                                  prompt_format=run.prompt_format)
             art.metadata["model_uri"] = model_uri
         else:
             tracking.log_dataset(name, p.as_uri(), art.metadata["digest"], "output", art.metadata.get("rows"))

@@ -52,7 +52,7 @@ class TrackedRun:
 
     Inputs are recorded as what they are: the base model and the models of upstream stages as
     model inputs (MLflow 3 logged models; the base is logged once as ``salmon-base``, see
-    :func:`salmon.tracking.base_model_reference`), everything else as datasets."""
+    :func:`salmon.tracking.models.base_model_reference`), everything else as datasets."""
 
     def __init__(self, stage: str, task_key: str, tags: dict[str, str], *, base_source: str = "",
                  prompt_format: str = "") -> None:
@@ -83,6 +83,7 @@ class TrackedRun:
 
         from salmon import tracking
         from salmon.core.errors import ServiceUnavailable
+        from salmon.tracking import models as tracking_models
 
         self.run_id = tracking.start_stage_run(self.stage, self.task_key, self.tags)
         tracking.log_stage_config(config)
@@ -101,10 +102,10 @@ class TrackedRun:
             p = Path(art.path)
             model_id = None
             if name == "base_model":
-                self.base_reference, model_id = tracking.base_model_reference(
+                self.base_reference, model_id = tracking_models.base_model_reference(
                     self.base_source or str(p), p, digests[name], self.prompt_format)
             elif uri := art.metadata.get("model_uri"):
-                model_id = tracking.logged_model_id(str(uri))
+                model_id = tracking_models.logged_model_id(str(uri))
             if model_id:
                 self.model_ids[name] = model_id
                 tracking.log_model_input(model_id)
