@@ -859,11 +859,11 @@ def test_the_launchers_and_the_sweeper_use_exactly_the_verbs_their_roles_grant(e
     """Run every launcher path (create, log streaming, pod problems, adopt, recreate a failed job,
     deadline, SIGTERM cleanup, own pod lookup, vLLM deploy and removal) and every sweeper path
     against the emulator, record the requests, and compare with the Roles in manifests/base and
-    salmon.cluster.policy.ROLE_RULES: nothing used is missing, nothing granted is unused."""
+    salmon.cluster.access.ROLE_RULES: nothing used is missing, nothing granted is unused."""
     from kubernetes import client
 
+    from salmon.cluster.access import ROLE_RULES
     from salmon.cluster.launch import own_pod_owner
-    from salmon.cluster.policy import ROLE_RULES
     from salmon.cluster.sampler import delete_servers
     from salmon.cluster.sweep import sweep
 

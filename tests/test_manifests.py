@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from salmon.cluster import policy
+from salmon.cluster import access, cel, policy
 from salmon.cluster import validate as v
 from salmon.cluster.validate import load_yaml_documents, validate_manifest, validate_manifests
 
@@ -214,8 +214,8 @@ def test_every_create_time_cel_rule_compiles_or_has_a_replacement() -> None:
         schema = v.load_crd_schema(filename)["openAPIV3Schema"]
         for rule in re.findall(r'"rule": ?"((?:[^"\\]|\\.)*)"', json.dumps(schema)):
             expr = json.loads(f'"{rule}"')
-            if "oldSelf" not in expr and expr not in v.HAND_WRITTEN_RULES:
-                assert v._cel_program(expr) is not None, f"{filename}: {expr}"
+            if "oldSelf" not in expr and expr not in cel.HAND_WRITTEN_RULES:
+                assert cel._cel_program(expr) is not None, f"{filename}: {expr}"
 
 
 def test_unknown_kinds_are_errors_not_warnings() -> None:
@@ -558,19 +558,19 @@ def _walk_dicts(value: Any) -> Iterator[dict[str, Any]]:
 
 def test_the_roles_grant_exactly_what_the_code_uses_and_nothing_is_cluster_wide(
         built: dict[str, list[dict[str, Any]]]) -> None:
-    """The Roles equal salmon.cluster.policy.ROLE_RULES, the verbs the launchers and the sweeper
+    """The Roles equal salmon.cluster.access.ROLE_RULES, the verbs the launchers and the sweeper
     were seen to use against the emulator (tests/test_cluster.py); ClusterRoles and
     ClusterRoleBindings: exactly the allow-list, which is empty; the only cluster-scoped object
     is the training runtime, with its reason."""
-    assert policy.CLUSTER_RBAC_ALLOWED == {}
+    assert access.CLUSTER_RBAC_ALLOWED == {}
     for docs in built.values():
-        assert policy.rbac_errors(docs) == []
+        assert access.rbac_errors(docs) == []
         assert {(d["kind"], d["metadata"]["name"]) for d in docs
-                if d["kind"] in ("ClusterRole", "ClusterRoleBinding")} == set(policy.CLUSTER_RBAC_ALLOWED)
+                if d["kind"] in ("ClusterRole", "ClusterRoleBinding")} == set(access.CLUSTER_RBAC_ALLOWED)
         assert {(d["kind"], d["metadata"]["name"]) for d in docs
-                if "namespace" not in d["metadata"]} == set(policy.CLUSTER_SCOPED_ALLOWED)
-        assert {d["metadata"]["name"] for d in docs if d["kind"] == "Role"} == set(policy.ROLE_RULES)
-        for name in policy.ROLE_RULES:
+                if "namespace" not in d["metadata"]} == set(access.CLUSTER_SCOPED_ALLOWED)
+        assert {d["metadata"]["name"] for d in docs if d["kind"] == "Role"} == set(access.ROLE_RULES)
+        for name in access.ROLE_RULES:
             assert find(docs, "RoleBinding", name)["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
                                                                   "kind": "Role", "name": name}
         assert find(docs, "RoleBinding", "salmon-sweeper")["subjects"] == [
@@ -588,13 +588,13 @@ def test_network_policies_admit_only_the_pipeline_namespace_to_mlflow_and_vllm(
     for overlay, docs in built.items():
         policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
         mlflow = find(docs, "Deployment", "salmon-mlflow")["spec"]["template"]["metadata"]["labels"]
-        assert policy.ingress_errors(policies, mlflow, 5000, "kubeflow", "mlflow") == []
+        assert access.ingress_errors(policies, mlflow, 5000, "kubeflow", "mlflow") == []
         servers = [d for d in rendered if d["kind"] == "Deployment"]
         for server in servers:
             labels = server["spec"]["template"]["metadata"]["labels"]
-            assert policy.ingress_errors(policies, labels, 8000, "kubeflow", policy.label(server)) == []
+            assert access.ingress_errors(policies, labels, 8000, "kubeflow", policy.label(server)) == []
         for pod_labels in (mlflow, servers[0]["spec"]["template"]["metadata"]["labels"]):
-            sources = [rule["from"] for p in policies if policy.selects(p["spec"]["podSelector"], pod_labels)
+            sources = [rule["from"] for p in policies if access.selects(p["spec"]["podSelector"], pod_labels)
                        for rule in p["spec"].get("ingress", [])]
             assert sources == [[{"podSelector": {}}]], "pods of the policy's own namespace, the pipeline's"
         deny = find(docs, "NetworkPolicy", "salmon-default-deny-ingress")["spec"]
@@ -611,12 +611,12 @@ def test_mlflow_checks_host_headers_and_vllm_requires_an_api_key_from_a_secret(
         built: dict[str, list[dict[str, Any]]], rendered: list[dict[str, Any]]) -> None:
     for docs in built.values():
         mlflow = find(docs, "Deployment", "salmon-mlflow")
-        assert policy.mlflow_allowed_hosts_errors(mlflow) == []
+        assert access.mlflow_allowed_hosts_errors(mlflow) == []
         hosts = {e["name"]: e for e in mlflow["spec"]["template"]["spec"]["containers"][0]["env"]}[
             "MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
         assert "salmon-mlflow.$(POD_NAMESPACE).svc.cluster.local:*" in hosts and "localhost:*" in hosts
     for server in (d for d in rendered if d["kind"] == "Deployment"):
-        assert policy.vllm_api_key_errors(server) == []
+        assert access.vllm_api_key_errors(server) == []
         env = {e["name"]: e for e in server["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "salmon-vllm-api-key", "key": "api-key"}
 
@@ -762,7 +762,7 @@ BAD_RBAC: list[tuple[str, Any, str]] = [
 def test_the_rbac_check_fails_on_a_bad_role(built: dict[str, list[dict[str, Any]]], breaks: Any, says: str) -> None:
     docs = copy.deepcopy(built["gpu"])
     breaks(docs)
-    errors = policy.rbac_errors(docs)
+    errors = access.rbac_errors(docs)
     assert errors and any(says in e for e in errors), errors
 
 
@@ -790,9 +790,9 @@ def test_the_network_check_fails_on_a_loose_policy(built: dict[str, list[dict[st
                                                    says: str) -> None:
     docs = copy.deepcopy(built["gpu"])
     labels = _mlflow(docs)["spec"]["template"]["metadata"]["labels"]
-    assert policy.ingress_errors(docs, labels, 5000, "kubeflow", "mlflow") == []
+    assert access.ingress_errors(docs, labels, 5000, "kubeflow", "mlflow") == []
     breaks(docs)
-    errors = policy.ingress_errors(docs, labels, 5000, "kubeflow", "mlflow")
+    errors = access.ingress_errors(docs, labels, 5000, "kubeflow", "mlflow")
     assert errors and any(says in e for e in errors), errors
 
 
@@ -821,7 +821,7 @@ BAD_SERVERS: list[tuple[str, str, Any, str]] = [
 def test_the_server_guard_checks_fail_on_an_open_server(built: dict[str, list[dict[str, Any]]],
                                                         rendered: list[dict[str, Any]],
                                                         start: str, breaks: Any, says: str) -> None:
-    check = policy.mlflow_allowed_hosts_errors if start == "mlflow" else policy.vllm_api_key_errors
+    check = access.mlflow_allowed_hosts_errors if start == "mlflow" else access.vllm_api_key_errors
     doc = _start(start, built, rendered)
     assert check(doc) == []
     breaks(doc)

@@ -241,86 +241,12 @@ def _crd_schema_errors(filename: str, doc: dict[str, Any]) -> list[str]:
 
 # ---------------------------------------------------------------------------------- CEL rules
 
-HAND_WRITTEN_RULES: dict[str, str] = {}
-"""CEL rules cel-python cannot compile, each mapped to the name of the check that replaces it.
-
-Empty today: every create-time rule of the vendored CRDs (7 in TrainJob, 6 in each training
-runtime) compiles and evaluates with cel-python 0.5.0; a test keeps it that way after a schema
-update."""
-
-
-@functools.cache
-def _cel_program(rule: str) -> Any:
-    """A compiled cel-python program, or None when celpy cannot compile the rule."""
-    import celpy
-
-    env = celpy.Environment()
-    try:
-        return env.program(env.compile(rule))
-    except Exception:  # noqa: BLE001 - celpy raises several parser error types
-        return None
-
-
-def _walk_rules(schema: Any, value: Any,
-                path: tuple[Any, ...]) -> Iterator[tuple[dict[str, Any], Any, tuple[Any, ...]]]:
-    """(rule, self value, path) for every CEL rule that applies to a present value."""
-    if not isinstance(schema, dict):
-        return
-    for rule in schema.get("x-kubernetes-validations", ()):
-        yield rule, value, path
-    if isinstance(value, dict):
-        props = schema.get("properties")
-        if isinstance(props, dict):
-            for name, sub in props.items():
-                if name in value:
-                    yield from _walk_rules(sub, value[name], (*path, name))
-        extra = schema.get("additionalProperties")
-        if isinstance(extra, dict):
-            for name, sub_value in value.items():
-                if not isinstance(props, dict) or name not in props:
-                    yield from _walk_rules(extra, sub_value, (*path, name))
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for index, item in enumerate(value):
-            yield from _walk_rules(schema["items"], item, (*path, index))
-    for key in ("allOf", "anyOf", "oneOf"):
-        for sub in schema.get(key, ()) if isinstance(schema.get(key), list) else ():
-            yield from _walk_rules(sub, value, path)
-
-
 def _cel_errors(filename: str, doc: dict[str, Any]) -> list[str]:
-    schema = load_crd_schema(filename)["openAPIV3Schema"]
-    # Transition rules (oldSelf) only constrain updates; hand-written checks replace the others
-    # cel-python cannot compile.
-    applicable = [(rule, value, path) for rule, value, path in _walk_rules(schema, doc, ())
-                  if "oldSelf" not in rule.get("rule", "") and rule.get("rule", "") not in HAND_WRITTEN_RULES]
-    if not applicable:
-        return []
-    try:
-        from celpy.adapter import json_to_cel
-        from celpy.evaluation import CELEvalError
-    except ImportError:
-        return ["cannot evaluate the CRD's CEL rules: cel-python is not installed "
-                "(install the dev extra: pip install -e '.[dev]')"]
-    out: list[str] = []
-    for rule, value, path in applicable:
-        expr = rule.get("rule", "")
-        where = _path(path)
-        program = _cel_program(expr)
-        if program is None:
-            out.append(_at(where, f"CEL rule {expr!r} cannot be compiled by cel-python and has no "
-                                  "hand-written replacement (add one to salmon.cluster.validate)"))
-            continue
-        try:
-            result = program.evaluate({"self": json_to_cel(value)})
-        except Exception as err:  # noqa: BLE001 - evaluation errors reject the object, as in the API server
-            out.append(_at(where, f"CEL rule {expr!r} could not be evaluated: {err}"))
-            continue
-        if isinstance(result, CELEvalError):
-            out.append(_at(where, f"CEL rule {expr!r} could not be evaluated: {result}"))
-        elif not bool(result):
-            message = rule.get("message") or f"failed rule {expr!r}"
-            out.append(_at(where + rule.get("fieldPath", ""), f"{message} (rule: {expr})"))
-    return out
+    """The CRD's CEL rules that ``doc`` breaks (:mod:`salmon.cluster.cel`), each at its path."""
+    from salmon.cluster.cel import cel_problems
+
+    return [_at(_path(path) + field_path, message)
+            for path, field_path, message in cel_problems(load_crd_schema(filename)["openAPIV3Schema"], doc)]
 
 
 # ---------------------------------------------------------------------------- hand-written checks
