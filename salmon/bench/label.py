@@ -53,7 +53,7 @@ def judge_original_layout(
     """
     import torch
 
-    from salmon.judge.hf import _positions
+    from salmon.judge.hf import positions_after_padding
 
     device = next(model.parameters()).device
     n_pr = len(principles)
@@ -77,7 +77,8 @@ def judge_original_layout(
                     ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
                     mask[r, width - len(s):] = 1
                 mask = mask.to(device)
-                logits = model(input_ids=ids.to(device), attention_mask=mask, position_ids=_positions(mask, width),
+                positions = positions_after_padding(mask, width)
+                logits = model(input_ids=ids.to(device), attention_mask=mask, position_ids=positions,
                                logits_to_keep=1).logits[:, -1].float()
                 delta = (logits[:, id_a] - logits[:, id_b]).tolist()
                 for r, i in enumerate(i for i in chunk for _ in (0, 1)):

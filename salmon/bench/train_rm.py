@@ -14,7 +14,7 @@ Both sides train the same LoRA reward model on the same pairs, in the same order
 - optimizer: AdamW, same LR, cosine schedule, no weight decay, clip norm; ``batch_size`` pairs
   per step in micro-batches of ``micro_batch_size`` (TRL: gradient accumulation).
 
-**salmon** is the real stage code (``salmon.stages.train_rm._train`` under a single-process
+**salmon** is the real stage code (``salmon.stages.train_rm.train`` under a single-process
 session), **TRL** is ``RewardTrainer.train()``. On each side the training loop alone is timed:
 from the end of the first optimizer step to the end of the last (the first step is the warm-up;
 model loading, encoding, dataset preparation and saving fall outside). Salmon's end-of-step
@@ -73,7 +73,7 @@ def rm_config(model: str, instances: Path, out: Path, batch: int, micro: int) ->
 def salmon_train(cfg: Any) -> dict[str, Any]:
     """Run salmon's train_rm stage loop; the end time of every optimizer step."""
     from salmon.distributed import session
-    from salmon.stages.train_rm import _train
+    from salmon.stages.train_rm import train
 
     ends: list[float] = []
     with session("off", "cpu") as ctx:
@@ -82,7 +82,7 @@ def salmon_train(cfg: Any) -> dict[str, Any]:
                 ends.append(time.perf_counter())
 
         ctx.log = log  # type: ignore[method-assign]
-        result = _train(cfg, ctx)
+        result = train(cfg, ctx)
     return {"ends": ends, "metrics": result.metrics}
 
 

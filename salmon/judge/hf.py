@@ -244,7 +244,7 @@ def _pad_right(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, t
     return ids, mask
 
 
-def _positions(full_mask: torch.Tensor, width: int) -> torch.Tensor:
+def positions_after_padding(full_mask: torch.Tensor, width: int) -> torch.Tensor:
     """Position ids of the last ``width`` slots: the count of real tokens before each slot."""
     pos = full_mask.cumsum(-1) - 1
     return pos[:, -width:].clamp(min=0)
@@ -312,14 +312,14 @@ def judge_batch_prefix(
         ids0, mask = _pad_right([p.shared for p in pairs], 0)
         ids0, mask = ids0.to(device), mask.to(device)
         cache = DynamicCache()
-        model(input_ids=ids0, attention_mask=mask, position_ids=_positions(mask, ids0.shape[1]),
+        model(input_ids=ids0, attention_mask=mask, position_ids=positions_after_padding(mask, ids0.shape[1]),
               past_key_values=cache, use_cache=True)
 
         cache.batch_repeat_interleave(2)
         ids1, mask1 = _pad_right([p.outputs[o] for p in pairs for o in (0, 1)], 0)
         mask = torch.cat([mask.repeat_interleave(2, dim=0), mask1.to(device)], dim=1)
         model(input_ids=ids1.to(device), attention_mask=mask,
-              position_ids=_positions(mask, ids1.shape[1]), past_key_values=cache, use_cache=True)
+              position_ids=positions_after_padding(mask, ids1.shape[1]), past_key_values=cache, use_cache=True)
 
         delta = [[[0.0] * n_pr for _ in (0, 1)] for _ in range(n_pairs)]
         third = 0
@@ -330,7 +330,7 @@ def judge_batch_prefix(
             ids2, mask2 = _pad_right([principles[j] for _ in range(2 * n_pairs) for j in group], 0)
             full = torch.cat([mask.repeat_interleave(len(group), dim=0), mask2.to(device)], dim=1)
             logits = model(input_ids=ids2.to(device), attention_mask=full,
-                           position_ids=_positions(full, ids2.shape[1]), past_key_values=part,
+                           position_ids=positions_after_padding(full, ids2.shape[1]), past_key_values=part,
                            use_cache=True, logits_to_keep=0).logits
             last = mask2.sum(-1).to(device) - 1
             rows = logits[torch.arange(logits.shape[0], device=device), last].float()
@@ -373,7 +373,7 @@ def judge_batch_reference(
                 mask[i, width - len(s):] = 1
             mask = mask.to(device)
             logits = model(input_ids=ids.to(device), attention_mask=mask,
-                           position_ids=_positions(mask, width), logits_to_keep=1).logits[:, -1].float()
+                           position_ids=positions_after_padding(mask, width), logits_to_keep=1).logits[:, -1].float()
             delta = (logits[:, id_a] - logits[:, id_b]).view(2, n_pr).tolist()
             out.append(delta)
             stats.prompts += len(seqs)

@@ -149,10 +149,10 @@ def run(cfg: TrainRMConfig) -> StageResult:
 
         check_4bit(resolve_device(cfg.device))
     with session(cfg.deepspeed, cfg.device) as ctx:
-        return _train(cfg, ctx)
+        return train(cfg, ctx)
 
 
-def _train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
+def train(cfg: TrainRMConfig, ctx: Any) -> StageResult:
     import torch
 
     from salmon.checkpoints import load_checkpoint, save_checkpoint
