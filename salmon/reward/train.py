@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, kind: str) -> float:
@@ -40,6 +42,21 @@ def data_order(n: int, epochs: float, batch_size: int, seed: int) -> list[list[i
         epoch += 1
     stream = stream[:total]
     return [stream[i:i + batch_size] for i in range(0, total, batch_size)]
+
+
+def resume_point(ctx: Any, ckpt_dir: Path, sched: Any, load_local: Callable[[Path], int]) -> tuple[int, Path | None]:
+    """(step to resume after, the checkpoint it comes from) for a training loop in ``ctx``: in a
+    DeepSpeed session the engine's own checkpoint (``ckpt_dir/deepspeed``, which also restores the
+    schedule ``sched``), else the newest complete one, read with ``load_local``; (0, None) when
+    there is none."""
+    if ctx.deepspeed:
+        state = ctx.load_engine_checkpoint(ckpt_dir / "deepspeed")
+        if state is None:
+            return 0, None
+        sched.load_state_dict(state["scheduler"])
+        return int(state["step"]), ckpt_dir / "deepspeed"
+    found = latest_checkpoint(ckpt_dir)
+    return (load_local(found), found) if found is not None else (0, None)
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:

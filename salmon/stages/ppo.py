@@ -81,7 +81,7 @@ from salmon.ppo.state import (
     rollout_line,
     save_training_checkpoint,
 )
-from salmon.reward.train import data_order, latest_checkpoint, lr_multiplier
+from salmon.reward.train import data_order, lr_multiplier, resume_point
 from salmon.stages.common import StageResult, log, preflight_model, stage_main
 
 STAGE = "ppo"
@@ -215,16 +215,8 @@ def _resume(cfg: PPOConfig, ctx: Any, trainable: dict[str, Any], opt: Any, sched
             ) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
     """(steps already done, their log lines, their resource lines) from the newest checkpoint."""
     out_dir = Path(cfg.output_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    first = 0
-    resume = ckpt_dir / "deepspeed" if ctx.deepspeed else latest_checkpoint(ckpt_dir)
-    if ctx.deepspeed:
-        state = ctx.load_engine_checkpoint(ckpt_dir / "deepspeed")
-        if state is not None:
-            first = int(state["step"])
-            sched.load_state_dict(state["scheduler"])
-    elif resume is not None:
-        first = load_training_checkpoint(resume, trainable, opt, sched, rng)
+    first, resume = resume_point(ctx, out_dir / "checkpoints", sched,
+                                 lambda path: load_training_checkpoint(path, trainable, opt, sched, rng))
     if not first:
         return 0, [], []
     ctx.log(STAGE, f"resuming from {resume} (step {first})")

@@ -35,7 +35,7 @@ from salmon.core.config import SFTConfig
 from salmon.core.errors import SalmonInputError
 from salmon.core.io import read_jsonl, write_text
 from salmon.core.records import SFTExample
-from salmon.reward.train import data_order, latest_checkpoint, lr_multiplier
+from salmon.reward.train import data_order, lr_multiplier, resume_point
 from salmon.stages.common import StageResult, preflight_model, stage_main
 
 STAGE = "sft"
@@ -118,16 +118,8 @@ def resume(ctx: Any, out_dir: Path, trainable: dict[str, Any], opt: Any, sched: 
     (DeepSpeed's own under ``checkpoints/deepspeed`` in a DeepSpeed session); (0, []) for a new run."""
     from salmon.checkpoints import load_checkpoint
 
-    ckpt_dir = out_dir / "checkpoints"
-    first = 0
-    found = ckpt_dir / "deepspeed" if ctx.deepspeed else latest_checkpoint(ckpt_dir)
-    if ctx.deepspeed:
-        state = ctx.load_engine_checkpoint(ckpt_dir / "deepspeed")
-        if state is not None:
-            first = int(state["step"])
-            sched.load_state_dict(state["scheduler"])
-    elif found is not None:
-        first = int(load_checkpoint(found, trainable, opt, sched)["step"])
+    first, found = resume_point(ctx, out_dir / "checkpoints", sched,
+                                lambda path: int(load_checkpoint(path, trainable, opt, sched)["step"]))
     if not first:
         return 0, []
     log_path = out_dir / "train_log.jsonl"
