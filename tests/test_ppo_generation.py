@@ -178,3 +178,42 @@ def test_rollouts_to_the_token_limit_read_the_same_turns(tiny_model: str) -> Non
     assert [t.text for t in read[True]] == [t.text for t in read[False]]
     assert any(t.stopped for t in read[True])
     assert steps[False] == 6 * 40 and steps[True] < steps[False]  # one forward per new token
+
+
+@pytest.mark.parametrize(("values", "says"), [
+    ({"quantize": "4bit", "merge_for_generation": True}, "4-bit base"),
+    ({"deepspeed": "zero3", "merge_for_generation": True}, "ZeRO-3"),
+    ({"rollout_backend": "openai", "endpoint": "http://127.0.0.1:9/v1", "merge_for_generation": True},
+     "rollout_backend=openai"),
+])
+def test_merge_for_generation_is_refused_where_there_is_no_copy_to_merge_into(
+        tiny_model: str, tiny_rm_lora: str, prompts: str, tmp_path: Path, values: dict[str, Any], says: str) -> None:
+    from salmon.core.errors import SalmonInputError
+
+    with pytest.raises(SalmonInputError, match=says):
+        _cfg(tiny_model, tiny_rm_lora, prompts, tmp_path / "out", **values)
+    assert not (tmp_path / "out").exists()
+
+
+def test_merged_copy_on_a_real_chat_model(smollm2_model: str) -> None:
+    """SmolLM2 (tied embeddings, pad != eos): the copy with a LoRA adapter merged in computes what
+    the adapter computes, and the copy's embeddings and LM head are the base's."""
+    from peft import LoraConfig, get_peft_model
+
+    from salmon.modeling import load_causal_lm, load_tokenizer
+    from salmon.ppo.generation import MergedCopy
+    from salmon.turns import PolicyTurns
+
+    base = load_causal_lm(smollm2_model, device=torch.device("cpu"))
+    copy = MergedCopy(base)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), adapter_name="policy")
+    _perturb(model, "policy", 3)
+    tok = load_tokenizer(smollm2_model)
+    ids = torch.tensor([PolicyTurns(tok, "chat_template").query_ids("Name a bee.")])
+    merged = copy.refresh(model, "policy")
+    got, want = _logits(merged, ids), _logits(model, ids)
+    with model.disable_adapter():
+        bare = _logits(model, ids)
+    assert (got - want).abs().max() < 2e-3 < (bare - want).abs().max()  # float rounding over 30 layers
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    assert merged.get_output_embeddings().weight is merged.get_input_embeddings().weight  # still tied

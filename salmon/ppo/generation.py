@@ -31,6 +31,7 @@ class MergedCopy:
         self.model = copy.deepcopy(base)
         self.model.requires_grad_(False)
         self.model.eval()
+        self._modules = dict(self.model.named_modules())  # the layers refresh writes into, by name
 
     def refresh(self, peft_model: Any, adapter: str) -> Any:
         """Merge ``adapter``'s current weights into the copy; returns the copy, ready to generate.
@@ -40,13 +41,12 @@ class MergedCopy:
         import torch
         from peft.tuners.lora import LoraLayer
 
-        targets = dict(self.model.named_modules())
         prefix = "base_model.model."
         with torch.no_grad():
             for name, layer in peft_model.named_modules():
                 if not isinstance(layer, LoraLayer) or adapter not in layer.lora_A:
                     continue
-                target = targets.get(name.removeprefix(prefix))
+                target = self._modules.get(name.removeprefix(prefix))
                 base_weight = layer.get_base_layer().weight
                 if target is None or target.weight.shape != base_weight.shape:
                     raise ValueError(f"the generation copy has no layer matching {name}")
