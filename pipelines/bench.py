@@ -95,17 +95,17 @@ def run_direct(out: Path, params: dict[str, Any]) -> dict[str, float]:
     backends = {"selfalign": p["selfalign_backend"], "sample": p["sample_backend"], "label": p["label_backend"]}
     values: dict[str, dict[str, Any] | None] = {  # what each component passes (components/stages.py)
         stage: stage_values(stage, {**artifacts, "evaluation": str(out / stage)}, seed=seed,
-                            backend=backends.get(stage, "")) for stage in STAGES}
+                            backend=backends.get(stage, "")) for stage in STAGES if stage != "pmp_data"}
     values["prompts"] = {**(values["prompts"] or {}), "sources": [], "nano_prompts": p["nano_prompts"] or None}
     # without pmp_sources the pmp_data task only writes an empty file: nothing to run here
     values["pmp_data"] = ({**stage_values("pmp_data", {"pairs": artifacts["pmp_data"]}, seed=seed),
                            "sources": pmp_sources} if pmp_sources else None)
     for stage in STAGES:
-        stage_values = values[stage]
-        if stage_values is None:
+        given = values[stage]
+        if given is None:
             continue
         t0 = time.perf_counter()
-        cfg = stage_config(stage, plans[stage], stage_values)
+        cfg = stage_config(stage, plans[stage], given)
         importlib.import_module(f"salmon.stages.{stage}").run(cfg)
         seconds[stage] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_all
